@@ -1,0 +1,32 @@
+# skyguard: make setup | demo | test | bench | lint | install | uninstall
+PY      := .venv/bin/python
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= /lib/systemd/system
+
+.PHONY: setup demo test test-unit bench lint install uninstall clean
+
+setup:
+	@bash tools/setup.sh
+
+demo: setup
+	$(PY) -m skyguard.cli lab
+
+test: setup
+	$(PY) -m ruff check daemon tests bench tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/run.py
+
+lint: setup
+	$(PY) -m ruff check daemon tests bench tools
+
+include mk/install.mk
+
+clean:
+	rm -rf .venv build *.egg-info daemon/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* skyguard.h: the one header shared by the XDP program and userspace.
+ *
+ * daemon/skyguard/wire.py reads every `#define SG_<NAME> <int>` below at import time and mirrors the structs with
+ * explicit struct formats; tests/unit/test_wire.py compiles this header with gcc and checks every size and offset
+ * against the Python side. Change a struct here and in wire.py together.
+ *
+ * Byte order: addresses are in network order (as on the wire), ports/VLAN ids in host order.
+ */
+#ifndef SKYGUARD_H
+#define SKYGUARD_H
+
+#include <linux/types.h>
+
+/* ---- classes (stable numbers: maps, events, logs, socket, policies) ---- */
+#define SG_CLASS_UNKNOWN   0
+#define SG_CLASS_OTHER     1
+#define SG_CLASS_SIGNALING 2
+#define SG_CLASS_P2P       3
+#define SG_CLASS_OUT       4
+#define SG_CLASS_RELAY     5
+#define SG_NCLASSES        6
+/* policy slots past the classes */
+#define SG_POL_MALFORMED   6 /* action for packets that fail to parse */
+#define SG_POL_BLOCKED     7 /* action for manually blocked addresses (always drop; dscp/log used) */
+#define SG_POL_SLOTS       8
+
+/* ---- actions ---- */
+#define SG_ACT_PASS 0
+#define SG_ACT_DROP 1
+#define SG_ACT_MARK 2
+
+/* ---- reason bits: which evidence decided a flow's class (flow.reason, classified event) ---- */
+#define SG_R_SOM          0x00000001 /* legacy Start-of-Message header, func byte under 0x8f */
+#define SG_R_SOM_VOICE    0x00000002 /* legacy SoM data frames both ways: an E2E call */
+#define SG_R_E2O_PORT     0x00000004 /* connection-ID repetition towards UDP 12340 */
+#define SG_R_E2O_STATS    0x00000008 /* daemon: CID statistics, chi-square, constant bit rate */
+#define SG_R_MS_STUN      0x00000010 /* STUN/TURN with Microsoft attributes */
+#define SG_R_MS_PREFIX    0x00000020 /* peer in the Microsoft media prefixes */
+#define SG_R_PSTN_PREFIX  0x00000040 /* peer in the policy's PSTN prefixes */
+#define SG_R_PSTN_NAME    0x00000080 /* peer learned from DNS answers for a PSTN name */
+#define SG_R_ICE_LITE     0x00000100 /* far end answers connectivity checks, never sends them */
+#define SG_R_ICE_BOTH     0x00000200 /* both ends send connectivity checks */
+#define SG_R_RTP_STATIC   0x00000400 /* static RTP payload type 0/8/18 on a Skype flow */
+#define SG_R_SNI          0x00000800 /* TLS ClientHello server name of a Skype/Teams service */
+#define SG_R_DNS_NAME     0x00001000 /* peer learned from DNS answers for a Skype/Teams name */
+#define SG_R_NO_EVIDENCE  0x00002000 /* probe window passed without any Skype evidence */
+#define SG_R_WINDOW_END   0x00004000 /* inspection window ended undecided */
+#define SG_R_CONTRADICT   0x00008000 /* later packets contradict the legacy header */
+#define SG_R_MANUAL       0x00010000 /* operator block/unblock */
+#define SG_R_FF10         0x00020000 /* multiplexed TURN framing FF 10 */
+#define SG_R_SILK         0x00040000 /* SILK/G.722 RTP payload types on a Skype flow */
+#define SG_R_ENDPOINT     0x00080000 /* endpoint already known to speak Skype (daemon) */
+
+/* ---- flow.evidence: facts seen so far that are not decisive alone ---- */
+#define SG_E_SOM          0x0001 /* a packet carried a valid SoM func */
+#define SG_E_SOM_DATA     0x0002 /* a SoM data frame (func 0x0d) */
+#define SG_E_CID          0x0004 /* connection-ID repetition seen */
+#define SG_E_STUN         0x0008 /* a STUN/TURN message parsed */
+#define SG_E_MS_ATTR      0x0010 /* a Microsoft STUN attribute */
+#define SG_E_RTP          0x0020 /* an RTP v2 header */
+#define SG_E_MS_PREFIX    0x0040 /* an endpoint is in msmedia_v4/6 */
+#define SG_E_TLS          0x0080 /* TLS handshake seen (first TCP payload) */
+#define SG_E_PORT12340    0x0100 /* an endpoint uses UDP 12340 */
+#define SG_E_FF10         0x0200 /* FF 10 multiplexed TURN framing */
+#define SG_E_CANDIDATE    0x8000 /* flow emits `sample` events */
+
+/* ---- flow.stun[dir]: STUN/ICE facts per direction ---- */
+#define SG_S_REQ      0x01 /* sent a Binding request */
+#define SG_S_RESP     0x02 /* sent a Binding success/error response */
+#define SG_S_CHECK    0x04 /* sent a connectivity check (request with PRIORITY/ICE-CONTROLL*) */
+#define SG_S_MS       0x08 /* sent a Microsoft attribute */
+#define SG_S_COOKIE   0x10 /* RFC 5389 magic cookie present */
+#define SG_S_TURN     0x20 /* TURN allocate/send/data/channel */
+
+/* ---- flow.flags ---- */
+#define SG_F_SEEN     0x01 /* set on every packet, cleared by the daemon's ageing sweep */
+#define SG_F_DAEMON   0x02 /* class written by the daemon: the kernel no longer re-classifies */
+#define SG_F_DONE     0x04 /* inspection finished: fast path only */
+#define SG_F_LOGGED   0x08 /* a classified event was emitted */
+
+/* ---- per-CPU counters (stats map index). Outcomes: every packet lands in exactly one SG_ST_OUT_* ---- */
+#define SG_ST_PACKETS          0
+#define SG_ST_BYTES            1
+#define SG_ST_OUT_FLOW         2  /* went through the flow table */
+#define SG_ST_OUT_NON_IP       3  /* ARP, LLDP, ...: passed */
+#define SG_ST_OUT_OTHER_L4     4  /* ICMP, SCTP, ...: passed */
+#define SG_ST_OUT_FRAGMENT     5  /* IPv4/IPv6 non-first fragment: passed */
+#define SG_ST_OUT_EXEMPT       6  /* exempt prefix: passed untouched */
+#define SG_ST_OUT_BLOCKED      7  /* manual block map hit */
+#define SG_ST_OUT_NO_FLOW      8  /* flow insert failed: must stay 0 (alert on it) */
+#define SG_ST_ERR_ETH          9  /* truncated Ethernet header */
+#define SG_ST_ERR_VLAN         10 /* truncated VLAN tag */
+#define SG_ST_ERR_VLAN_DEPTH   11 /* more than 2 VLAN tags */
+#define SG_ST_ERR_IP4          12 /* truncated IPv4 header */
+#define SG_ST_ERR_IP4_IHL      13 /* IHL < 5 or options past the packet */
+#define SG_ST_ERR_IP4_LEN      14 /* total length < header or > packet */
+#define SG_ST_ERR_IP6          15 /* truncated IPv6 header */
+#define SG_ST_ERR_IP6_EXT      16 /* truncated extension header */
+#define SG_ST_ERR_IP6_DEPTH    17 /* more extension headers than SG_IP6_EXT_MAX */
+#define SG_ST_ERR_UDP          18 /* truncated UDP header or bad length */
+#define SG_ST_ERR_TCP          19 /* truncated TCP header or data offset < 5 */
+#define SG_ST_ERR_VERSION      20 /* IP version field disagrees with ethertype */
+#define SG_ST_ACT_PASS         21
+#define SG_ST_ACT_DROP         22
+#define SG_ST_ACT_MARK         23
+#define SG_ST_FLOW_NEW         24 /* flows created */
+#define SG_ST_CLASSIFIED       25 /* class changes made by the kernel */
+#define SG_ST_EVENTS_LOST      26 /* ring buffer full: event dropped (never blocks) */
+#define SG_ST_INSPECTED        27 /* packets that ran the signatures */
+#define SG_ST_META_TS          28 /* packets whose clock came from XDP metadata (replay) */
+#define SG_ST_CLASS_BASE       29 /* 29..34: packets per class */
+#define SG_ST_MARK_SKIPPED     35 /* mark action on a packet whose DSCP could not be rewritten */
+#define SG_ST_MAX              40
+
+/* first and last SG_ST_OUT_*/SG_ST_ERR_* index: the outcome block that must sum to SG_ST_PACKETS */
+#define SG_ST_OUTCOME_FIRST    2
+#define SG_ST_OUTCOME_LAST     20
+
+/* ---- ring buffer events ---- */
+#define SG_EV_CLASSIFIED 1
+#define SG_EV_SAMPLE     2
+#define SG_EV_DNS        3
+#define SG_EV_TLS        4 /* first TCP payload that starts a TLS handshake: for the SNI (not in DESIGN.md's list) */
+#define SG_SAMPLE_BYTES  64
+#define SG_BIG_BYTES     512
+
+/* ---- limits (the daemon passes -D overrides) ---- */
+#ifndef SG_FLOWS_MAX
+#define SG_FLOWS_MAX 262144
+#endif
+#ifndef SG_WINDOW
+#define SG_WINDOW 160 /* packets per flow that run the signatures */
+#endif
+#ifndef SG_PROBE
+#define SG_PROBE 8 /* packets after which a flow without any evidence is `other` */
+#endif
+#ifndef SG_LPM_MAX
+#define SG_LPM_MAX 131072
+#endif
+#ifndef SG_RINGBUF_BYTES
+#define SG_RINGBUF_BYTES (1 << 22)
+#endif
+#ifndef SG_IP6_EXT_MAX
+#define SG_IP6_EXT_MAX 6
+#endif
+#ifndef SG_STUN_ATTR_MAX
+#define SG_STUN_ATTR_MAX 12
+#endif
+
+/* Bidirectional 5-tuple: the lower (address, port) endpoint first. IPv4 addresses are IPv4-mapped (::ffff:a.b.c.d). */
+struct sg_flow_key {
+	__u8 lo_addr[16];
+	__u8 hi_addr[16];
+	__u16 lo_port;
+	__u16 hi_port;
+	__u16 vlan; /* outer VLAN id, 0 when untagged */
+	__u8 proto;
+	__u8 _pad;
+}; /* 40 bytes */
+
+/* Per-flow state. dir 0 = lo -> hi, dir 1 = hi -> lo. */
+struct sg_flow {
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 pkts[2];
+	__u64 bytes[2];
+	__u64 dropped;
+	__u32 reason;      /* SG_R_* that decided the class */
+	__u32 prev_cid[2]; /* first 4 payload bytes of the previous packet per direction */
+	__u16 cid_rep[2];  /* packets whose first 4 bytes repeat the previous packet's and byte 4 differs */
+	__u16 evidence;    /* SG_E_* */
+	__u16 inspected;   /* packets that ran the signatures */
+	__u8 cls;
+	__u8 init_dir;     /* direction of the flow's first packet */
+	__u8 som_func;     /* SoM func (payload[2] & 0x8f) of the first packet, 0xff none */
+	__u8 som_ok;       /* packets with a valid SoM func (saturating) */
+	__u8 som_data;     /* SoM data frames (func 0x0d) (saturating) */
+	__u8 stun[2];      /* SG_S_* per direction */
+	__u8 rtp_pt[2];    /* last RTP payload type per direction, 0xff none */
+	__u8 rtp_cnt[2];   /* RTP packets per direction (saturating) */
+	__u8 flags;        /* SG_F_* */
+	__u8 _pad[8];
+}; /* 96 bytes */
+
+/* Policy slot (class or SG_POL_*). */
+struct sg_policy {
+	__u8 action; /* SG_ACT_* */
+	__u8 dscp;   /* 0..63, for SG_ACT_MARK */
+	__u8 log;    /* 1: the daemon logs every decision on this class */
+	__u8 _pad;
+};
+
+/* Global config; the daemon flips `gen` to swap policies atomically. */
+struct sg_config {
+	__u32 gen;      /* active generation (0/1) of the policy map and LPM keys */
+	__u32 flags;
+	__u64 reload_ns; /* when the active generation was written */
+};
+
+/* LPM keys carry the generation as their first byte: prefixlen = 8 + address prefix length. */
+struct sg_lpm4 {
+	__u32 prefixlen;
+	__u8 gen;
+	__u8 addr[4];
+} __attribute__((packed));
+struct sg_lpm6 {
+	__u32 prefixlen;
+	__u8 gen;
+	__u8 addr[16];
+} __attribute__((packed));
+
+/* LPM value: where the prefix came from, and when it expires (0 = never; the daemon sweeps). */
+#define SG_SRC_POLICY  1
+#define SG_SRC_LEARNED 2
+#define SG_SRC_MANUAL  3
+struct sg_prefix {
+	__u32 source;
+	__u32 _pad;
+	__u64 expires_ns;
+};
+
+/* Every event starts with this header. */
+struct sg_ev_hdr {
+	__u8 type;   /* SG_EV_* */
+	__u8 dir;    /* direction of the packet that caused it */
+	__u16 _pad;
+	__u32 _pad2;
+	__u64 ts_ns;
+	struct sg_flow_key key;
+}; /* 56 bytes */
+
+struct sg_ev_classified {
+	struct sg_ev_hdr hdr;
+	__u8 old_cls;
+	__u8 new_cls;
+	__u16 _pad;
+	__u32 reason;
+	__u64 pkts; /* packets of the flow so far, both directions */
+}; /* 72 bytes */
+
+struct sg_ev_sample {
+	struct sg_ev_hdr hdr;
+	__u16 payload_len; /* the packet's L4 payload length */
+	__u16 caplen;      /* bytes in data[] */
+	__u16 inspected;   /* the flow's inspected count at this packet */
+	__u16 _pad;
+	__u8 data[SG_SAMPLE_BYTES];
+}; /* 128 bytes */
+
+/* SG_EV_DNS and SG_EV_TLS */
+struct sg_ev_big {
+	struct sg_ev_hdr hdr;
+	__u16 payload_len;
+	__u16 caplen;
+	__u32 _pad;
+	__u8 data[SG_BIG_BYTES];
+}; /* 576 bytes */
+
+/* XDP metadata a replay hands to the program (BPF_PROG_TEST_RUN ctx data_meta): the packet's capture timestamp. */
+#define SG_META_MAGIC 0x5347544d /* "SGTM" */
+struct sg_meta {
+	__u32 magic;
+	__u32 _pad;
+	__u64 ts_ns;
+};
+
+#endif /* SKYGUARD_H */
