@@ -78,6 +78,8 @@
 #define SG_F_DAEMON   0x02 /* class written by the daemon: the kernel no longer re-classifies */
 #define SG_F_DONE     0x04 /* inspection finished: fast path only */
 #define SG_F_LOGGED   0x08 /* a classified event was emitted */
+#define SG_F_BLOCKED  0x10 /* an endpoint is in block_v4/6 (set at flow creation; the daemon re-syncs on block/unblock) */
+#define SG_F_EXEMPT   0x20 /* an endpoint is in exempt_v4/6 (set at flow creation; re-synced on reload) */
 
 /* ---- per-CPU counters (stats map index). Outcomes: every packet lands in exactly one SG_ST_OUT_* ---- */
 #define SG_ST_PACKETS          0
@@ -116,6 +118,11 @@
 /* first and last SG_ST_OUT_*/SG_ST_ERR_* index: the outcome block that must sum to SG_ST_PACKETS */
 #define SG_ST_OUTCOME_FIRST    2
 #define SG_ST_OUTCOME_LAST     20
+
+/* The `stats` map is a per-CPU array with ONE entry of this struct: one lookup per packet, then plain increments. */
+struct sg_stats {
+	__u64 c[SG_ST_MAX];
+};
 
 /* ---- ring buffer events ---- */
 #define SG_EV_CLASSIFIED 1
