@@ -115,7 +115,7 @@
 #define SG_ST_MARK_SKIPPED     35 /* mark action on a packet whose DSCP could not be rewritten */
 #define SG_ST_MAX              40
 
-/* first and last SG_ST_OUT_*/SG_ST_ERR_* index: the outcome block that must sum to SG_ST_PACKETS */
+/* first and last SG_ST_OUT_x / SG_ST_ERR_x index: the outcome block that must sum to SG_ST_PACKETS */
 #define SG_ST_OUTCOME_FIRST    2
 #define SG_ST_OUTCOME_LAST     20
 
