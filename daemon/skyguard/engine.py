@@ -1,0 +1,273 @@
+"""The glue between the kernel and the slow path, shared by `skyguard replay` and `skyguardd`.
+
+events (ring buffer) -> classify.SlowPath -> decisions written back into the flow map -> the kernel enforces them from
+the next packet. Every classification and enforcement decision is logged (structlog), rate-limited per flow, and
+published to socket subscribers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from . import wire
+from .classify import Decision, PrefixChange, SlowPath
+from .policy import Policy
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+F_DAEMON = wire.C["SG_F_DAEMON"]
+F_DONE = wire.C["SG_F_DONE"]
+F_BLOCKED = wire.C["SG_F_BLOCKED"]
+F_EXEMPT = wire.C["SG_F_EXEMPT"]
+R_PSTN_NAME = wire.C["SG_R_PSTN_NAME"]
+R_MANUAL = wire.C["SG_R_MANUAL"]
+
+
+class KernelLike(Protocol):
+    """What the engine needs of kernel.Kernel (a fake in unit tests)."""
+
+    def load_policy(self, policy: Policy) -> None: ...
+    def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]: ...
+    def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]: ...
+    def flow(self, key: wire.FlowKey) -> wire.Flow | None: ...
+    def set_class(self, key: wire.FlowKey, cls: int, reason: int) -> bool: ...
+    def update_flow(self, key: wire.FlowKey, fn: Callable[[wire.Flow], None]) -> bool: ...
+    def delete_flow(self, key: wire.FlowKey) -> None: ...
+    def add_prefix(self, kind: str, network: Network, source: int, expires_ns: int = 0) -> None: ...
+    def remove_prefix(self, kind: str, network: Network) -> None: ...
+    def prefixes(self, kind: str) -> list[tuple[Network, int, int]]: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+class RateLimiter:
+    """At most `burst` log lines per key per `period_ns`; bounded memory (LRU of keys)."""
+
+    def __init__(self, burst: int = 5, period_ns: int = 60_000_000_000, max_keys: int = 65536) -> None:
+        self.burst, self.period_ns, self.max_keys = burst, period_ns, max_keys
+        self._seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()
+        self.suppressed = 0
+
+    def allow(self, key: Any, now_ns: int) -> bool:
+        start, n = self._seen.pop(key, (now_ns, 0))
+        if now_ns - start >= self.period_ns:
+            start, n = now_ns, 0
+        n += 1
+        self._seen[key] = (start, n)
+        if len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        if n > self.burst:
+            self.suppressed += 1
+            return False
+        return True
+
+
+def addr_in(raw: bytes, net: Network) -> bool:
+    ip = ipaddress.IPv6Address(raw)
+    v4 = ip.ipv4_mapped
+    if net.version == 4:
+        return v4 is not None and v4 in net
+    return v4 is None and ip in net
+
+
+@dataclass
+class EngineCounters:
+    events: Counter = field(default_factory=Counter)
+    decisions: int = 0
+    prefix_changes: int = 0
+    expired_flows: int = 0
+
+
+class Engine:
+    def __init__(self, kernel: KernelLike, policy: Policy, *, slowpath: SlowPath | None = None,
+                 logger: Any = None, log_all: bool = False) -> None:
+        self.kernel = kernel
+        self.policy = policy
+        self.slow = slowpath or SlowPath(policy)
+        self.log = logger or structlog.get_logger("skyguard.engine")
+        self.log_all = log_all  # log every classification, not only the classes whose policy has log = true
+        self.limiter = RateLimiter()
+        self.counters = EngineCounters()
+        self.subscribers: list[Callable[[dict], None]] = []
+        self.on_decision: list[Callable[[wire.FlowKey, int, int, int], None]] = []  # key, old, new, ts_ns
+        kernel.load_policy(policy)
+
+    # ---- policy -----------------------------------------------------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> None:
+        """Atomic swap in the kernel (generation flip), then the slow path; flow state is kept."""
+        self.kernel.load_policy(policy)
+        self.slow.set_policy(policy)
+        self.policy = policy
+        self._resync_exempt()
+        self.log.info("policy loaded", policy=policy.name, path=policy.path, digest=policy.digest[:12])
+
+    def _resync_exempt(self) -> None:
+        nets = list(self.policy.exempt_prefixes)
+        for key, flow in list(self.kernel.flows()):
+            exempt = any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets)
+            if exempt != bool(flow.flags & F_EXEMPT):
+                self.kernel.update_flow(key, lambda f, e=exempt: _set_flag(f, F_EXEMPT, e))
+
+    # ---- events -----------------------------------------------------------------------------------------------------
+
+    def pump(self, timeout_ms: int = 0) -> int:
+        """Drain the ring buffer and act on every event; returns how many were handled."""
+        evs = self.kernel.poll_events(timeout_ms)
+        for ev in evs:
+            self.handle(ev)
+        return len(evs)
+
+    def handle(self, ev: wire.Event) -> None:
+        self.counters.events[ev.name] += 1
+        if ev.type == wire.EV_CLASSIFIED:
+            self._log_class(ev.key, ev.old_cls, ev.new_cls, ev.reason, ev.ts_ns, by="kernel")
+            for cb in self.on_decision:
+                cb(ev.key, ev.old_cls, ev.new_cls, ev.ts_ns)
+        flow = None
+        if ev.type == wire.EV_SAMPLE:
+            flow = None  # the sample carries what the slow path needs; a map read per packet would be wasted
+        for d in self.slow.on_event(ev, flow):
+            self.apply(d, ev.ts_ns)
+        for pc in self.slow.take_prefix_changes():
+            self.apply_prefix(pc, ev.ts_ns)
+
+    def apply(self, d: Decision, ts_ns: int = 0) -> bool:
+        flow = self.kernel.flow(d.key)
+        if flow is None:
+            return False
+        if flow.cls == d.cls and flow.flags & F_DAEMON:
+            return False
+        if not self.kernel.set_class(d.key, d.cls, d.reason):
+            return False
+        self.counters.decisions += 1
+        self._log_class(d.key, flow.cls, d.cls, d.reason, ts_ns, by="daemon", detail=d.detail)
+        for cb in self.on_decision:
+            cb(d.key, flow.cls, d.cls, ts_ns)
+        return True
+
+    def apply_prefix(self, pc: PrefixChange, ts_ns: int = 0) -> None:
+        self.counters.prefix_changes += 1
+        if pc.add:
+            self.kernel.add_prefix(pc.kind, pc.network, wire.SRC_LEARNED, pc.expires_ns)
+        else:
+            self.kernel.remove_prefix(pc.kind, pc.network)
+        self.log.info("prefix learned" if pc.add else "prefix expired", kind=pc.kind, prefix=str(pc.network),
+                      name=pc.name, expires_ns=pc.expires_ns)
+        self.publish({"type": "prefix", "kind": pc.kind, "prefix": str(pc.network), "name": pc.name, "add": pc.add})
+        if pc.add and pc.kind == "pstn":
+            # flows that started before the DNS answer was seen: the kernel only looks prefixes up at flow creation
+            for key, flow in list(self.kernel.flows()):
+                if key.proto != 17 or flow.cls == wire.OUT:
+                    continue
+                if addr_in(key.lo_addr, pc.network) or addr_in(key.hi_addr, pc.network):
+                    self.apply(Decision(key, wire.OUT, R_PSTN_NAME, f"learned {pc.name}"), ts_ns)
+
+    # ---- logging and publishing -------------------------------------------------------------------------------------
+
+    def subscribe(self, cb: Callable[[dict], None]) -> Callable[[], None]:
+        self.subscribers.append(cb)
+        return lambda: self.subscribers.remove(cb) if cb in self.subscribers else None
+
+    def publish(self, event: dict) -> None:
+        for cb in list(self.subscribers):
+            try:
+                cb(event)
+            except Exception:  # a broken subscriber must not stop the engine
+                self.subscribers.remove(cb)
+
+    def _log_class(self, key: wire.FlowKey, old: int, new: int, reason: int, ts_ns: int, *, by: str,
+                   detail: str = "") -> None:
+        slot = self.policy.slot(new) if new < wire.NCLASSES else wire.PolicySlot()
+        a, b = key.endpoints()
+        event = {"type": "classified", "by": by, "proto": key.proto_name, "a": a, "b": b, "vlan": key.vlan,
+                 "old_class": _cname(old), "class": _cname(new), "reason": wire.reason_name(reason),
+                 "reasons": wire.reason_names(reason), "action": wire.ACTION_NAMES[slot.action], "ts_ns": ts_ns}
+        if detail:
+            event["detail"] = detail
+        self.publish(event)
+        if (slot.log or self.log_all or slot.action != wire.PASS) and self.limiter.allow(key, ts_ns or time.time_ns()):
+            fields = {k: v for k, v in event.items() if k not in ("type", "reasons")}
+            self.log.info("flow classified", **fields)
+            if slot.action != wire.PASS:
+                self.log.info("enforcement", flow=str(key), action=event["action"], dscp=slot.dscp, class_=_cname(new))
+
+    # ---- queries ----------------------------------------------------------------------------------------------------
+
+    def action_of(self, flow: wire.Flow) -> str:
+        if flow.flags & F_BLOCKED:
+            return "drop"
+        if flow.flags & F_EXEMPT:
+            return "pass"
+        cls = flow.cls if flow.cls < wire.NCLASSES else 0
+        return wire.ACTION_NAMES[self.policy.slot(cls).action]
+
+    def flow_row(self, key: wire.FlowKey, flow: wire.Flow) -> dict:
+        a, b = key.endpoints(flow.init_dir)
+        return {"proto": key.proto_name, "a": a, "b": b, "vlan": key.vlan, "class": flow.class_name,
+                "reason": wire.reason_name(flow.reason), "action": self.action_of(flow), "packets": flow.packets,
+                "bytes": flow.nbytes, "dropped": flow.dropped, "first_ns": flow.first_ns, "last_ns": flow.last_ns}
+
+    def flow_rows(self, flows: Iterable[tuple[wire.FlowKey, wire.Flow]] | None = None) -> list[dict]:
+        return [self.flow_row(k, f) for k, f in (self.kernel.flows() if flows is None else flows)]
+
+    # ---- operator actions and housekeeping --------------------------------------------------------------------------
+
+    def block(self, network: Network, expires_ns: int = 0) -> int:
+        """Manual block: LPM entry for new flows, flag on existing ones. Returns how many live flows it caught."""
+        self.kernel.add_prefix("block", network, wire.SRC_MANUAL, expires_ns)
+        n = self._sync_blocked()
+        self.log.info("manual block", prefix=str(network), expires_ns=expires_ns, flows=n)
+        return n
+
+    def unblock(self, network: Network) -> bool:
+        known = any(p == network for p, _s, _e in self.kernel.prefixes("block"))
+        if known:
+            self.kernel.remove_prefix("block", network)
+        self._sync_blocked()
+        self.log.info("manual unblock", prefix=str(network), existed=known)
+        return known
+
+    def _sync_blocked(self) -> int:
+        nets = [p for p, _s, _e in self.kernel.prefixes("block")]
+        caught = 0
+        for key, flow in list(self.kernel.flows()):
+            hit = any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets)
+            caught += hit
+            if hit != bool(flow.flags & F_BLOCKED):
+                self.kernel.update_flow(key, lambda f, h=hit: _set_flag(f, F_BLOCKED, h))
+        return caught
+
+    def expire_blocks(self, now_ns: int) -> None:
+        for net, _src, exp in self.kernel.prefixes("block"):
+            if exp and exp <= now_ns:
+                self.unblock(net)
+
+    def expire_flows(self, now_ns: int, timeouts: dict[str, float]) -> int:
+        """Delete flows idle for longer than their timeout (seconds by 'udp', 'tcp', 'other')."""
+        gone = 0
+        for key, flow in list(self.kernel.flows()):
+            if flow.cls in (wire.UNKNOWN, wire.OTHER):
+                t = timeouts.get("other", 60.0)
+            else:
+                t = timeouts.get("tcp" if key.proto == 6 else "udp", 120.0)
+            if now_ns - flow.last_ns > t * 1e9:
+                self.kernel.delete_flow(key)
+                self.slow.forget(key)
+                gone += 1
+        self.counters.expired_flows += gone
+        return gone
+
+
+def _set_flag(f: wire.Flow, bit: int, on: bool) -> None:
+    f.flags = (f.flags | bit) if on else (f.flags & ~bit)
+
+
+def _cname(cls: int) -> str:
+    return wire.CLASS_NAMES[cls] if 0 <= cls < wire.NCLASSES else str(cls)
