@@ -1,0 +1,196 @@
+"""The slow path: decisions the kernel cannot make per packet, from its ring-buffer events. Pure Python, no bcc.
+
+Dispatch by event type:
+- `classified`: the kernel's own class is noted, so that flows it already settled (skype-out by PSTN prefix or port
+  12340, relay, ...) are not second-guessed.
+- `sample`: fed to a bounded per-flow E2OTracker (e2o.py) -> skype-out (SG_R_E2O_STATS) or skype-p2p (SG_R_SOM_VOICE).
+- `dns`: DnsLearner (dnslearn.py) -> learned `pstn` / `msmedia` prefixes, handed out by take_prefix_changes().
+- `tls`: ClientHello SNI (tls.py) matching the Skype/Teams names -> skype-signaling (SG_R_SNI, detail = the name).
+  A non-matching SNI gives no decision: a name outside our list is no proof that a flow is not Skype (CDN and front-end
+  names, ECH outer names), and the kernel already calls flows without any evidence `other` after its probe window.
+
+Each flow is decided at most once here. All per-flow state is in LRU dicts capped at `flow_state_max`; the clock is the
+events' ts_ns (capture time in replay), so replay and the daemon behave the same.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from . import names, wire
+from .dnslearn import MEDIA_NAMES, DnsLearner, PrefixChange
+from .e2o import E2OTracker
+from .policy import Policy
+from .tls import client_hello_sni
+
+__all__ = ["Decision", "PrefixChange", "SlowPath"]
+
+R_SNI = wire.C["SG_R_SNI"]
+R_PSTN_PREFIX = wire.C["SG_R_PSTN_PREFIX"]
+R_E2O_PORT = wire.C["SG_R_E2O_PORT"]
+R_MANUAL = wire.C["SG_R_MANUAL"]
+F_DAEMON = wire.C["SG_F_DAEMON"]
+# "other" for want of evidence (or because later packets broke the SoM header, as an E2O flow's CID packets do after
+# its SoM signalling): the E2O statistics may still overrule it
+R_WEAK_OTHER = wire.C["SG_R_CONTRADICT"] | wire.C["SG_R_NO_EVIDENCE"] | wire.C["SG_R_WINDOW_END"]
+
+# the kernel classes the slow path may still change, per decision
+_E2O_OVER = frozenset({wire.UNKNOWN, wire.SIGNALING, wire.P2P})
+_E2E_OVER = frozenset({wire.UNKNOWN, wire.SIGNALING})
+_SNI_OVER = frozenset({wire.UNKNOWN, wire.OTHER, wire.RELAY})
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: wire.FlowKey
+    cls: int
+    reason: int
+    detail: str = ""
+
+
+class _Lru(OrderedDict):
+    """OrderedDict with a size cap: the least recently used entry goes first."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = max(1, cap)
+        self.evicted = 0
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.cap:
+            self.popitem(last=False)
+            self.evicted += 1
+
+    def touch(self, key: Any) -> Any:
+        v = self.get(key)
+        if v is not None:
+            self.move_to_end(key)
+        return v
+
+
+class SlowPath:
+    def __init__(self, policy: Policy, *, dns_max_entries: int = 65536, flow_state_max: int = 65536) -> None:
+        self.policy = policy
+        self.flow_state_max = flow_state_max
+        self.trackers: _Lru = _Lru(flow_state_max)  # key -> E2OTracker (flows still being watched)
+        self.decided: _Lru = _Lru(flow_state_max)  # key -> class decided here (or None: gave up)
+        self.kernel_cls: _Lru = _Lru(flow_state_max)  # key -> (class, reason) from `classified` events
+        self.sni: _Lru = _Lru(flow_state_max)  # key -> server name seen (also for non-Skype names)
+        self.dns = DnsLearner(policy.pstn_names, MEDIA_NAMES, max_entries=dns_max_entries)
+        self.counters: dict[str, int] = {"decisions": 0, "tls_no_sni": 0, "tls_other": 0, "samples": 0}
+
+    # ---- policy -----------------------------------------------------------------------------------------------------
+
+    def skype_names(self) -> tuple[str, ...]:
+        return tuple(self.policy.skype_names) or names.BUILTIN_SKYPE_NAMES
+
+    def set_policy(self, policy: Policy) -> None:
+        """Swap the policy; learned names still named by it are kept, the others are queued for removal."""
+        self.policy = policy
+        self.dns.set_names(policy.pstn_names)
+
+    # ---- events -----------------------------------------------------------------------------------------------------
+
+    def on_event(self, ev: wire.Event, flow: wire.Flow | None = None) -> list[Decision]:
+        if flow is not None:
+            self._note_kernel(ev.key, flow.cls, flow.reason, flow.flags)
+        if ev.type == wire.EV_CLASSIFIED:
+            self._note_kernel(ev.key, ev.new_cls, ev.reason, 0)
+            return []
+        if ev.type == wire.EV_SAMPLE:
+            return self._on_sample(ev)
+        if ev.type == wire.EV_DNS:
+            self.dns.on_response(ev.data, ev.ts_ns)
+            return []
+        if ev.type == wire.EV_TLS:
+            return self._on_tls(ev)
+        return []
+
+    def _note_kernel(self, key: wire.FlowKey, cls: int, reason: int, flags: int) -> None:
+        self.kernel_cls.put(key, (cls, reason))
+        if flags & F_DAEMON and key not in self.decided:
+            self.decided.put(key, cls)  # someone (a previous daemon, the operator) already decided it
+        if cls == wire.OUT or reason & (R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL):
+            self.trackers.pop(key, None)  # settled by the kernel: stop watching its samples
+
+    def _kernel_class(self, key: wire.FlowKey) -> tuple[int, int]:
+        return self.kernel_cls.get(key) or (wire.UNKNOWN, 0)
+
+    def _decide(self, key: wire.FlowKey, cls: int, reason: int, detail: str) -> list[Decision]:
+        self.decided.put(key, cls)
+        self.trackers.pop(key, None)
+        self.counters["decisions"] += 1
+        return [Decision(key, cls, reason, detail)]
+
+    def _on_sample(self, ev: wire.Event) -> list[Decision]:
+        key = ev.key
+        if key in self.decided:
+            self.decided.move_to_end(key)
+            return []
+        kcls, kreason = self._kernel_class(key)
+        weak_other = kcls == wire.OTHER and (kreason == 0 or kreason & R_WEAK_OTHER)
+        if (kcls not in _E2O_OVER and not weak_other) or kreason & (R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL):
+            return []
+        self.counters["samples"] += 1
+        tr = self.trackers.touch(key)
+        if tr is None:
+            tr = E2OTracker()
+            self.trackers.put(key, tr)
+        v = tr.add(ev.ts_ns, ev.dir, ev.payload_len, ev.data)
+        if v is None:
+            if tr.done:  # sample budget spent without a verdict: leave the kernel's class, stop watching
+                self.trackers.pop(key, None)
+                self.decided.put(key, None)
+            return []
+        if v.cls == wire.P2P and (kcls not in _E2E_OVER or weak_other):
+            self.trackers.pop(key, None)
+            self.decided.put(key, None)
+            return []
+        return self._decide(key, v.cls, v.reason, v.detail)
+
+    def _on_tls(self, ev: wire.Event) -> list[Decision]:
+        key = ev.key
+        sni = client_hello_sni(ev.data)
+        if sni is None:
+            self.counters["tls_no_sni"] += 1
+            return []
+        self.sni.put(key, sni)
+        if key in self.decided:
+            return []
+        if not names.match_suffix(sni, self.skype_names()):
+            self.counters["tls_other"] += 1
+            return []
+        kcls, _ = self._kernel_class(key)
+        if kcls not in _SNI_OVER:
+            return []
+        if kcls == wire.RELAY and names.match_suffix(sni, MEDIA_NAMES):
+            return []  # TURN over TLS to a media relay: relay is the better answer
+        return self._decide(key, wire.SIGNALING, R_SNI, sni)
+
+    # ---- learned prefixes, housekeeping -----------------------------------------------------------------------------
+
+    def take_prefix_changes(self) -> list[PrefixChange]:
+        return self.dns.take()
+
+    def expire(self, now_ns: int) -> None:
+        self.dns.expire(now_ns)
+
+    def forget(self, key: wire.FlowKey) -> None:
+        for d in (self.trackers, self.decided, self.kernel_cls, self.sni):
+            d.pop(key, None)
+
+    def status(self) -> dict:
+        dns = self.dns.status()
+        return {
+            "learned": {"names": dns["names"], "addresses": dns["entries"], "pstn": dns["pstn"],
+                        "msmedia": dns["msmedia"], "max": dns["max_entries"]},
+            "dns": {"responses": dns["responses"], "errors": dns["errors"]},
+            "flows": {"tracked": len(self.trackers), "decided": len(self.decided), "kernel_noted": len(self.kernel_cls),
+                      "sni": len(self.sni), "max": self.flow_state_max,
+                      "evicted": self.trackers.evicted + self.decided.evicted},
+            "counters": dict(self.counters),
+        }

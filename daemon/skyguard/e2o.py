@@ -1,0 +1,235 @@
+"""Legacy SkypeOut (E2O) vs PC-to-PC (E2E) vs look-alikes, from the `sample` events of one UDP flow.
+
+Everything here is a bounded running statistic (no packet list is kept): at most MAX_SAMPLES samples are looked at,
+and the state is a few hundred integers whatever the flow does. Features (SIGNATURES.md, "Legacy SkypeOut"):
+
+- Tstat's connection-ID rule, per direction: the first 4 payload bytes equal the previous packet's in that direction
+  and byte 4 differs. Tstat calls a flow E2O after > 100 such packets that are > 90% of the flow; we ask for the same
+  90% share but may decide from MIN_SAMPLES samples on when every other feature agrees.
+- Bonfiglio's chi-square over the first 8 payload bytes as 16 nibble groups, threshold 150 with >= 100 packets:
+  E2O = groups 1-8 deterministic (the CID) and 9-16 random; E2E = groups 5-6 (the SoM function byte) deterministic
+  and the rest random. (WireGuard's constant type + receiver index make groups 9-16 deterministic too.)
+- Payload size standard deviation per direction over CID packets: G.729 CBR about 1 byte, iSAC about 7.5 bytes.
+- Inter-arrival regularity per direction: a dominant period of 10, 20, 30, 40 or 60 ms (losses count as multiples).
+- Both directions active at similar rates (a call, not a stream or a probe).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from . import wire
+
+R_E2O_STATS = wire.C["SG_R_E2O_STATS"]
+R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]
+
+MIN_SAMPLES = 100  # Bonfiglio's chi-square needs >= 100 packets; also the earliest E2O/E2E decision
+MAX_SAMPLES = 200  # samples looked at per flow; after that the tracker gives up (no decision)
+CHI2_THRESHOLD = 150.0  # Bonfiglio 2007
+CID_SHARE = 0.90  # Tstat: CID packets > 90% of the flow
+SIZE_SD_MAX = 3.0  # bytes, per direction: G.729 CBR ~1 B passes, iSAC ~7.5 B does not
+PERIODS_MS = (10, 20, 30, 40, 60)  # voice packetisation intervals (SIGNATURES.md: 10 ms G.729 frames; 20/30/60 ms)
+PERIOD_HIT_SHARE = 0.55  # inter-arrivals within tolerance of the dominant period
+PERIOD_ANY_SHARE = 0.75  # ... or of 2x / 3x it (a lost packet), together
+DIR_BALANCE = 0.5  # packets of the quieter direction / the busier one
+SOM_FUNCS = frozenset({0x02, 0x03, 0x07, 0x0D, 0x0F})  # payload[2] & 0x8f (Bonfiglio, Tstat)
+SOM_DATA = 0x0D
+SOM_SHARE = 0.90  # E2E: packets with a valid SoM function
+SOM_DATA_SHARE = 0.70  # E2E: data frames (func 0x0d), per direction
+
+
+@dataclass(frozen=True)
+class Verdict:
+    cls: int
+    reason: int
+    detail: str
+
+
+@dataclass
+class _Running:
+    """Welford mean/variance."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        d = x - self.mean
+        self.mean += d / self.n
+        self.m2 += d * (x - self.mean)
+
+    @property
+    def sd(self) -> float:
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+
+
+def _tolerance_ms(period: int) -> float:
+    return max(3.0, 0.2 * period)
+
+
+@dataclass
+class _Dir:
+    """Running facts about one direction of the flow."""
+
+    pkts: int = 0
+    cid_rep: int = 0
+    som: int = 0
+    som_data: int = 0
+    prev_head: bytes | None = None  # first 5 payload bytes of the previous packet
+    last_ts: int | None = None
+    cid_size: _Running = field(default_factory=_Running)  # sizes of CID packets
+    all_size: _Running = field(default_factory=_Running)
+    iats: int = 0
+    hits: list[int] = field(default_factory=lambda: [0] * len(PERIODS_MS))  # |iat - P| <= tol
+    mult: list[int] = field(default_factory=lambda: [0] * len(PERIODS_MS))  # |iat - kP| <= tol, k = 2, 3
+
+    def add(self, ts_ns: int, payload_len: int, data: bytes) -> None:
+        self.pkts += 1
+        head = data[:5]
+        cid = (
+            len(head) == 5 and self.prev_head is not None and len(self.prev_head) == 5
+            and head[:4] == self.prev_head[:4] and head[4] != self.prev_head[4]
+        )
+        if cid:
+            self.cid_rep += 1
+            self.cid_size.add(payload_len)
+        self.all_size.add(payload_len)
+        self.prev_head = bytes(head)
+        if len(data) >= 3 and (data[2] & 0x8F) in SOM_FUNCS:
+            self.som += 1
+            if data[2] & 0x8F == SOM_DATA and payload_len > 4:
+                self.som_data += 1
+        if self.last_ts is not None and ts_ns >= self.last_ts:
+            iat = (ts_ns - self.last_ts) / 1e6
+            self.iats += 1
+            for i, p in enumerate(PERIODS_MS):
+                tol = _tolerance_ms(p)
+                if abs(iat - p) <= tol:
+                    self.hits[i] += 1
+                elif abs(iat - 2 * p) <= tol or abs(iat - 3 * p) <= tol:
+                    self.mult[i] += 1
+        self.last_ts = ts_ns
+
+    def period(self) -> tuple[int, float, float]:
+        """(dominant period ms, share of inter-arrivals at it, share at it or a multiple); (0, 0, 0) if none."""
+        if self.iats == 0:
+            return 0, 0.0, 0.0
+        i = max(range(len(PERIODS_MS)), key=lambda j: self.hits[j])
+        return PERIODS_MS[i], self.hits[i] / self.iats, (self.hits[i] + self.mult[i]) / self.iats
+
+    def regular(self) -> bool:
+        _p, hit, anyk = self.period()
+        return hit >= PERIOD_HIT_SHARE and anyk >= PERIOD_ANY_SHARE
+
+
+class Chi2:
+    """Bonfiglio's chi-square per nibble group over the first 8 payload bytes (16 groups x 16 values)."""
+
+    GROUPS = 16
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.counts = [[0] * 16 for _ in range(self.GROUPS)]
+
+    def add(self, data: bytes) -> None:
+        if len(data) < 8:
+            return
+        self.n += 1
+        for i in range(8):
+            b = data[i]
+            self.counts[2 * i][b >> 4] += 1
+            self.counts[2 * i + 1][b & 0x0F] += 1
+
+    def values(self) -> list[float]:
+        """Chi-square of each group against a uniform nibble (15 degrees of freedom); 15*n for a constant group."""
+        if self.n == 0:
+            return [0.0] * self.GROUPS
+        e = self.n / 16
+        return [sum((c - e) ** 2 for c in grp) / e for grp in self.counts]
+
+    def deterministic(self) -> list[bool]:
+        """Groups above the threshold (far from uniform). Group i here is Bonfiglio's group i + 1."""
+        return [v > CHI2_THRESHOLD for v in self.values()]
+
+
+class E2OTracker:
+    """Feed one flow's samples with add(); a Verdict comes back once, or never (leave the kernel's class)."""
+
+    def __init__(self) -> None:
+        self.dirs = (_Dir(), _Dir())
+        self.chi2 = Chi2()
+        self.n = 0
+        self.done = False  # a verdict was given or the sample budget is spent
+
+    def add(self, ts_ns: int, direction: int, payload_len: int, data: bytes) -> Verdict | None:
+        if self.done:
+            return None
+        self.n += 1
+        self.dirs[direction & 1].add(ts_ns, payload_len, data)
+        self.chi2.add(data)
+        if self.n < MIN_SAMPLES:
+            return None
+        v = self.evaluate()
+        if v is not None or self.n >= MAX_SAMPLES:
+            self.done = True
+        return v
+
+    # -- features -------------------------------------------------------------------------------------------------
+
+    def cid_share(self) -> float:
+        return sum(d.cid_rep for d in self.dirs) / self.n if self.n else 0.0
+
+    def balanced(self) -> bool:
+        a, b = (d.pkts for d in self.dirs)
+        return min(a, b) > 0 and min(a, b) / max(a, b) >= DIR_BALANCE
+
+    def features(self) -> dict:
+        """Everything the decision looks at (for logs, tests and `detail`)."""
+        det = self.chi2.deterministic()
+        return {
+            "n": self.n,
+            "cid_share": self.cid_share(),
+            "det": det,
+            "size_sd_cid": [d.cid_size.sd for d in self.dirs],
+            "size_sd": [d.all_size.sd for d in self.dirs],
+            "period": [d.period() for d in self.dirs],
+            "regular": [d.regular() for d in self.dirs],
+            "balanced": self.balanced(),
+            "som_share": sum(d.som for d in self.dirs) / self.n if self.n else 0.0,
+            "som_data_share": [d.som_data / d.pkts if d.pkts else 0.0 for d in self.dirs],
+        }
+
+    def evaluate(self) -> Verdict | None:
+        # cheap gates first: the chi-square and the rest only for flows that could pass one of the two rules
+        if not self.balanced():
+            return None
+        if self.cid_share() <= CID_SHARE and sum(d.som for d in self.dirs) < SOM_SHARE * self.n:
+            return None
+        f = self.features()
+        det = f["det"]
+        ndet = sum(det)
+        periods = "/".join(sorted({f"{p[0]}ms" for p in f["period"] if p[0]}))
+        # E2O: constant CID in every direction, random rest, constant bit rate, regular clock, both ways
+        if (
+            f["cid_share"] > CID_SHARE
+            and sum(det[:8]) >= 7 and not any(det[8:])
+            and all(d.cid_size.n >= 2 and d.cid_size.sd <= SIZE_SD_MAX for d in self.dirs)
+            and all(f["regular"])
+        ):
+            sd = max(f["size_sd_cid"])
+            return Verdict(wire.OUT, R_E2O_STATS,
+                           f"cid {f['cid_share']:.0%} chi2 {ndet}/16 det, size sd {sd:.1f}B, {periods}")
+        # E2E: SoM data frames both ways, only the function byte's groups (5-6) deterministic, not CBR-with-CID
+        if (
+            f["som_share"] >= SOM_SHARE
+            and all(s >= SOM_DATA_SHARE for s in f["som_data_share"])
+            and det[5] and not any(det[:4]) and not any(det[6:])
+            and f["cid_share"] < 0.5
+        ):
+            sd = max(f["size_sd"])
+            return Verdict(wire.P2P, R_SOM_VOICE,
+                           f"som data {min(f['som_data_share']):.0%} both ways, chi2 {ndet}/16 det (5-6), "
+                           f"size sd {sd:.1f}B, {periods or 'irregular'}")
+        return None

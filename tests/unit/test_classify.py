@@ -1,0 +1,224 @@
+"""SlowPath: dispatch of kernel events to the E2O statistics, DNS learning and TLS SNI, with bounded per-flow state."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+
+import pytest
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from test_e2o import e2e_flow, e2o_flow, game_flow, random_flow, wireguard_flow
+
+from skyguard import wire
+from skyguard.classify import Decision, PrefixChange, SlowPath
+from skyguard.policy import Policy
+
+S = 1_000_000_000
+R = wire.C
+
+
+def policy(**kw) -> Policy:
+    kw.setdefault("pstn_names", ("sip.pstnhub.microsoft.com",))
+    return Policy(name="t", path=None, slots=tuple(wire.PolicySlot() for _ in range(wire.POL_SLOTS)), **kw)
+
+
+def key(n: int = 1, proto: int = 17) -> wire.FlowKey:
+    return wire.FlowKey.make(f"192.0.2.{n % 250 + 1}", 40000 + n // 250, "203.0.113.7", 12340, proto)
+
+
+def sample_events(k: wire.FlowKey, samples) -> list[wire.Event]:
+    """Sample events as the ring buffer delivers them (packed and unpacked: data cut to 64 bytes)."""
+    out = []
+    for i, (ts, d, plen, data) in enumerate(samples, 1):
+        ev = wire.Event(type=wire.EV_SAMPLE, dir=d, ts_ns=ts, key=k, payload_len=plen, inspected=i + 2, data=data)
+        out.append(wire.Event.unpack(ev.pack()))
+    return out
+
+
+def classified(k: wire.FlowKey, new: int, reason: int) -> wire.Event:
+    return wire.Event(type=wire.EV_CLASSIFIED, dir=0, ts_ns=1, key=k, old_cls=0, new_cls=new, reason=reason, pkts=3)
+
+
+def big(k: wire.FlowKey, typ: int, data: bytes, ts: int = 0) -> wire.Event:
+    return wire.Event.unpack(wire.Event(type=typ, dir=1, ts_ns=ts, key=k, payload_len=len(data), data=data).pack())
+
+
+def feed(sp: SlowPath, events) -> list[tuple[int, Decision]]:
+    out = []
+    for i, ev in enumerate(events, 1):
+        out += [(i, d) for d in sp.on_event(ev)]
+    return out
+
+
+def test_e2o_flow_becomes_skype_out_once() -> None:
+    sp = SlowPath(policy())
+    k = key()
+    got = feed(sp, sample_events(k, e2o_flow(11, n_per_dir=150)))
+    assert len(got) == 1
+    n, d = got[0]
+    assert n <= 150
+    assert d.key == k and d.cls == wire.OUT and d.reason == R["SG_R_E2O_STATS"] and "cid" in d.detail
+    assert sp.status()["flows"]["tracked"] == 0  # state released once decided
+
+
+def test_e2o_recall_through_slowpath() -> None:
+    sp = SlowPath(policy())
+    outs = 0
+    for seed in range(100):
+        k = key(seed)
+        outs += any(d.cls == wire.OUT for _, d in feed(sp, sample_events(k, e2o_flow(1000 + seed))))
+    assert outs >= 95
+
+
+@pytest.mark.parametrize("model", [wireguard_flow, game_flow, random_flow])
+def test_decoys_give_no_decision(model) -> None:
+    sp = SlowPath(policy())
+    for seed in range(40):
+        assert feed(sp, sample_events(key(seed), model(seed))) == []
+
+
+def test_e2e_flow_becomes_p2p_unless_kernel_already_did() -> None:
+    sp = SlowPath(policy())
+    got = feed(sp, sample_events(key(1), e2e_flow(2)))
+    assert [(d.cls, d.reason) for _, d in got] == [(wire.P2P, R["SG_R_SOM_VOICE"])]
+    sp2 = SlowPath(policy())
+    k = key(2)
+    assert sp2.on_event(classified(k, wire.P2P, R["SG_R_SOM_VOICE"])) == []
+    assert feed(sp2, sample_events(k, e2e_flow(2))) == []
+
+
+def test_kernel_pstn_decision_is_not_redone() -> None:
+    sp = SlowPath(policy())
+    k = key()
+    sp.on_event(classified(k, wire.OUT, R["SG_R_PSTN_PREFIX"]))
+    assert feed(sp, sample_events(k, e2o_flow(4))) == []
+    assert sp.status()["flows"]["tracked"] == 0
+
+
+def test_kernel_p2p_by_som_can_still_be_corrected_to_out() -> None:
+    sp = SlowPath(policy())
+    k = key()
+    sp.on_event(classified(k, wire.P2P, R["SG_R_SOM"]))
+    got = feed(sp, sample_events(k, e2o_flow(4)))
+    assert [d.cls for _, d in got] == [wire.OUT]
+
+
+def test_contradicted_other_can_become_out_but_not_p2p() -> None:
+    sp = SlowPath(policy())
+    k, k2, k3 = key(1), key(2), key(3)
+    sp.on_event(classified(k, wire.OTHER, R["SG_R_CONTRADICT"]))
+    assert [d.cls for _, d in feed(sp, sample_events(k, e2o_flow(8)))] == [wire.OUT]
+    sp.on_event(classified(k2, wire.OTHER, R["SG_R_CONTRADICT"]))
+    assert feed(sp, sample_events(k2, e2e_flow(8))) == []
+    sp.on_event(classified(k3, wire.RELAY, R["SG_R_MS_STUN"]))
+    assert feed(sp, sample_events(k3, e2o_flow(8))) == []
+
+
+def test_flow_argument_with_daemon_flag_blocks_redecision() -> None:
+    sp = SlowPath(policy())
+    k = key()
+    evs = sample_events(k, e2o_flow(5))
+    flow = wire.Flow(cls=wire.OTHER, flags=R["SG_F_DAEMON"])
+    assert [d for ev in evs for d in sp.on_event(ev, flow)] == []
+
+
+def test_interleaved_flows_are_kept_apart() -> None:
+    sp = SlowPath(policy())
+    a, b, c = key(1), key(2), key(3)
+    evs = sample_events(a, e2o_flow(7)) + sample_events(b, game_flow(7)) + sample_events(c, e2e_flow(7))
+    evs.sort(key=lambda e: e.ts_ns)
+    got = {d.key: d.cls for _, d in feed(sp, evs)}
+    assert got == {a: wire.OUT, c: wire.P2P}
+
+
+def test_flow_state_is_bounded() -> None:
+    sp = SlowPath(policy(), flow_state_max=50)
+    for n in range(400):
+        for ev in sample_events(key(n), random_flow(n, n=5)):
+            sp.on_event(ev)
+    st = sp.status()["flows"]
+    assert st["tracked"] <= 50 and st["max"] == 50 and st["evicted"] >= 350
+
+
+def test_forget_drops_state() -> None:
+    sp = SlowPath(policy())
+    k = key()
+    feed(sp, sample_events(k, e2o_flow(1))[:50])
+    assert sp.status()["flows"]["tracked"] == 1
+    sp.forget(k)
+    assert sp.status()["flows"]["tracked"] == 0
+
+
+def _hello(host: str) -> bytes:
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ssl.create_default_context().wrap_bio(inc, out, server_hostname=host)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def test_tls_sni_decides_signalling_once() -> None:
+    sp = SlowPath(policy())
+    k = key(1, proto=6)
+    ev = big(k, wire.EV_TLS, _hello("eu-api.asm.skype.com"))
+    assert sp.on_event(ev) == [Decision(k, wire.SIGNALING, R["SG_R_SNI"], "eu-api.asm.skype.com")]
+    assert sp.on_event(ev) == []
+
+
+def test_tls_other_or_missing_sni_gives_nothing() -> None:
+    sp = SlowPath(policy())
+    assert sp.on_event(big(key(1, 6), wire.EV_TLS, _hello("www.example.org"))) == []
+    assert sp.on_event(big(key(2, 6), wire.EV_TLS, b"\x16\x03\x01\x00")) == []
+    assert sp.status()["counters"]["tls_other"] == 1 and sp.status()["counters"]["tls_no_sni"] == 1
+
+
+def test_tls_uses_policy_names_and_respects_kernel_media_classes() -> None:
+    sp = SlowPath(policy(skype_names=("corp.example",)))
+    assert sp.on_event(big(key(1, 6), wire.EV_TLS, _hello("a.skype.com"))) == []
+    assert len(sp.on_event(big(key(2, 6), wire.EV_TLS, _hello("sbc.corp.example")))) == 1
+    sp = SlowPath(policy())
+    k = key(3, 6)
+    sp.on_event(classified(k, wire.OUT, R["SG_R_PSTN_PREFIX"]))
+    assert sp.on_event(big(k, wire.EV_TLS, _hello("sip.pstnhub.microsoft.com"))) == []
+
+
+def _dns(ttl: int) -> bytes:
+    pkt = DNS(id=3, qr=1, rd=1, ra=1, qd=DNSQR(qname="sip.pstnhub.microsoft.com"),
+              an=[DNSRR(rrname="sip.pstnhub.microsoft.com", type="A", rdata="52.114.16.74", ttl=ttl)])
+    return bytes(pkt.compress())
+
+
+def test_dns_learning_expiry_and_policy_reload() -> None:
+    sp = SlowPath(policy())
+    k = wire.FlowKey.make("192.0.2.1", 5353, "192.0.2.53", 53, 17)
+    assert sp.on_event(big(k, wire.EV_DNS, _dns(120), ts=5 * S)) == []
+    (pc,) = sp.take_prefix_changes()
+    assert isinstance(pc, PrefixChange)
+    assert (pc.kind, pc.add, pc.expires_ns) == ("pstn", True, 125 * S)
+    assert pc.network == ipaddress.ip_network("52.114.16.74/32") and pc.reason == R["SG_R_PSTN_NAME"]
+    assert sp.take_prefix_changes() == []
+    assert sp.status()["learned"]["addresses"] == 1
+    sp.expire(100 * S)
+    assert sp.take_prefix_changes() == []
+    sp.expire(125 * S)
+    assert [(c.add, c.network) for c in sp.take_prefix_changes()] == [(False, pc.network)]
+    # learn again, then a policy without the name removes it; one still naming it keeps it
+    sp.on_event(big(k, wire.EV_DNS, _dns(120), ts=200 * S))
+    sp.take_prefix_changes()
+    sp.set_policy(policy(pstn_names=("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com")))
+    assert sp.take_prefix_changes() == []
+    sp.set_policy(policy(pstn_names=()))
+    assert [c.add for c in sp.take_prefix_changes()] == [False]
+
+
+def test_dns_memory_bound_and_garbage() -> None:
+    sp = SlowPath(policy(), dns_max_entries=4)
+    k = key()
+    for i in range(10):
+        pkt = DNS(id=i, qr=1, qd=DNSQR(qname="sip.pstnhub.microsoft.com"),
+                  an=[DNSRR(rrname="sip.pstnhub.microsoft.com", type="A", rdata=f"52.114.1.{i + 1}", ttl=60)])
+        sp.on_event(big(k, wire.EV_DNS, bytes(pkt)))
+    sp.on_event(big(k, wire.EV_DNS, b"\xff" * 40))
+    st = sp.status()
+    assert st["learned"]["addresses"] == 4 and st["learned"]["max"] == 4
+    assert sum(st["dns"]["errors"].values()) >= 1

@@ -1,0 +1,204 @@
+"""E2O (legacy SkypeOut) vs E2E vs decoys, on sample streams synthesised from the models in SIGNATURES.md."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from skyguard import wire
+from skyguard.e2o import MAX_SAMPLES, Chi2, E2OTracker
+
+MS = 1_000_000
+Sample = tuple[int, int, int, bytes]  # ts_ns, dir, payload_len, first <= 64 bytes
+
+
+def _interleave(streams: list[list[Sample]]) -> list[Sample]:
+    return sorted((s for st in streams for s in st), key=lambda s: s[0])
+
+
+def _clocked(rng: random.Random, n: int, period_ms: float, jitter_ms: float, loss: float, start_ns: int) -> list[int]:
+    out, k = [], 0
+    while len(out) < n:
+        k += 1
+        if rng.random() < loss:
+            continue
+        out.append(start_ns + int((k * period_ms + rng.gauss(0, jitter_ms)) * MS))
+    return sorted(out)
+
+
+def e2o_flow(seed: int, n_per_dir: int = 110) -> list[Sample]:
+    """SkypeOut: a few SoM signalling messages, then G.729 CBR voice with a constant 4-byte CID per direction and
+    random bytes from byte 4 on; size = (rate x interval + 8) x redundancy + 4 with a byte or so of wobble."""
+    rng = random.Random(seed)
+    period = rng.choice([10, 20, 30])
+    red = rng.choice([1, 1, 2])
+    base = (period + 8) * red + 4
+    same_cid = rng.random() < 0.5
+    cid0 = rng.randbytes(4)
+    streams = []
+    for d in (0, 1):
+        cid = cid0 if same_cid else rng.randbytes(4)
+        ts = _clocked(rng, n_per_dir, period, rng.uniform(0.3, 1.5), rng.uniform(0, 0.03), 5 * MS * d)
+        out = []
+        for i, t in enumerate(ts):
+            if i < rng.randint(2, 3):  # signalling: SoM header, func 0x02
+                body = rng.randbytes(2) + bytes([(rng.getrandbits(3) << 4) | 0x02]) + rng.randbytes(30)
+            else:
+                size = base + rng.choice([0, 0, 0, 0, 1, -1, 0, 2])
+                body = cid + rng.randbytes(size - 4)
+            out.append((t, d, len(body), body[:64]))
+        streams.append(out)
+    return _interleave(streams)
+
+
+def e2e_flow(seed: int, n_per_dir: int = 110) -> list[Sample]:
+    """PC-to-PC: every packet a SoM data frame (func 0x0d with 3 random bits), random ID, iSAC VBR ~67 +- 7.5 B."""
+    rng = random.Random(seed)
+    period = rng.choice([20, 30, 60])
+    streams = []
+    for d in (0, 1):
+        ts = _clocked(rng, n_per_dir, period, rng.uniform(0.3, 2.0), rng.uniform(0, 0.03), 7 * MS * d)
+        out = []
+        for t in ts:
+            size = max(20, int(rng.gauss(67, 7.5)))
+            body = rng.randbytes(2) + bytes([(rng.getrandbits(3) << 4) | 0x0D]) + rng.randbytes(size - 3)
+            out.append((t, d, len(body), body[:64]))
+        streams.append(out)
+    return _interleave(streams)
+
+
+def wireguard_flow(seed: int, n_per_dir: int = 110) -> list[Sample]:
+    """WireGuard transport data carrying a CBR call (worst case: sizes and clock like G.729): type 4 + 3 zero bytes,
+    a receiver index constant per direction, a little-endian counter, ciphertext."""
+    rng = random.Random(seed)
+    period = rng.choice([10, 20, 30])
+    size = 32 + (period + 8) + 16 + 28  # header + inner IP/UDP + voice + tag
+    streams = []
+    for d in (0, 1):
+        idx = rng.randbytes(4)
+        ts = _clocked(rng, n_per_dir, period, 1.0, 0.01, 3 * MS * d)
+        out = []
+        for i, t in enumerate(ts):
+            body = b"\x04\x00\x00\x00" + idx + (i + rng.randint(0, 2)).to_bytes(8, "little")
+            body += rng.randbytes(size - len(body) + rng.choice([0, 0, 16]))
+            out.append((t, d, len(body), body[:64]))
+        streams.append(out)
+    return _interleave(streams)
+
+
+def game_flow(seed: int, n: int = 220) -> list[Sample]:
+    """A game: constant 4-byte header per direction, random/sequence byte 4, sizes 30..400 B, bursty clock."""
+    rng = random.Random(seed)
+    hdr = [rng.randbytes(4), rng.randbytes(4)]
+    t = 0
+    out = []
+    for i in range(n):
+        d = 0 if rng.random() < 0.55 else 1
+        t += int(rng.expovariate(1 / 12.0) * MS) if rng.random() < 0.8 else int(rng.uniform(40, 120) * MS)
+        size = rng.choice([rng.randint(30, 60), rng.randint(60, 400)])
+        b4 = bytes([i & 0xFF]) if seed % 2 else rng.randbytes(1)
+        body = hdr[d] + b4 + rng.randbytes(size - 5)
+        out.append((t, d, len(body), body[:64]))
+    return out
+
+
+def random_flow(seed: int, n: int = 220) -> list[Sample]:
+    rng = random.Random(seed)
+    t = 0
+    out = []
+    for _ in range(n):
+        t += int(rng.uniform(1, 40) * MS)
+        size = rng.randint(8, 1400)
+        body = rng.randbytes(size)
+        out.append((t, rng.getrandbits(1), size, body[:64]))
+    return out
+
+
+def run(samples: list[Sample]) -> tuple[int | None, int, str]:
+    """(class, packets when decided, detail) of one flow; (None, n, '') without a verdict."""
+    tr = E2OTracker()
+    for i, (ts, d, plen, data) in enumerate(samples, 1):
+        v = tr.add(ts, d, plen, data)
+        if v is not None:
+            return v.cls, i, v.detail
+    return None, len(samples), ""
+
+
+SEEDS = range(200)
+
+
+def test_e2o_recall_and_speed() -> None:
+    hits, late = 0, []
+    for seed in SEEDS:
+        cls, n, detail = run(e2o_flow(seed))
+        if cls == wire.OUT:
+            hits += 1
+            if n > 150:
+                late.append((seed, n))
+            assert "cid" in detail and "chi2" in detail
+    assert hits >= 0.95 * len(SEEDS), f"E2O recall {hits}/{len(SEEDS)}"
+    assert not late, f"decided after 150 packets: {late[:5]}"
+
+
+def test_e2o_detail_is_explainable() -> None:
+    cls, n, detail = run(e2o_flow(3))
+    assert cls == wire.OUT and n <= 150
+    assert "8/16 det" in detail and "ms" in detail and "size sd" in detail
+
+
+@pytest.mark.parametrize("model", [wireguard_flow, game_flow, random_flow], ids=["wireguard", "game", "random"])
+def test_decoys_never_skype_out(model) -> None:
+    fps = [seed for seed in SEEDS if run(model(seed))[0] == wire.OUT]
+    assert fps == [], f"{model.__name__} became skype-out for seeds {fps[:10]}"
+
+
+@pytest.mark.parametrize("model", [wireguard_flow, game_flow, random_flow], ids=["wireguard", "game", "random"])
+def test_decoys_never_p2p(model) -> None:
+    fps = [seed for seed in SEEDS if run(model(seed))[0] is not None]
+    assert fps == []
+
+
+def test_e2e_is_not_out_and_mostly_p2p() -> None:
+    got = [run(e2e_flow(seed)) for seed in SEEDS]
+    assert not [g for g in got if g[0] == wire.OUT]
+    p2p = [g for g in got if g[0] == wire.P2P]
+    assert len(p2p) >= 0.9 * len(SEEDS)
+    assert all("som data" in g[2] for g in p2p)
+
+
+def test_one_way_cbr_stream_is_not_e2o() -> None:
+    """Only one direction: a stream, not a call (the 'both directions active' rule)."""
+    samples = [s for s in e2o_flow(1, n_per_dir=200) if s[1] == 0]
+    assert run(samples)[0] is None
+
+
+def test_vbr_with_cid_is_not_e2o() -> None:
+    """A constant CID but iSAC-like sizes (sd ~7.5 B) fails the constant-bit-rate rule."""
+    rng = random.Random(5)
+    out = []
+    for d in (0, 1):
+        cid = rng.randbytes(4)
+        for k in range(110):
+            body = cid + rng.randbytes(max(10, int(rng.gauss(67, 7.5))) - 4)
+            out.append((k * 20 * MS + d * MS, d, len(body), body))
+    assert run(_interleave([out]))[0] is None
+
+
+def test_state_is_bounded_and_gives_up() -> None:
+    tr = E2OTracker()
+    for ts, d, plen, data in random_flow(9, n=1000):
+        assert tr.add(ts, d, plen, data) is None
+    assert tr.done and tr.n == MAX_SAMPLES
+
+
+def test_chi2_constant_vs_random() -> None:
+    rng = random.Random(1)
+    c = Chi2()
+    for _ in range(100):
+        c.add(b"\xab\xcd\x12\x34" + rng.randbytes(4))
+    det = c.deterministic()
+    assert det[:8] == [True] * 8 and det[8:] == [False] * 8
+    assert c.values()[0] == pytest.approx(15 * 100)
+    c.add(b"short")  # ignored, fewer than 8 bytes
+    assert c.n == 100
