@@ -21,7 +21,7 @@ from .config import Config, ConfigError, parse_daemon_args
 from .control import ControlError, ControlServer
 from .engine import Engine
 from .ifaces import Attached, InterfaceError, LinkWatcher, attach, detach, ensure_bpffs, ifindex, xdp_prog_id
-from .logs import configure_logging, get_logger
+from .logs import configure, get_logger
 from .policy import Policy, PolicyError, load_policy
 from .sdnotify import Notifier
 
@@ -69,8 +69,7 @@ class Daemon:
         self.policy_loaded_at = time.time()
         for ifname in cfg.interfaces:
             self._attach(ifname)
-        self.control = ControlServer(cfg.socket, self.handle, mode=cfg.socket_mode, group=cfg.socket_group,
-                                     logger=_StdlibBridge(self.log))
+        self.control = ControlServer(cfg.socket, self.handle, mode=cfg.socket_mode, group=cfg.socket_group)
         self.engine.subscribe(self.control.publish)
         self.links = LinkWatcher()
         self.sel.register(self.control, selectors.EVENT_READ, "control")
@@ -150,7 +149,8 @@ class Daemon:
         for pc in self.engine.slow.take_prefix_changes():
             self.engine.apply_prefix(pc)
         self.engine.expire_blocks(time.time_ns())
-        timeouts = {"udp": self.cfg.udp_timeout, "tcp": self.cfg.tcp_timeout, "other": self.cfg.other_timeout}
+        t = self.cfg.idle_timeout
+        timeouts = {"udp": t.udp, "tcp": t.tcp, "other": t.other}
         gone = self.engine.expire_flows(now_ns, timeouts)
         if gone:
             self.log.debug("flows expired", count=gone)
@@ -251,7 +251,7 @@ class Daemon:
         return {"kernel": self.kernel.stats(), "daemon": {"events": dict(c.events), "decisions": c.decisions,
                                                            "prefix_changes": c.prefix_changes,
                                                            "expired_flows": c.expired_flows,
-                                                           "log_suppressed": self.engine.limiter.suppressed}}
+                                                           "log_suppressed": self.engine.log_suppressed}}
 
     def cmd_flows(self, args: dict) -> dict:
         cls = args.get("class")
@@ -373,38 +373,13 @@ def _policy_dict(p: Policy, loaded_at: float) -> dict:
             "exempt": {"prefixes": [str(n) for n in p.exempt_prefixes]}, "skype_names": list(p.skype_names)}
 
 
-class _StdlibBridge:
-    """control.py logs with %-style stdlib calls; route them into structlog."""
-
-    def __init__(self, log: Any) -> None:
-        self._log = log
-
-    def _emit(self, level: str, msg: str, *args: Any, **kw: Any) -> None:
-        getattr(self._log, level)(msg % args if args else msg)
-
-    def info(self, msg, *a, **k):
-        self._emit("info", msg, *a)
-
-    def debug(self, msg, *a, **k):
-        self._emit("debug", msg, *a)
-
-    def warning(self, msg, *a, **k):
-        self._emit("warning", msg, *a)
-
-    def error(self, msg, *a, **k):
-        self._emit("error", msg, *a)
-
-    def exception(self, msg, *a, **k):
-        self._log.exception(msg % a if a else msg)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, _args = parse_daemon_args(argv)
     except ConfigError as e:
         print(f"skyguardd: {e}", file=sys.stderr)
         return 1
-    configure_logging(cfg.log_format)
+    configure(cfg.log_format, cfg.log_level)
     log = get_logger("skyguardd")
     if os.geteuid() != 0:
         print("skyguardd: must run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON", file=sys.stderr)

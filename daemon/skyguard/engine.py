@@ -8,8 +8,7 @@ published to socket subscribers.
 from __future__ import annotations
 
 import ipaddress
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ import structlog
 
 from . import wire
 from .classify import Decision, PrefixChange, SlowPath
+from .logs import RateLimiter
 from .policy import Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -46,28 +46,6 @@ class KernelLike(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-class RateLimiter:
-    """At most `burst` log lines per key per `period_ns`; bounded memory (LRU of keys)."""
-
-    def __init__(self, burst: int = 5, period_ns: int = 60_000_000_000, max_keys: int = 65536) -> None:
-        self.burst, self.period_ns, self.max_keys = burst, period_ns, max_keys
-        self._seen: OrderedDict[Any, tuple[int, int]] = OrderedDict()
-        self.suppressed = 0
-
-    def allow(self, key: Any, now_ns: int) -> bool:
-        start, n = self._seen.pop(key, (now_ns, 0))
-        if now_ns - start >= self.period_ns:
-            start, n = now_ns, 0
-        n += 1
-        self._seen[key] = (start, n)
-        if len(self._seen) > self.max_keys:
-            self._seen.popitem(last=False)
-        if n > self.burst:
-            self.suppressed += 1
-            return False
-        return True
-
-
 def addr_in(raw: bytes, net: Network) -> bool:
     ip = ipaddress.IPv6Address(raw)
     v4 = ip.ipv4_mapped
@@ -92,7 +70,8 @@ class Engine:
         self.slow = slowpath or SlowPath(policy)
         self.log = logger or structlog.get_logger("skyguard.engine")
         self.log_all = log_all  # log every classification, not only the classes whose policy has log = true
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(limit=5, period=60.0)  # log lines per flow per minute
+        self.log_suppressed = 0
         self.counters = EngineCounters()
         self.subscribers: list[Callable[[dict], None]] = []
         self.on_decision: list[Callable[[wire.FlowKey, int, int, int], None]] = []  # key, old, new, ts_ns
@@ -192,7 +171,11 @@ class Engine:
         if detail:
             event["detail"] = detail
         self.publish(event)
-        if (slot.log or self.log_all or slot.action != wire.PASS) and self.limiter.allow(key, ts_ns or time.time_ns()):
+        if not (slot.log or self.log_all or slot.action != wire.PASS):
+            return
+        if not self.limiter.allow(key):
+            self.log_suppressed += 1
+        else:
             fields = {k: v for k, v in event.items() if k not in ("type", "reasons")}
             self.log.info("flow classified", **fields)
             if slot.action != wire.PASS:
