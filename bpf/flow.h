@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* flow.h: the bidirectional flow key (lower (address, port) endpoint first) and private flow-state helpers. */
+#ifndef SKYGUARD_FLOW_H
+#define SKYGUARD_FLOW_H
+
+#include "skyguard.h"
+#include "parsing.h"
+
+/* Private per-direction bits in flow.stun[dir] above the shared SG_S_* bits. */
+#define SG_S_SOMDATA   0x40 /* this direction sent a SoM data frame (func 0x0d) */
+#define SG_S_STATIC_PT 0x80 /* this direction sent RTP with a static payload type 0/8/18 */
+/* flow.stun[0] on TCP flows: a payload-carrying packet was seen (only the first one may raise a `tls` event). */
+#define SG_S_TCP_PAYLOAD 0x40
+/* flow._pad[0..1]: byte 4 of the previous payload per direction (the CID rule needs it). */
+#define SG_PREV_B4(f, d) ((f)->_pad[(d) & 1])
+/* flow._pad[3]: per-packet scratch bits SG_PK_* (signatures.h), cleared before each inspected packet. */
+#define SG_PKF(f) ((f)->_pad[3])
+
+/* Compare two big-endian 64-bit halves as memcmp would. */
+static __always_inline int sg_cmp_be64(__u64 a, __u64 b)
+{
+	a = __builtin_bswap64(a);
+	b = __builtin_bswap64(b);
+	return a < b ? -1 : (a > b ? 1 : 0);
+}
+
+/* Fill *key from the packet; returns dir (0 when the source is the lo endpoint, ties included). */
+static __always_inline __u8 sg_flow_key(const struct sg_pkt *pk, struct sg_flow_key *key)
+{
+	__u64 s[2], d[2];
+	int c;
+
+	if (pk->v6) {
+		__builtin_memcpy(s, &pk->saddr6, 16);
+		__builtin_memcpy(d, &pk->daddr6, 16);
+		c = sg_cmp_be64(s[0], d[0]);
+		if (c == 0)
+			c = sg_cmp_be64(s[1], d[1]);
+	} else {
+		__u32 a = bpf_ntohl(pk->saddr4), b = bpf_ntohl(pk->daddr4);
+
+		s[0] = d[0] = 0;
+		s[1] = ((__u64)pk->saddr4 << 32) | 0xffff0000ULL;
+		d[1] = ((__u64)pk->daddr4 << 32) | 0xffff0000ULL;
+		c = a < b ? -1 : (a > b ? 1 : 0);
+	}
+	if (c == 0)
+		c = pk->sport < pk->dport ? -1 : (pk->sport > pk->dport ? 1 : 0);
+	key->vlan = pk->vlan;
+	key->proto = pk->proto;
+	key->_pad = 0;
+	if (c <= 0) {
+		__builtin_memcpy(key->lo_addr, s, 16);
+		__builtin_memcpy(key->hi_addr, d, 16);
+		key->lo_port = pk->sport;
+		key->hi_port = pk->dport;
+		return 0;
+	}
+	__builtin_memcpy(key->lo_addr, d, 16);
+	__builtin_memcpy(key->hi_addr, s, 16);
+	key->lo_port = pk->dport;
+	key->hi_port = pk->sport;
+	return 1;
+}
+
+#endif /* SKYGUARD_FLOW_H */

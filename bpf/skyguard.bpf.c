@@ -1,0 +1,638 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* skyguard.bpf.c: XDP classifier that recognises Skype calls and enforces the policy of each flow's class.
+ *
+ * bcc dialect (BPF(src_file=...)); UAPI headers only. Per packet: parse (Eth, 2 VLAN tags, IPv4/IPv6 + extension
+ * headers, UDP/TCP) -> bidirectional flow lookup (LRU) -> signatures while the flow is in its inspection window ->
+ * action of the flow's class from the `policy` map. Every packet lands in exactly one outcome counter and one action
+ * counter of the per-CPU `stats` entry.
+ */
+#include "skyguard.h"
+#include "parsing.h"
+#include "flow.h"
+#include "signatures.h"
+
+/* Maps are pinned under SG_PIN_PATH (a string cflag, e.g. "/sys/fs/bpf/skyguard") so a restarted daemon adopts them. */
+#ifdef SG_PIN_PATH
+#define SG_MAP(_type, _k, _v, _name, _max, _flags) \
+	BPF_TABLE_PINNED7(_type, _k, _v, _name, _max, SG_PIN_PATH "/" #_name, _flags)
+#else
+#define SG_MAP(_type, _k, _v, _name, _max, _flags) BPF_F_TABLE(_type, _k, _v, _name, _max, _flags)
+#endif
+
+/* flows: bidirectional 5-tuple + VLAN -> per-flow counters, class and inspection state */
+SG_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX, 0);
+/* policy: gen * SG_POL_SLOTS + class-or-slot -> action, dscp, log (two generations for atomic reloads) */
+SG_MAP("array", u32, struct sg_policy, policy, 2 * SG_POL_SLOTS, 0);
+/* config: one entry; gen selects the active policy/LPM generation */
+SG_MAP("array", u32, struct sg_config, config, 1, 0);
+/* stats: per-CPU counters, one struct per CPU (one lookup per packet) */
+SG_MAP("percpu_array", u32, struct sg_stats, stats, 1, 0);
+/* pstn_v4: generation + IPv4 prefix -> PSTN gateway/SBC prefixes (policy and DNS-learned) */
+SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, pstn_v4, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* pstn_v6: generation + IPv6 prefix -> PSTN gateway/SBC prefixes */
+SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, pstn_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* msmedia_v4: generation + IPv4 prefix -> Microsoft Skype/Teams media prefixes */
+SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, msmedia_v4, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* msmedia_v6: generation + IPv6 prefix -> Microsoft Skype/Teams media prefixes */
+SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, msmedia_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* exempt_v4: generation + IPv4 prefix -> never classified or touched */
+SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, exempt_v4, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* exempt_v6: generation + IPv6 prefix -> never classified or touched */
+SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, exempt_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* block_v4: generation + IPv4 prefix -> operator's manual blocks (always dropped) */
+SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, block_v4, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* block_v6: generation + IPv6 prefix -> operator's manual blocks */
+SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, block_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* events: ring buffer of classified/sample/dns/tls events for the daemon (never blocks: losses are counted) */
+BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
+
+#define SG_LPM4_BITS (8 + 32)
+#define SG_LPM6_BITS (8 + 128)
+
+/* What the per-flow helpers need besides the flow: the packet's context, clock and counters. */
+struct sg_run {
+	struct xdp_md *ctx;
+	void *data;
+	void *data_end;
+	struct sg_stats *st;
+	struct sg_flow_key *key;
+	__u64 now;
+	__u32 l3_off; /* IP header offset from data (masked: see SG_OFF_MASK) */
+	__u32 pl_off; /* L4 payload offset from data */
+	__u8 dir;
+};
+
+
+/* ---- LPM lookups (flow creation only). One function per map: bcc rewrites map calls by name. ---- */
+
+static __always_inline int sg_in_exempt(struct sg_pkt *pk, __u8 gen)
+{
+	if (pk->v6) {
+		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
+
+		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
+		if (exempt_v6.lookup(&k6))
+			return 1;
+		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
+		return exempt_v6.lookup(&k6) != 0;
+	}
+	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
+
+	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
+	if (exempt_v4.lookup(&k4))
+		return 1;
+	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
+	return exempt_v4.lookup(&k4) != 0;
+}
+
+static __always_inline int sg_in_block(struct sg_pkt *pk, __u8 gen)
+{
+	if (pk->v6) {
+		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
+
+		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
+		if (block_v6.lookup(&k6))
+			return 1;
+		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
+		return block_v6.lookup(&k6) != 0;
+	}
+	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
+
+	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
+	if (block_v4.lookup(&k4))
+		return 1;
+	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
+	return block_v4.lookup(&k4) != 0;
+}
+
+static __always_inline int sg_in_pstn(struct sg_pkt *pk, __u8 gen)
+{
+	if (pk->v6) {
+		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
+
+		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
+		if (pstn_v6.lookup(&k6))
+			return 1;
+		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
+		return pstn_v6.lookup(&k6) != 0;
+	}
+	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
+
+	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
+	if (pstn_v4.lookup(&k4))
+		return 1;
+	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
+	return pstn_v4.lookup(&k4) != 0;
+}
+
+static __always_inline int sg_in_msmedia(struct sg_pkt *pk, __u8 gen)
+{
+	if (pk->v6) {
+		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
+
+		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
+		if (msmedia_v6.lookup(&k6))
+			return 1;
+		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
+		return msmedia_v6.lookup(&k6) != 0;
+	}
+	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
+
+	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
+	if (msmedia_v4.lookup(&k4))
+		return 1;
+	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
+	return msmedia_v4.lookup(&k4) != 0;
+}
+
+/* ---- events ---- */
+static __always_inline void sg_ev_hdr(struct sg_ev_hdr *h, __u8 type, struct sg_run *r)
+{
+	h->type = type;
+	h->dir = r->dir;
+	h->_pad = 0;
+	h->_pad2 = 0;
+	h->ts_ns = r->now;
+	__builtin_memcpy(&h->key, r->key, sizeof(h->key));
+}
+
+static __always_inline void sg_emit_classified(struct sg_run *r, struct sg_flow *f, __u8 old, __u8 cls, __u32 reason)
+{
+	struct sg_ev_classified *ev = events.ringbuf_reserve(sizeof(*ev));
+
+	if (!ev) {
+		r->st->c[SG_ST_EVENTS_LOST]++;
+		return;
+	}
+	sg_ev_hdr(&ev->hdr, SG_EV_CLASSIFIED, r);
+	ev->old_cls = old;
+	ev->new_cls = cls;
+	ev->_pad = 0;
+	ev->reason = reason;
+	ev->pkts = f->pkts[0] + f->pkts[1];
+	events.ringbuf_submit(ev, 0);
+}
+
+/* Payload bytes [pl, pl + caplen) copied into a sample (64) or big (512) event. */
+static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, __u16 inspected)
+{
+	struct sg_ev_sample *ev = events.ringbuf_reserve(sizeof(*ev));
+	__u32 off = r->pl_off;
+	__u32 avail = r->data_end - (r->data + (off & SG_OFF_MASK));
+	__u64 caplen = pk->plen;
+
+	if (!ev) {
+		r->st->c[SG_ST_EVENTS_LOST]++;
+		return;
+	}
+	if (caplen > avail)
+		caplen = avail;
+	if (caplen > SG_SAMPLE_BYTES)
+		caplen = SG_SAMPLE_BYTES;
+	sg_ev_hdr(&ev->hdr, SG_EV_SAMPLE, r);
+	ev->payload_len = pk->plen;
+	ev->inspected = inspected;
+	ev->_pad = 0;
+	if (caplen < 1)
+		goto out;
+	asm volatile("" : "+r"(caplen)); /* two separate checks: clang must not fuse them into one the verifier loses */
+	if (caplen > sizeof(ev->data) || bpf_xdp_load_bytes(r->ctx, off, ev->data, caplen) != 0)
+		caplen = 0;
+out:
+	ev->caplen = caplen;
+	events.ringbuf_submit(ev, 0);
+}
+
+static __always_inline void sg_emit_big(struct sg_run *r, struct sg_pkt *pk, __u8 type)
+{
+	struct sg_ev_big *ev = events.ringbuf_reserve(sizeof(*ev));
+	__u32 off = r->pl_off;
+	__u32 avail = r->data_end - (r->data + (off & SG_OFF_MASK));
+	__u64 caplen = pk->plen;
+
+	if (!ev) {
+		r->st->c[SG_ST_EVENTS_LOST]++;
+		return;
+	}
+	if (caplen > avail)
+		caplen = avail;
+	if (caplen > SG_BIG_BYTES)
+		caplen = SG_BIG_BYTES;
+	sg_ev_hdr(&ev->hdr, type, r);
+	ev->payload_len = pk->plen;
+	ev->_pad = 0;
+	if (caplen < 1)
+		goto out;
+	asm volatile("" : "+r"(caplen)); /* two separate checks: clang must not fuse them into one the verifier loses */
+	if (caplen > sizeof(ev->data) || bpf_xdp_load_bytes(r->ctx, off, ev->data, caplen) != 0)
+		caplen = 0;
+out:
+	ev->caplen = caplen;
+	events.ringbuf_submit(ev, 0);
+}
+
+/* Set the flow's class; a class change emits `classified`. Daemon-owned classes are never touched. */
+static __always_inline void sg_set_class(struct sg_run *r, struct sg_flow *f, __u8 cls, __u32 reason, __u8 done)
+{
+	__u8 old = f->cls;
+
+	if (f->flags & SG_F_DAEMON)
+		return;
+	f->reason = reason;
+	if (done)
+		f->flags |= SG_F_DONE;
+	if (old == cls)
+		return;
+	f->cls = cls;
+	f->flags |= SG_F_LOGGED;
+	r->st->c[SG_ST_CLASSIFIED]++;
+	sg_emit_classified(r, f, old, cls, reason);
+}
+
+/* ---- DSCP rewrite (keeps the ECN bits) ---- */
+static __always_inline int sg_mark(struct sg_run *r, struct sg_pkt *pk, __u8 dscp)
+{
+	void *data_end = r->data_end;
+	void *l3 = r->data + (r->l3_off & SG_OFF_MASK);
+
+	if (!pk->v6) {
+		struct iphdr *iph = l3;
+		__u16 old_w, new_w;
+		__u32 sum;
+		__u8 tos;
+
+		if ((void *)(iph + 1) > data_end)
+			return 0;
+		tos = ((dscp & 0x3f) << 2) | (iph->tos & 0x03);
+		if (tos == iph->tos)
+			return 1;
+		old_w = *(__u16 *)iph;
+		iph->tos = tos;
+		new_w = *(__u16 *)iph;
+		/* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') */
+		sum = (~bpf_ntohs(iph->check) & 0xffff) + (~bpf_ntohs(old_w) & 0xffff) + bpf_ntohs(new_w);
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		iph->check = bpf_htons(~sum & 0xffff);
+		return 1;
+	}
+	__u8 *b = l3;
+	__u8 tc;
+
+	if ((void *)(b + 2) > data_end)
+		return 0;
+	/* version(4) | traffic class(8) | flow label(20): the class straddles bytes 0 and 1 */
+	tc = ((b[0] & 0x0f) << 4) | (b[1] >> 4);
+	tc = ((dscp & 0x3f) << 2) | (tc & 0x03);
+	b[0] = (b[0] & 0xf0) | (tc >> 4);
+	b[1] = (b[1] & 0x0f) | ((tc & 0x0f) << 4);
+	return 1;
+}
+
+/* ---- flow creation: the only place with LPM lookups ---- */
+static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct sg_pkt *pk, __u8 gen)
+{
+	struct sg_flow nf = {};
+	struct sg_flow *f;
+	__u8 pstn = 0;
+
+	nf.first_ns = r->now;
+	nf.init_dir = r->dir;
+	nf.som_func = 0xff;
+	nf.rtp_pt[0] = 0xff;
+	nf.rtp_pt[1] = 0xff;
+	if (sg_in_exempt(pk, gen)) {
+		nf.flags |= SG_F_EXEMPT | SG_F_DONE;
+	} else {
+		if (sg_in_block(pk, gen))
+			nf.flags |= SG_F_BLOCKED | SG_F_DONE;
+		if (sg_in_msmedia(pk, gen))
+			nf.evidence |= SG_E_MS_PREFIX;
+		if (pk->proto == IPPROTO_UDP) {
+			if (pk->sport == 12340 || pk->dport == 12340)
+				nf.evidence |= SG_E_PORT12340;
+			if (sg_in_pstn(pk, gen)) {
+				pstn = 1;
+				nf.flags |= SG_F_DONE;
+			}
+		}
+	}
+	if (flows.insert(r->key, &nf) != 0) {
+		f = flows.lookup(r->key); /* another CPU may have won the race */
+		return f;
+	}
+	f = flows.lookup(r->key);
+	if (!f)
+		return 0;
+	r->st->c[SG_ST_FLOW_NEW]++;
+	if (pstn)
+		sg_set_class(r, f, SG_CLASS_OUT, SG_R_PSTN_PREFIX, 1);
+	return f;
+}
+
+/* ---- signatures (inside the inspection window) ---- */
+
+/* The payload (plus `skip` bytes) as a fresh packet pointer whose proven range the verifier has forgotten: the code
+ * after each signature then continues in one state whatever bounds checks the branches before it made. */
+static __always_inline __u8 *sg_payload(struct sg_run *r, __u32 skip)
+{
+	__u64 off = r->pl_off + skip;
+
+	asm volatile("" : "+r"(off));
+	off &= SG_OFF_MASK;
+	return r->data + off;
+}
+static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk)
+{
+	void *data_end = r->data_end;
+	__u32 plen = pk->plen;
+	__u8 d = r->dir & 1;
+	__u32 qlen = plen, skip = 0;
+	__u8 pt = 0;
+	__u8 *p, *q;
+
+	SG_PKF(f) = 0;
+	/* E2O connection ID: first 4 bytes repeat the previous packet's (same direction), byte 4 differs */
+	p = sg_payload(r, 0);
+	if (plen >= 5 && (void *)(p + 5) <= data_end) {
+		__u32 cid = ((__u32)p[0]) | ((__u32)p[1] << 8) | ((__u32)p[2] << 16) | ((__u32)p[3] << 24);
+		__u8 b4 = p[4];
+
+		if (f->pkts[d] > 1 && cid == f->prev_cid[d] && b4 != SG_PREV_B4(f, d)) {
+			SG_PKF(f) |= SG_PK_CIDREP;
+			if (f->cid_rep[d] < 0xffff)
+				f->cid_rep[d]++;
+			if (f->cid_rep[d] >= 2)
+				f->evidence |= SG_E_CID;
+		}
+		f->prev_cid[d] = cid;
+		SG_PREV_B4(f, d) = b4;
+	}
+
+	/* FF 10 multiplexed TURN framing: the inner packet starts at offset 12 */
+	p = sg_payload(r, 0);
+	if (plen >= SG_FF10_HDR + 12 && (void *)(p + 2) <= data_end && p[0] == 0xff && p[1] == 0x10) {
+		qlen = plen - SG_FF10_HDR;
+		skip = SG_FF10_HDR;
+	}
+	q = sg_payload(r, skip);
+	if (sg_stun(q, qlen, data_end, &f->stun[d], &SG_PKF(f))) {
+		SG_PKF(f) |= SG_PK_STUN;
+		f->evidence |= SG_E_STUN;
+		if (f->stun[d] & SG_S_MS)
+			f->evidence |= SG_E_MS_ATTR;
+		if (skip)
+			f->evidence |= SG_E_FF10;
+	} else {
+		q = sg_payload(r, skip);
+		if (sg_rtp(q, qlen, data_end, &pt)) {
+			f->evidence |= SG_E_RTP;
+			f->rtp_pt[d] = pt;
+			if (f->rtp_cnt[d] < 0xff)
+				f->rtp_cnt[d]++;
+			if (pt == 0 || pt == 8 || pt == 18)
+				f->stun[d] |= SG_S_STATIC_PT;
+			if (skip)
+				f->evidence |= SG_E_FF10;
+		}
+	}
+
+	/* Legacy Start-of-Message */
+	p = sg_payload(r, 0);
+	if (plen >= 3 && (void *)(p + 3) <= data_end) {
+		__u8 func = p[2] & 0x8f;
+
+		if (f->pkts[0] + f->pkts[1] == 1) { /* the flow's first packet */
+			f->som_func = func;
+			if ((func == 0x02 || func == 0x03) && plen >= 12 && plen <= 100 && !sg_som_bad_first(p[0]) &&
+			    !(SG_PKF(f) & SG_PK_STUN) && pk->sport != 53 && pk->dport != 53 &&
+			    f->cls == SG_CLASS_UNKNOWN && !sg_rtp_looking(sg_payload(r, 0), plen, data_end)) {
+				f->evidence |= SG_E_SOM;
+				sg_set_class(r, f, SG_CLASS_SIGNALING, SG_R_SOM, 0);
+			}
+		}
+		if (sg_som_valid(func)) {
+			if (f->som_ok < 0xff)
+				f->som_ok++;
+			if (func == 0x0d && plen > 4) {
+				if (f->som_data < 0xff)
+					f->som_data++;
+				f->evidence |= SG_E_SOM_DATA;
+				f->stun[d] |= SG_S_SOMDATA;
+			}
+		} else if (!(SG_PKF(f) & SG_PK_CIDREP) && f->inspected > 1 && sg_som_valid(f->som_func) &&
+			   (f->cls == SG_CLASS_UNKNOWN || (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM)))) {
+			/* a later packet contradicts a first packet that carried a SoM func (DNSCrypt, random UDP) */
+			sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 1);
+			return;
+		}
+	}
+
+	/* E2E voice: SoM data frames both ways, few CID repeats */
+	if (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM) && f->som_data >= 16 &&
+	    (f->stun[0] & SG_S_SOMDATA) && (f->stun[1] & SG_S_SOMDATA) &&
+	    ((__u32)f->cid_rep[0] + f->cid_rep[1]) * 4 < f->som_data) {
+		sg_set_class(r, f, SG_CLASS_P2P, SG_R_SOM | SG_R_SOM_VOICE, 1);
+		return;
+	}
+	/* E2O: CID repetition towards UDP 12340 */
+	if ((f->evidence & SG_E_PORT12340) && (__u32)f->cid_rep[0] + f->cid_rep[1] >= 8) {
+		sg_set_class(r, f, SG_CLASS_OUT, SG_R_E2O_PORT, 1);
+		return;
+	}
+	/* Skype/Teams media (Microsoft STUN attributes) */
+	if (f->evidence & SG_E_MS_ATTR) {
+		__u8 s0 = f->stun[0], s1 = f->stun[1];
+		__u8 ini = f->init_dir & 1;
+		__u8 si = f->stun[ini], so = f->stun[ini ^ 1];
+		__u64 pkts_other = f->pkts[ini ^ 1];
+		__u32 extra = SG_R_MS_STUN;
+
+		if (f->evidence & SG_E_FF10)
+			extra |= SG_R_FF10;
+		if (f->evidence & SG_E_MS_PREFIX)
+			sg_set_class(r, f, SG_CLASS_RELAY, SG_R_MS_PREFIX | extra, 1);
+		else if ((s0 | s1) & SG_S_STATIC_PT)
+			sg_set_class(r, f, SG_CLASS_OUT, SG_R_RTP_STATIC | extra, 1);
+		else if ((s0 & SG_S_CHECK) && (s1 & SG_S_CHECK))
+			sg_set_class(r, f, SG_CLASS_P2P, SG_R_ICE_BOTH | extra, 1);
+		else if ((si & SG_S_CHECK) && (so & SG_S_RESP) && !(so & SG_S_REQ) && pkts_other >= 6)
+			sg_set_class(r, f, SG_CLASS_OUT, SG_R_ICE_LITE | extra, 1);
+		else
+			sg_set_class(r, f, SG_CLASS_RELAY, extra, 0); /* provisional: Skype for sure, leg unknown */
+	}
+}
+
+static __always_inline void sg_inspect_tcp(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk)
+{
+	__u8 *p = sg_payload(r, 0);
+
+	if (pk->plen == 0 || (f->stun[0] & SG_S_TCP_PAYLOAD))
+		return;
+	f->stun[0] |= SG_S_TCP_PAYLOAD;
+	if ((void *)(p + 2) <= r->data_end && p[0] == 0x16 && p[1] == 0x03) {
+		f->evidence |= SG_E_TLS;
+		sg_emit_big(r, pk, SG_EV_TLS);
+	}
+}
+
+static __always_inline void sg_inspect(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk)
+{
+	__u16 insp;
+
+	if (f->inspected < 0xffff)
+		f->inspected++;
+	insp = f->inspected;
+	r->st->c[SG_ST_INSPECTED]++;
+	if (pk->proto == IPPROTO_UDP) {
+		sg_inspect_udp(r, f, pk);
+		if (f->evidence & (SG_E_SOM | SG_E_CID)) {
+			f->evidence |= SG_E_CANDIDATE;
+			sg_emit_sample(r, pk, insp);
+		}
+	} else {
+		sg_inspect_tcp(r, f, pk);
+	}
+	if (f->flags & (SG_F_DONE | SG_F_DAEMON))
+		return;
+	if (f->cls == SG_CLASS_UNKNOWN && insp >= SG_PROBE && !(f->evidence & SG_E_DECISIVE)) {
+		sg_set_class(r, f, SG_CLASS_OTHER, SG_R_NO_EVIDENCE, 1);
+	} else if (insp >= SG_WINDOW) {
+		if (f->cls == SG_CLASS_UNKNOWN || f->cls == SG_CLASS_OTHER)
+			sg_set_class(r, f, SG_CLASS_OTHER, SG_R_WINDOW_END, 1);
+		else
+			f->flags |= SG_F_DONE;
+	}
+}
+
+/* ---- enforcement ---- */
+static __always_inline int sg_enforce(struct sg_run *r, struct sg_policy *pol, struct sg_pkt *pk, struct sg_flow *f)
+{
+	struct sg_stats *st = r->st;
+
+	__u8 action = pol ? pol->action : SG_ACT_PASS;
+
+	if (action == SG_ACT_DROP) {
+		st->c[SG_ST_ACT_DROP]++;
+		f->dropped++;
+		return XDP_DROP;
+	}
+	if (action == SG_ACT_MARK) {
+		st->c[SG_ST_ACT_MARK]++;
+		if (!sg_mark(r, pk, pol->dscp))
+			st->c[SG_ST_MARK_SKIPPED]++;
+		return XDP_PASS;
+	}
+	st->c[SG_ST_ACT_PASS]++;
+	return XDP_PASS;
+}
+
+int xdp_skyguard(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct sg_meta *meta = (void *)(long)ctx->data_meta;
+	struct sg_pkt pk = {};
+	struct sg_flow_key key = {};
+	struct sg_run r = {};
+	struct sg_config *cfg;
+	struct sg_policy *pol;
+	struct sg_stats *st;
+	struct sg_flow *f;
+	__u32 zero = 0, idx, gen;
+	__u8 dir, cls;
+	int rc;
+
+	st = stats.lookup(&zero);
+	if (!st)
+		return XDP_PASS;
+	if ((void *)(meta + 1) <= data && meta->magic == SG_META_MAGIC) {
+		r.now = meta->ts_ns;
+		st->c[SG_ST_META_TS]++;
+	} else {
+		r.now = bpf_ktime_get_coarse_ns(); /* a few ms of resolution is plenty for ageing, at a fraction of the cost */
+	}
+	st->c[SG_ST_PACKETS]++;
+	st->c[SG_ST_BYTES] += data_end - data;
+
+	rc = sg_parse(data, data_end, &pk);
+	if (rc > 0) { /* non-IP, other L4, non-first fragment: passed without a flow */
+		if (rc < SG_ST_MAX)
+			st->c[rc]++;
+		st->c[SG_ST_ACT_PASS]++;
+		return XDP_PASS;
+	}
+	cfg = config.lookup(&zero);
+	gen = cfg ? (cfg->gen & 1) : 0;
+	if (rc < 0) { /* malformed: counted, then the action of the SG_POL_MALFORMED slot */
+		idx = -rc;
+		if (idx < SG_ST_MAX)
+			st->c[idx]++;
+		idx = gen * SG_POL_SLOTS + SG_POL_MALFORMED;
+		pol = policy.lookup(&idx);
+		if (pol && pol->action == SG_ACT_DROP) {
+			st->c[SG_ST_ACT_DROP]++;
+			return XDP_DROP;
+		}
+		if (pol && pol->action == SG_ACT_MARK) {
+			st->c[SG_ST_ACT_MARK]++; /* the headers cannot be trusted: no rewrite */
+			st->c[SG_ST_MARK_SKIPPED]++;
+			return XDP_PASS;
+		}
+		st->c[SG_ST_ACT_PASS]++;
+		return XDP_PASS;
+	}
+
+	dir = sg_flow_key(&pk, &key);
+	r.ctx = ctx;
+	r.data = data;
+	r.data_end = data_end;
+	r.st = st;
+	r.key = &key;
+	r.dir = dir;
+	r.l3_off = (__u32)(pk.l3 - data);
+	r.pl_off = (__u32)(pk.pl - data);
+	asm volatile("" : "+r"(r.l3_off), "+r"(r.pl_off)); /* forget the per-path constants (see SG_OFF_MASK) */
+
+	f = flows.lookup(&key);
+	if (!f) {
+		f = sg_flow_create(&r, &pk, gen);
+		if (!f) {
+			st->c[SG_ST_OUT_NO_FLOW]++;
+			st->c[SG_ST_ACT_PASS]++;
+			return XDP_PASS;
+		}
+	}
+	dir &= 1;
+	f->pkts[dir]++;
+	f->bytes[dir] += data_end - data;
+	f->last_ns = r.now;
+	if (!(f->flags & SG_F_SEEN))
+		f->flags |= SG_F_SEEN;
+
+	if (f->flags & SG_F_EXEMPT) {
+		st->c[SG_ST_OUT_EXEMPT]++;
+		st->c[SG_ST_ACT_PASS]++;
+		return XDP_PASS;
+	}
+	if (f->flags & SG_F_BLOCKED) {
+		st->c[SG_ST_OUT_BLOCKED]++;
+		st->c[SG_ST_ACT_DROP]++;
+		f->dropped++;
+		return XDP_DROP;
+	}
+	st->c[SG_ST_OUT_FLOW]++;
+
+	if (pk.proto == IPPROTO_UDP && pk.sport == 53)
+		sg_emit_big(&r, &pk, SG_EV_DNS);
+	if (!(f->flags & (SG_F_DONE | SG_F_DAEMON)) && f->inspected < SG_WINDOW)
+		sg_inspect(&r, f, &pk);
+
+	cls = f->cls;
+	if (cls >= SG_NCLASSES)
+		cls = SG_CLASS_UNKNOWN;
+	st->c[SG_ST_CLASS_BASE + cls]++;
+	idx = gen * SG_POL_SLOTS + cls;
+	pol = policy.lookup(&idx);
+	return sg_enforce(&r, pol, &pk, f);
+}

@@ -1,0 +1,322 @@
+"""The XDP program and its maps: compile (bcc), BPF_PROG_TEST_RUN, ring buffer, flow/policy/prefix maps.
+
+The only module that imports bcc. Map values are read and written as raw bytes through the map fds (libbcc's
+bpf_lookup_elem & co.) and decoded with `wire`'s struct formats, so the byte layout has one definition.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcc
+from bcc import libbcc
+
+from . import wire
+from .policy import Network, Policy
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block")
+_LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
+_BPF_NOEXIST = 1
+_STATS_SIZE = wire.C["SG_ST_MAX"] * 8
+_XDP_MD_FMT = "<6I"  # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+
+
+class _TestRunOpts(ct.Structure):
+    """struct bpf_test_run_opts (libbpf)."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    ]
+
+
+_test_run = libbcc.lib.bpf_prog_test_run_opts
+_test_run.restype = ct.c_int
+_test_run.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    verdict: int  # XDP_ABORTED=0, DROP=1, PASS=2, TX=3, REDIRECT=4
+    data: bytes
+    duration_ns: int
+
+
+class _RawMap:
+    """A BPF map accessed by fd with raw key/value bytes."""
+
+    def __init__(self, fd: int, key_size: int, value_size: int, percpu: bool = False):
+        self.fd, self.key_size, self.value_size = fd, key_size, value_size
+        self.ncpus = len(bcc.utils.get_possible_cpus()) if percpu else 1
+        self.slot = (value_size + 7) & ~7 if percpu else value_size
+
+    def lookup(self, key: bytes) -> bytes | None:
+        kb = ct.create_string_buffer(key, self.key_size)
+        vb = ct.create_string_buffer(self.slot * self.ncpus)
+        if libbcc.lib.bpf_lookup_elem(self.fd, kb, vb) != 0:
+            return None
+        return vb.raw
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> bool:
+        kb = ct.create_string_buffer(key, self.key_size)
+        vb = ct.create_string_buffer(value, len(value))
+        return libbcc.lib.bpf_update_elem(self.fd, kb, vb, flags) == 0
+
+    def delete(self, key: bytes) -> bool:
+        kb = ct.create_string_buffer(key, self.key_size)
+        return libbcc.lib.bpf_delete_elem(self.fd, kb) == 0
+
+    def iter_keys(self) -> Iterator[bytes]:
+        cur = None
+        nxt = ct.create_string_buffer(self.key_size)
+        while True:
+            kb = ct.create_string_buffer(cur, self.key_size) if cur is not None else None
+            if libbcc.lib.bpf_get_next_key(self.fd, kb, nxt) != 0:
+                return
+            cur = nxt.raw
+            yield cur
+
+
+def _as_network(network: str | Network) -> Network:
+    return ipaddress.ip_network(network, strict=False) if isinstance(network, str) else network
+
+
+class Kernel:
+    """The compiled XDP program and its maps."""
+
+    def __init__(
+        self,
+        *,
+        flows_max: int = 262144,
+        window: int = 160,
+        probe: int = 8,
+        lpm_max: int = 131072,
+        ringbuf_bytes: int = 1 << 22,
+        pin_path: str | None = None,
+        extra_cflags: Sequence[str] = (),
+    ):
+        bpf_dir = wire.bpf_dir()
+        cflags = [
+            f"-I{bpf_dir}",
+            f"-DSG_FLOWS_MAX={flows_max}",
+            f"-DSG_WINDOW={window}",
+            f"-DSG_PROBE={probe}",
+            f"-DSG_LPM_MAX={lpm_max}",
+            f"-DSG_RINGBUF_BYTES={ringbuf_bytes}",
+            "-Wno-unused-function",
+        ]
+        if pin_path:
+            Path(pin_path).mkdir(parents=True, exist_ok=True)
+            cflags.append(f'-DSG_PIN_PATH="{pin_path}"')
+        cflags += list(extra_cflags)
+        self.pin_path = pin_path
+        self.bpf = bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
+        self.fn = self.bpf.load_func(b"xdp_skyguard", bcc.BPF.XDP)
+        self.prog_fd: int = self.fn.fd
+        self._events: list[wire.Event] = []
+        self._ring_open = False
+        kf = wire.FlowKey.FMT.size
+        self._flows = self._raw("flows", kf, wire.Flow.FMT.size)
+        self._policy = self._raw("policy", 4, wire.PolicySlot.FMT.size)
+        self._config = self._raw("config", 4, wire.CONFIG_FMT.size)
+        self._stats = self._raw("stats", 4, _STATS_SIZE, percpu=True)
+        self._lpm: dict[str, tuple[_RawMap, _RawMap]] = {
+            kind: (
+                self._raw(m4, wire.LPM4_FMT.size, wire.PREFIX_FMT.size),
+                self._raw(m6, wire.LPM6_FMT.size, wire.PREFIX_FMT.size),
+            )
+            for kind, (m4, m6) in _LPM_MAPS.items()
+        }
+
+    def _raw(self, name: str, ks: int, vs: int, percpu: bool = False) -> _RawMap:
+        return _RawMap(self.bpf[name.encode()].map_fd, ks, vs, percpu)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- test run ----------------------------------------------------------------------------------------------------
+    def test_run(self, frame: bytes, ts_ns: int | None = None, repeat: int = 1) -> RunResult:
+        meta = b"" if ts_ns is None else wire.META_FMT.pack(wire.META_MAGIC, 0, ts_ns)
+        data = meta + frame
+        din = ct.create_string_buffer(data, len(data))
+        dout = ct.create_string_buffer(len(data) + 256)
+        opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts), repeat=max(1, repeat))
+        opts.data_in = ct.cast(din, ct.c_void_p)
+        opts.data_size_in = len(data)
+        opts.data_out = ct.cast(dout, ct.c_void_p)
+        opts.data_size_out = len(dout)
+        ctx = None
+        if meta:
+            ctx = ct.create_string_buffer(struct.pack(_XDP_MD_FMT, len(meta), len(data), 0, 0, 0, 0), 24)
+            opts.ctx_in = ct.cast(ctx, ct.c_void_p)
+            opts.ctx_size_in = 24
+        rc = _test_run(self.prog_fd, ct.byref(opts))
+        if rc != 0:
+            err = ct.get_errno() or -rc
+            raise OSError(err, f"bpf_prog_test_run_opts failed: {os.strerror(abs(err))}")
+        out = dout.raw[: opts.data_size_out]
+        return RunResult(verdict=opts.retval, data=out[len(meta) :], duration_ns=opts.duration)
+
+    # -- events ------------------------------------------------------------------------------------------------------
+    def _on_event(self, _ctx: object, data: int, size: int) -> int:
+        self._events.append(wire.Event.unpack(ct.string_at(data, size)))
+        return 0
+
+    def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]:
+        if not self._ring_open:
+            self.bpf[b"events"].open_ring_buffer(self._on_event)
+            self._ring_open = True
+        if timeout_ms > 0:
+            self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+        out, self._events = self._events, []
+        return out
+
+    # -- flows -------------------------------------------------------------------------------------------------------
+    def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]:
+        for raw in list(self._flows.iter_keys()):
+            val = self._flows.lookup(raw)
+            if val is not None:
+                yield wire.FlowKey.unpack(raw), wire.Flow.unpack(val)
+
+    def flow(self, key: wire.FlowKey) -> wire.Flow | None:
+        val = self._flows.lookup(key.pack())
+        return None if val is None else wire.Flow.unpack(val)
+
+    def update_flow(self, key: wire.FlowKey, fn: Callable[[wire.Flow], None]) -> bool:
+        """Read-modify-write of one flow (the kernel may update counters concurrently; those few packets are lost)."""
+        raw = self._flows.lookup(key.pack())
+        if raw is None:
+            return False
+        flow = wire.Flow.unpack(raw)
+        fn(flow)
+        # keep the kernel's private bytes (_pad) as they were
+        new = flow.pack()
+        new = new[: wire.Flow.FMT.size - 8] + raw[wire.Flow.FMT.size - 8 : wire.Flow.FMT.size]
+        return self._flows.update(key.pack(), new)
+
+    def set_class(self, key: wire.FlowKey, cls: int, reason: int) -> bool:
+        flags = wire.C["SG_F_DAEMON"] | wire.C["SG_F_DONE"]
+
+        def apply(f: wire.Flow) -> None:
+            f.cls, f.reason, f.flags = cls, reason, f.flags | flags
+
+        return self.update_flow(key, apply)
+
+    def delete_flow(self, key: wire.FlowKey) -> None:
+        self._flows.delete(key.pack())
+
+    def flow_count(self) -> int:
+        return sum(1 for _ in self._flows.iter_keys())
+
+    # -- stats -------------------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        raw = self._stats.lookup(b"\0\0\0\0") or b""
+        n = wire.C["SG_ST_MAX"]
+        totals = [0] * n
+        for cpu in range(self._stats.ncpus):
+            base = cpu * self._stats.slot
+            for i in range(n):
+                totals[i] += int.from_bytes(raw[base + 8 * i : base + 8 * i + 8], "little")
+        return {name: totals[i] for i, name in wire.stat_names().items() if i < n}
+
+    # -- policy and prefixes -----------------------------------------------------------------------------------------
+    @property
+    def gen(self) -> int:
+        raw = self._config.lookup(b"\0\0\0\0")
+        return wire.CONFIG_FMT.unpack(raw[: wire.CONFIG_FMT.size])[0] & 1 if raw else 0
+
+    def _set_gen(self, gen: int) -> None:
+        self._config.update(b"\0\0\0\0", wire.CONFIG_FMT.pack(gen, 0, time.time_ns()))
+
+    def _entries(self, kind: str, gen: int) -> list[tuple[bytes, Network, int, int, int]]:
+        """(raw key, network, source, expires_ns, family index) of one kind in one generation."""
+        out = []
+        for fam, m in enumerate(self._lpm[kind]):
+            fmt = wire.LPM4_FMT if fam == 0 else wire.LPM6_FMT
+            for raw in list(m.iter_keys()):
+                plen, g, addr = fmt.unpack(raw)
+                if g != gen:
+                    continue
+                val = m.lookup(raw)
+                if val is None:
+                    continue
+                src, _pad, exp = wire.PREFIX_FMT.unpack(val[: wire.PREFIX_FMT.size])
+                ip = ipaddress.ip_address(addr)
+                out.append((raw, ipaddress.ip_network(f"{ip}/{plen - 8}", strict=False), src, exp, fam))
+        return out
+
+    def _write_prefix(self, kind: str, network: Network, gen: int, source: int, expires_ns: int) -> None:
+        m = self._lpm[kind][0 if network.version == 4 else 1]
+        if not m.update(wire.lpm_key(network, gen), wire.prefix_val(source, expires_ns)):
+            raise OSError(f"cannot add {network} to {kind} (map full?)")
+
+    def load_policy(self, policy: Policy) -> None:
+        """Write the policy into the inactive generation, flip config.gen, then delete the old generation."""
+        old = self.gen
+        new = old ^ 1
+        for i in range(wire.POL_SLOTS):
+            slot = policy.slots[i] if i < len(policy.slots) else wire.PolicySlot()
+            self._policy.update((new * wire.POL_SLOTS + i).to_bytes(4, "little"), slot.pack())
+        for kind in PREFIX_KINDS:  # clear leftovers of the generation being written
+            for raw, _net, _src, _exp, fam in self._entries(kind, new):
+                self._lpm[kind][fam].delete(raw)
+        wanted = {"pstn": policy.pstn_prefixes, "msmedia": policy.msmedia_prefixes, "exempt": policy.exempt_prefixes}
+        for kind, nets in wanted.items():
+            for net in nets:
+                self._write_prefix(kind, _as_network(net), new, wire.SRC_POLICY, 0)
+        carried = {wire.SRC_LEARNED, wire.SRC_MANUAL}
+        for kind in PREFIX_KINDS:
+            for _raw, net, src, exp, _fam in self._entries(kind, old):
+                if kind == "block" or src in carried:
+                    self._write_prefix(kind, net, new, src, exp)
+        self._set_gen(new)
+        for kind in PREFIX_KINDS:
+            for raw, _net, _src, _exp, fam in self._entries(kind, old):
+                self._lpm[kind][fam].delete(raw)
+
+    def add_prefix(self, kind: str, network: str | Network, source: int, expires_ns: int = 0) -> None:
+        self._write_prefix(self._kind(kind), _as_network(network), self.gen, source, expires_ns)
+
+    def remove_prefix(self, kind: str, network: str | Network) -> None:
+        net = _as_network(network)
+        self._lpm[self._kind(kind)][0 if net.version == 4 else 1].delete(wire.lpm_key(net, self.gen))
+
+    def prefixes(self, kind: str) -> list[tuple[Network, int, int]]:
+        return [(net, src, exp) for _raw, net, src, exp, _fam in self._entries(self._kind(kind), self.gen)]
+
+    @staticmethod
+    def _kind(kind: str) -> str:
+        if kind not in _LPM_MAPS:
+            raise ValueError(f"unknown prefix kind {kind!r} (one of {', '.join(PREFIX_KINDS)})")
+        return kind
