@@ -6,15 +6,9 @@
 #include "skyguard.h"
 #include "parsing.h"
 
-/* Private per-direction bits in flow.stun[dir] above the shared SG_S_* bits. */
-#define SG_S_SOMDATA   0x40 /* this direction sent a SoM data frame (func 0x0d) */
-#define SG_S_STATIC_PT 0x80 /* this direction sent RTP with a static payload type 0/8/18 */
-/* flow.stun[0] on TCP flows: a payload-carrying packet was seen (only the first one may raise a `tls` event). */
-#define SG_S_TCP_PAYLOAD 0x40
-/* flow._pad[0..1]: byte 4 of the previous payload per direction (the CID rule needs it). */
-#define SG_PREV_B4(f, d) ((f)->_pad[(d) & 1])
-/* flow._pad[3]: per-packet scratch bits SG_PK_* (signatures.h), cleared before each inspected packet. */
-#define SG_PKF(f) ((f)->_pad[3])
+#define SG_PREV_B4(f, d) ((f)->prev_b4[(d) & 1])
+/* per-packet scratch bits SG_PK_* (signatures.h) live in flow.scratch */
+#define SG_PKF(f) ((f)->scratch)
 
 /* Compare two big-endian 64-bit halves as memcmp would. */
 static __always_inline int sg_cmp_be64(__u64 a, __u64 b)

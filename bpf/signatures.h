@@ -12,9 +12,9 @@
 #define SG_FF10_HDR      12         /* FF 10, length (2), 8-byte session id */
 
 /* Decisive evidence: a flow without any of it after SG_PROBE packets is `other`. RTP alone and SoM data-frame funcs
- * alone are not (random bytes look like them too often). */
-#define SG_E_DECISIVE (SG_E_SOM | SG_E_CID | SG_E_STUN | SG_E_MS_ATTR | SG_E_MS_PREFIX | SG_E_TLS | SG_E_PORT12340 | \
-		       SG_E_FF10)
+ * alone are not (random bytes look like them too often); neither is plain STUN (WebRTC, WhatsApp, Zoom, ... use it:
+ * Skype's shows Microsoft attributes in its first messages) nor TLS (the daemon decides it by name and overrides). */
+#define SG_E_DECISIVE (SG_E_SOM | SG_E_CID | SG_E_MS_ATTR | SG_E_MS_PREFIX | SG_E_PORT12340 | SG_E_FF10)
 
 static __always_inline __u16 sg_be16(const __u8 *p)
 {
@@ -53,7 +53,7 @@ static __always_inline int sg_ms_attr(__u16 at)
 	return 0;
 }
 
-/* Per-packet scratch bits (flow._pad[3], see flow.h). Results live in map memory rather than in locals: the verifier
+/* Per-packet scratch bits (flow.scratch). Results live in map memory rather than in locals: the verifier
  * tracks constants in registers and stack, and every path that sets a different constant would be a separate state. */
 #define SG_PK_CHECK  0x01 /* STUN request carried PRIORITY, ICE-CONTROLLED/-CONTROLLING or USE-CANDIDATE */
 #define SG_PK_CIDREP 0x02 /* this packet repeated the previous CID */
@@ -146,10 +146,14 @@ static __always_inline int sg_som_valid(__u8 func)
 	return func == 0x02 || func == 0x03 || func == 0x07 || func == 0x0d || func == 0x0f;
 }
 
-/* First bytes that a SoM first packet must not start with (TLS/ASN.1/RTP/RTCP-like, as nDPI's old rule). */
-static __always_inline int sg_som_bad_first(__u8 b)
+/* First bytes that a SoM first packet must not start with: nDPI's old rule (0x00, 0x30 ASN.1, 0x80 RTP, 0xc0/0xc1),
+ * STUN's 0x01, and DTLS records (0x16/0x17 followed by version 0xfe..). A random message ID may start 0x16 (the
+ * 2006 skype_udp.pcap flow starts 16 97 02), so 0x16 alone is not enough to refuse. */
+static __always_inline int sg_som_bad_first(__u8 b0, __u8 b1)
 {
-	return b == 0x00 || b == 0x01 || b == 0x16 || b == 0x17 || b == 0x30 || b == 0x80 || b == 0xc0 || b == 0xc1;
+	if ((b0 == 0x16 || b0 == 0x17) && b1 == 0xfe)
+		return 1;
+	return b0 == 0x00 || b0 == 0x01 || b0 == 0x30 || b0 == 0x80 || b0 == 0xc0 || b0 == 0xc1;
 }
 
 /* A packet that looks like common RTP: v2 without padding or CSRCs (first byte 0x80, or 0x90 with an extension) and a

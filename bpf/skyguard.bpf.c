@@ -289,12 +289,32 @@ static __always_inline int sg_mark(struct sg_run *r, struct sg_pkt *pk, __u8 dsc
 	return 1;
 }
 
+/* Microsoft's media ports on a flow to a Microsoft media prefix (SIGNATURES.md, endpoint set 11): UDP 3478-3481 on
+ * either end, or TCP 443 from a client media port 50000-50059 (media falling back to TCP through the relay). */
+static __always_inline __u8 sg_ms_media_ports(struct sg_pkt *pk)
+{
+	__u16 a = pk->sport, b = pk->dport;
+
+	if (pk->proto == IPPROTO_UDP)
+		return (a >= 3478 && a <= 3481) || (b >= 3478 && b <= 3481);
+	if (pk->proto == IPPROTO_TCP)
+		return (a == 443 && b >= 50000 && b <= 50059) || (b == 443 && a >= 50000 && a <= 50059);
+	return 0;
+}
+
+/* Well-known UDP services that are never Skype (DNS, DHCP, NTP, NetBIOS, SSDP, mDNS, LLMNR, SIP): decided at once. */
+static __always_inline __u8 sg_service_port(__u16 p)
+{
+	return p == 53 || p == 67 || p == 68 || p == 123 || p == 137 || p == 138 || p == 1900 || p == 5353 ||
+	       p == 5355 || p == 5060;
+}
+
 /* ---- flow creation: the only place with LPM lookups ---- */
 static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct sg_pkt *pk, __u8 gen)
 {
 	struct sg_flow nf = {};
 	struct sg_flow *f;
-	__u8 pstn = 0;
+	__u8 pstn = 0, msport = 0, svc = 0;
 
 	nf.first_ns = r->now;
 	nf.init_dir = r->dir;
@@ -306,9 +326,13 @@ static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct s
 	} else {
 		if (sg_in_block(pk, gen))
 			nf.flags |= SG_F_BLOCKED | SG_F_DONE;
-		if (sg_in_msmedia(pk, gen))
+		if (sg_in_msmedia(pk, gen)) {
 			nf.evidence |= SG_E_MS_PREFIX;
+			msport = sg_ms_media_ports(pk);
+		}
 		if (pk->proto == IPPROTO_UDP) {
+			if (sg_service_port(pk->sport) || sg_service_port(pk->dport))
+				svc = 1;
 			if (pk->sport == 12340 || pk->dport == 12340)
 				nf.evidence |= SG_E_PORT12340;
 			if (sg_in_pstn(pk, gen)) {
@@ -327,6 +351,10 @@ static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct s
 	r->st->c[SG_ST_FLOW_NEW]++;
 	if (pstn)
 		sg_set_class(r, f, SG_CLASS_OUT, SG_R_PSTN_PREFIX, 1);
+	else if (msport)
+		sg_set_class(r, f, SG_CLASS_RELAY, SG_R_MS_PREFIX, 0); /* the signatures may still find an SBC leg */
+	else if (svc)
+		sg_set_class(r, f, SG_CLASS_OTHER, SG_R_SERVICE_PORT, 1);
 	return f;
 }
 
@@ -404,7 +432,7 @@ static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, 
 
 		if (f->pkts[0] + f->pkts[1] == 1) { /* the flow's first packet */
 			f->som_func = func;
-			if ((func == 0x02 || func == 0x03) && plen >= 12 && plen <= 100 && !sg_som_bad_first(p[0]) &&
+			if ((func == 0x02 || func == 0x03) && plen >= 12 && plen <= 100 && !sg_som_bad_first(p[0], p[1]) &&
 			    !(SG_PKF(f) & SG_PK_STUN) && pk->sport != 53 && pk->dport != 53 &&
 			    f->cls == SG_CLASS_UNKNOWN && !sg_rtp_looking(sg_payload(r, 0), plen, data_end)) {
 				f->evidence |= SG_E_SOM;
@@ -423,7 +451,9 @@ static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, 
 		} else if (!(SG_PKF(f) & SG_PK_CIDREP) && f->inspected > 1 && sg_som_valid(f->som_func) &&
 			   (f->cls == SG_CLASS_UNKNOWN || (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM)))) {
 			/* a later packet contradicts a first packet that carried a SoM func (DNSCrypt, random UDP) */
-			sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 1);
+			/* keep inspecting: a legacy E2O call starts with SoM signalling and goes on with a connection ID
+			 * whose func byte may be anything, and the daemon needs its samples */
+			sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 0);
 			return;
 		}
 	}
@@ -467,9 +497,11 @@ static __always_inline void sg_inspect_tcp(struct sg_run *r, struct sg_flow *f, 
 {
 	__u8 *p = sg_payload(r, 0);
 
-	if (pk->plen == 0 || (f->stun[0] & SG_S_TCP_PAYLOAD))
+	/* the first payload of each direction: the client's ClientHello (SNI) and the server's ServerHello and
+	 * certificate (names, for hellos without SNI) */
+	if (pk->plen == 0 || (f->stun[r->dir & 1] & SG_S_TCP_PAYLOAD))
 		return;
-	f->stun[0] |= SG_S_TCP_PAYLOAD;
+	f->stun[r->dir & 1] |= SG_S_TCP_PAYLOAD;
 	if ((void *)(p + 2) <= r->data_end && p[0] == 0x16 && p[1] == 0x03) {
 		f->evidence |= SG_E_TLS;
 		sg_emit_big(r, pk, SG_EV_TLS);

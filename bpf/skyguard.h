@@ -51,6 +51,7 @@
 #define SG_R_FF10         0x00020000 /* multiplexed TURN framing FF 10 */
 #define SG_R_SILK         0x00040000 /* SILK/G.722 RTP payload types on a Skype flow */
 #define SG_R_ENDPOINT     0x00080000 /* endpoint already known to speak Skype (daemon) */
+#define SG_R_SERVICE_PORT 0x00100000 /* a well-known non-Skype UDP service port (DNS, DHCP, NTP, SSDP, mDNS, SIP) */
 
 /* ---- flow.evidence: facts seen so far that are not decisive alone ---- */
 #define SG_E_SOM          0x0001 /* a packet carried a valid SoM func */
@@ -68,10 +69,13 @@
 /* ---- flow.stun[dir]: STUN/ICE facts per direction ---- */
 #define SG_S_REQ      0x01 /* sent a Binding request */
 #define SG_S_RESP     0x02 /* sent a Binding success/error response */
-#define SG_S_CHECK    0x04 /* sent a connectivity check (request with PRIORITY/ICE-CONTROLL*) */
+#define SG_S_CHECK    0x04 /* sent a connectivity check (request with PRIORITY or ICE-CONTROLLING/ED) */
 #define SG_S_MS       0x08 /* sent a Microsoft attribute */
 #define SG_S_COOKIE   0x10 /* RFC 5389 magic cookie present */
 #define SG_S_TURN     0x20 /* TURN allocate/send/data/channel */
+#define SG_S_SOMDATA  0x40 /* UDP: this direction sent a SoM data frame (func 0x0d) */
+#define SG_S_STATIC_PT 0x80 /* UDP: this direction sent RTP with a static payload type 0/8/18 */
+#define SG_S_TCP_PAYLOAD 0x40 /* TCP: this direction's first payload was seen */
 
 /* ---- flow.flags ---- */
 #define SG_F_SEEN     0x01 /* set on every packet, cleared by the daemon's ageing sweep */
@@ -187,7 +191,10 @@ struct sg_flow {
 	__u8 rtp_pt[2];    /* last RTP payload type per direction, 0xff none */
 	__u8 rtp_cnt[2];   /* RTP packets per direction (saturating) */
 	__u8 flags;        /* SG_F_* */
-	__u8 _pad[8];
+	__u8 prev_b4[2];   /* byte 4 of the previous payload per direction (the CID rule needs it) */
+	__u8 _pad;
+	__u8 scratch;      /* kernel-private per-packet scratch bits, cleared before each inspected packet */
+	__u8 _pad2[4];
 }; /* 96 bytes */
 
 /* Policy slot (class or SG_POL_*). */

@@ -23,7 +23,7 @@ from . import names, wire
 from .dnslearn import MEDIA_NAMES, DnsLearner, PrefixChange
 from .e2o import E2OTracker
 from .policy import Policy
-from .tls import client_hello_sni
+from .tls import certificate_common_names, client_hello_sni
 
 __all__ = ["Decision", "PrefixChange", "SlowPath"]
 
@@ -156,18 +156,29 @@ class SlowPath:
         key = ev.key
         sni = client_hello_sni(ev.data)
         if sni is None:
-            self.counters["tls_no_sni"] += 1
-            return []
-        self.sni.put(key, sni)
+            if ev.data[5:6] != b"\x02":  # not a server's first flight: a ClientHello without (captured) server_name
+                self.counters["tls_no_sni"] += 1
+                self.sni.put(key, "")
+                return []
+            if self.sni.touch(key):
+                return []  # the client named its server: the certificate adds nothing
+            cns = certificate_common_names(ev.data)
+            sni = next((cn for cn in cns if names.match_suffix(cn.removeprefix("*."), self.skype_names())), None)
+            if sni is None:
+                return []
+            self.counters["tls_cert_name"] = self.counters.get("tls_cert_name", 0) + 1
+            sni = "cert " + sni
+        else:
+            self.sni.put(key, sni)
         if key in self.decided:
             return []
-        if not names.match_suffix(sni, self.skype_names()):
+        if not sni.startswith("cert ") and not names.match_suffix(sni, self.skype_names()):
             self.counters["tls_other"] += 1
             return []
         kcls, _ = self._kernel_class(key)
         if kcls not in _SNI_OVER:
             return []
-        if kcls == wire.RELAY and names.match_suffix(sni, MEDIA_NAMES):
+        if kcls == wire.RELAY and names.match_suffix(sni.removeprefix("cert "), MEDIA_NAMES):
             return []  # TURN over TLS to a media relay: relay is the better answer
         return self._decide(key, wire.SIGNALING, R_SNI, sni)
 

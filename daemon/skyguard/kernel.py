@@ -220,10 +220,7 @@ class Kernel:
             return False
         flow = wire.Flow.unpack(raw)
         fn(flow)
-        # keep the kernel's private bytes (_pad) as they were
-        new = flow.pack()
-        new = new[: wire.Flow.FMT.size - 8] + raw[wire.Flow.FMT.size - 8 : wire.Flow.FMT.size]
-        return self._flows.update(key.pack(), new)
+        return self._flows.update(key.pack(), flow.pack())
 
     def set_class(self, key: wire.FlowKey, cls: int, reason: int) -> bool:
         flags = wire.C["SG_F_DAEMON"] | wire.C["SG_F_DONE"]

@@ -33,6 +33,12 @@ BUILTIN_SKYPE_NAMES: tuple[str, ...] = (
     # Microsoft Direct Routing: the SBC's SIP/TLS peers sip.pstnhub.microsoft.com, sip2..., sip3... (port 5061),
     # see SIGNATURES.md "Telling PC-to-phone from PC-to-PC today".
     "pstnhub.microsoft.com",
+    # Skype's chat/presence gateway since the Messenger merge (Skype for Web and the Skype Web SDK connect to
+    # client-s.gateway.messenger.live.com); skype.pcap's client reaches it with a ClientHello without SNI, so the
+    # name comes from the server certificate's commonName (*.gateway.messenger.live.com).
+    "gateway.messenger.live.com",
+    # The Teams client's service name under office.com (sites.pcapng: teams.office.com, labelled TLS.Teams by nDPI).
+    "teams.office.com",
 )
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")

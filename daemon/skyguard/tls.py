@@ -11,6 +11,7 @@ import re
 
 CONTENT_HANDSHAKE = 0x16
 HS_CLIENT_HELLO = 0x01
+HS_SERVER_HELLO = 0x02
 EXT_SERVER_NAME = 0x0000
 NAME_TYPE_HOST = 0
 MAX_RECORDS = 8
@@ -121,3 +122,30 @@ def _server_name(ext: _Reader) -> str | None:
                 return None
             return host if _HOST.match(host) else None
     return None
+
+
+# ---- server certificate names (for ClientHellos without SNI) --------------------------------------------------------
+
+_CN_OID = b"\x06\x03\x55\x04\x03"  # id-at-commonName (2.5.4.3)
+_STRING_TAGS = (0x0C, 0x13, 0x16)  # UTF8String, PrintableString, IA5String
+_HOSTLIKE = re.compile(rb"(\*\.)?([a-z0-9-]{1,63}\.)+[a-z]{2,63}", re.I)
+
+
+def certificate_common_names(data: bytes) -> list[str]:
+    """Host-name-looking commonName values of the certificates in a server's first flight (ServerHello + Certificate,
+    as captured: possibly cut). Only the subject/issuer CN attributes, never the SAN list: shared front-end
+    certificates list many unrelated services there."""
+    hs = handshake_bytes(bytes(data))
+    if not hs or hs[0] != HS_SERVER_HELLO:
+        return []
+    out: list[str] = []
+    pos = hs.find(_CN_OID)
+    while pos >= 0 and len(out) < 8:
+        i = pos + len(_CN_OID)
+        if i + 2 <= len(hs) and hs[i] in _STRING_TAGS:
+            n = hs[i + 1]
+            value = hs[i + 2 : i + 2 + n]
+            if len(value) == n and n < 128 and _HOSTLIKE.fullmatch(value):
+                out.append(value.decode("ascii").lower())
+        pos = hs.find(_CN_OID, i)
+    return out

@@ -84,6 +84,7 @@ REASONS: dict[int, str] = {
     C["SG_R_DNS_NAME"]: "dns-name",
     C["SG_R_ENDPOINT"]: "known-endpoint",
     C["SG_R_CONTRADICT"]: "contradicted",
+    C["SG_R_SERVICE_PORT"]: "service-port",
     C["SG_R_NO_EVIDENCE"]: "no-evidence",
     C["SG_R_WINDOW_END"]: "window-end",
 }
@@ -202,8 +203,10 @@ class Flow:
     rtp_pt: tuple[int, int] = (0xFF, 0xFF)
     rtp_cnt: tuple[int, int] = (0, 0)
     flags: int = 0
+    prev_b4: tuple[int, int] = (0, 0)
+    scratch: int = 0
 
-    FMT = struct.Struct("<QQ2Q2QQI2I2HHHBBBBB2B2B2BB8x")
+    FMT = struct.Struct("<QQ2Q2QQI2I2HHHBBBBB2B2B2BB2BxB4x")
 
     @classmethod
     def unpack(cls, raw: bytes) -> Flow:
@@ -212,14 +215,14 @@ class Flow:
             first_ns=v[0], last_ns=v[1], pkts=(v[2], v[3]), bytes_=(v[4], v[5]), dropped=v[6], reason=v[7],
             prev_cid=(v[8], v[9]), cid_rep=(v[10], v[11]), evidence=v[12], inspected=v[13], cls=v[14],
             init_dir=v[15], som_func=v[16], som_ok=v[17], som_data=v[18], stun=(v[19], v[20]),
-            rtp_pt=(v[21], v[22]), rtp_cnt=(v[23], v[24]), flags=v[25],
+            rtp_pt=(v[21], v[22]), rtp_cnt=(v[23], v[24]), flags=v[25], prev_b4=(v[26], v[27]), scratch=v[28],
         )
 
     def pack(self) -> bytes:
         return self.FMT.pack(
             self.first_ns, self.last_ns, *self.pkts, *self.bytes_, self.dropped, self.reason, *self.prev_cid,
             *self.cid_rep, self.evidence, self.inspected, self.cls, self.init_dir, self.som_func, self.som_ok,
-            self.som_data, *self.stun, *self.rtp_pt, *self.rtp_cnt, self.flags,
+            self.som_data, *self.stun, *self.rtp_pt, *self.rtp_cnt, self.flags, *self.prev_b4, self.scratch,
         )
 
     @property

@@ -13,7 +13,7 @@ FIELDS = {
     "sg_flow_key": ["lo_addr", "hi_addr", "lo_port", "hi_port", "vlan", "proto"],
     "sg_flow": ["first_ns", "last_ns", "pkts", "bytes", "dropped", "reason", "prev_cid", "cid_rep", "evidence",
                 "inspected", "cls", "init_dir", "som_func", "som_ok", "som_data", "stun", "rtp_pt", "rtp_cnt",
-                "flags"],
+                "flags", "prev_b4", "scratch"],
     "sg_ev_hdr": ["type", "dir", "ts_ns", "key"],
     "sg_ev_classified": ["hdr", "old_cls", "new_cls", "reason", "pkts"],
     "sg_ev_sample": ["hdr", "payload_len", "caplen", "inspected", "data"],
@@ -61,11 +61,13 @@ def test_flow_offsets(layout):
     """Each Flow field sits where the C compiler put it: pack a value with one distinct byte per field."""
     f = wire.Flow(first_ns=1, last_ns=2, pkts=(3, 4), bytes_=(5, 6), dropped=7, reason=8, prev_cid=(9, 10),
                   cid_rep=(11, 12), evidence=13, inspected=14, cls=15, init_dir=16, som_func=17, som_ok=18,
-                  som_data=19, stun=(20, 21), rtp_pt=(22, 23), rtp_cnt=(24, 25), flags=26)
+                  som_data=19, stun=(20, 21), rtp_pt=(22, 23), rtp_cnt=(24, 25), flags=26,
+                  prev_b4=(27, 28), scratch=29)
     raw = f.pack()
     expect = {"first_ns": 1, "last_ns": 2, "pkts": 3, "bytes": 5, "dropped": 7, "reason": 8, "prev_cid": 9,
               "cid_rep": 11, "evidence": 13, "inspected": 14, "cls": 15, "init_dir": 16, "som_func": 17,
-              "som_ok": 18, "som_data": 19, "stun": 20, "rtp_pt": 22, "rtp_cnt": 24, "flags": 26}
+              "som_ok": 18, "som_data": 19, "stun": 20, "rtp_pt": 22, "rtp_cnt": 24, "flags": 26,
+              "prev_b4": 27, "scratch": 29}
     for name, val in expect.items():
         assert raw[layout[f"sg_flow.{name}"]] == val, name
     assert wire.Flow.unpack(raw) == f
