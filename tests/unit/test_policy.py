@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+
 from skyguard import names, wire
 from skyguard.policy import (
     DEFAULT_MSMEDIA_PREFIXES,

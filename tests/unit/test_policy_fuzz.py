@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from skyguard import wire
 from skyguard.policy import Policy, PolicyError, parse_policy
 
