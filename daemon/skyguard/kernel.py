@@ -136,6 +136,7 @@ class Kernel:
         self.prog_fd: int = self.fn.fd
         self._events: list[wire.Event] = []
         self._ring_open = False
+        self._rb_fd: int | None = None
         kf = wire.FlowKey.FMT.size
         self._flows = self._raw("flows", kf, wire.Flow.FMT.size)
         self._policy = self._raw("policy", 4, wire.PolicySlot.FMT.size)
@@ -192,10 +193,28 @@ class Kernel:
         self._events.append(wire.Event.unpack(ct.string_at(data, size)))
         return 0
 
-    def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]:
+    def _open_ring(self) -> None:
         if not self._ring_open:
             self.bpf[b"events"].open_ring_buffer(self._on_event)
             self._ring_open = True
+
+    def events_fd(self) -> int | None:
+        """An fd that polls readable when events wait (libbpf's ring_buffer__epoll_fd on bcc's ring buffer manager),
+        for the daemon's selector; None if this libbpf lacks it (the daemon then polls on a short timer)."""
+        self._open_ring()
+        if self._rb_fd is None:
+            try:
+                lib = ct.CDLL("libbpf.so.1")
+                fn = lib.ring_buffer__epoll_fd
+            except (OSError, AttributeError):
+                return None
+            fn.restype, fn.argtypes = ct.c_int, [ct.c_void_p]
+            fd = fn(ct.c_void_p(self.bpf._ringbuf_manager))
+            self._rb_fd = fd if fd >= 0 else None
+        return self._rb_fd
+
+    def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]:
+        self._open_ring()
         if timeout_ms > 0:
             self.bpf.ring_buffer_poll(timeout_ms)
         self.bpf.ring_buffer_consume()

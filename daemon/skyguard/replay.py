@@ -173,7 +173,7 @@ def format_table(result: ReplayResult) -> str:
     from .fmt import table
 
     cols = ["capture", "proto", "a", "b", "class", "reason", "action", "packets", "bytes", "dropped"]
-    body = table([{c: r[c] for c in cols} for r in result.flows], cols)
+    body = table(result.flows, [(c, c) for c in cols])
     s = result.summary()
     by = ", ".join(f"{k} {v}" for k, v in s["by_class"].items())
     lines = [body, "", f"{s['packets']} packets, {s['flows']} flows ({by}), {s['dropped']} dropped, "
@@ -191,7 +191,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-all", action="store_true", help=argparse.SUPPRESS)
 
 
-def main(args: argparse.Namespace) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="skyguard replay", description=__doc__.strip().splitlines()[0])
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace | list[str] | None = None) -> int:
+    if not isinstance(args, argparse.Namespace):
+        args = parse_args(args)
     from .policy import PolicyError, load_policy
 
     try:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, netns
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -48,6 +48,18 @@ def in_netns(name: str):
         _libc.setns(self_fd, CLONE_NEWNET)
         os.close(ns_fd)
         os.close(self_fd)
+
+
+@contextlib.contextmanager
+def ns_iproute(name: str):
+    """An IPRoute whose netlink socket lives in namespace `name` (setns, no helper process: pyroute2's NetNS forks a
+    child that would inherit the caller's signal handlers)."""
+    with in_netns(name):
+        ip = IPRoute()
+    try:
+        yield ip
+    finally:
+        ip.close()
 
 
 @dataclass
@@ -91,14 +103,14 @@ class Topology:
                 self.created.append(ns)
             self._veth(self.client_if, self.lan_ns, self.router_lan_if, self.router_ns)
             self._veth(self.router_wan_if, self.router_ns, self.inet_if, self.inet_ns)
-            with NetNS(self.lan_ns) as ns:
+            with ns_iproute(self.lan_ns) as ns:
                 self._addr(ns, self.client_if, [(CLIENT, 24), (CLIENT2, 24)])
                 ns.route("add", dst="0.0.0.0/0", gateway=ROUTER_LAN)
-            with NetNS(self.router_ns) as ns:
+            with ns_iproute(self.router_ns) as ns:
                 self._addr(ns, self.router_lan_if, [(ROUTER_LAN, 24)])
                 self._addr(ns, self.router_wan_if, [(ROUTER_WAN, 24)])
                 ns.route("add", dst="0.0.0.0/0", gateway=INET_GW)
-            with NetNS(self.inet_ns) as ns:
+            with ns_iproute(self.inet_ns) as ns:
                 self._addr(ns, self.inet_if, [(INET_GW, 24)] + [(h, 32) for h in INET_HOSTS])
                 ns.route("add", dst=LAN_NET, gateway=ROUTER_WAN)
             self.sh(self.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -115,7 +127,7 @@ class Topology:
             ip.link("set", index=ip.link_lookup(ifname=a)[0], net_ns_fd=ns_a)
 
     @staticmethod
-    def _addr(ns: NetNS, ifname: str, addrs: list[tuple[str, int]]) -> None:
+    def _addr(ns: IPRoute, ifname: str, addrs: list[tuple[str, int]]) -> None:
         idx = ns.link_lookup(ifname=ifname)[0]
         for a, plen in addrs:
             ns.addr("add", index=idx, address=a, prefixlen=plen)
@@ -124,7 +136,7 @@ class Topology:
         ns.link("set", index=lo, state="up")
 
     def mac(self, ns_name: str, ifname: str) -> bytes:
-        with NetNS(ns_name) as ns:
+        with ns_iproute(ns_name) as ns:
             link = ns.get_links(ns.link_lookup(ifname=ifname)[0])[0]
         return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
 
