@@ -66,7 +66,9 @@ class _Running:
 
 
 def _tolerance_ms(period: int) -> float:
-    return max(3.0, 0.2 * period)
+    # 30%: the gateway's direction crosses the Internet and arrives with several ms of jitter (seen in generated calls
+    # with 20 ms packetisation: 14-26 ms); bursts and silences still miss by far more
+    return max(3.0, 0.3 * period)
 
 
 @dataclass

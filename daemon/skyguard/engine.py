@@ -74,7 +74,8 @@ class Engine:
         self.log_suppressed = 0
         self.counters = EngineCounters()
         self.subscribers: list[Callable[[dict], None]] = []
-        self.on_decision: list[Callable[[wire.FlowKey, int, int, int], None]] = []  # key, old, new, ts_ns
+        # key, old class, new class, ts_ns, packets of the flow when decided
+        self.on_decision: list[Callable[[wire.FlowKey, int, int, int, int], None]] = []
         kernel.load_policy(policy)
 
     # ---- policy -----------------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ class Engine:
         if ev.type == wire.EV_CLASSIFIED:
             self._log_class(ev.key, ev.old_cls, ev.new_cls, ev.reason, ev.ts_ns, by="kernel")
             for cb in self.on_decision:
-                cb(ev.key, ev.old_cls, ev.new_cls, ev.ts_ns)
+                cb(ev.key, ev.old_cls, ev.new_cls, ev.ts_ns, ev.pkts)
         flow = None
         if ev.type == wire.EV_SAMPLE:
             flow = None  # the sample carries what the slow path needs; a map read per packet would be wasted
@@ -128,7 +129,7 @@ class Engine:
         self.counters.decisions += 1
         self._log_class(d.key, flow.cls, d.cls, d.reason, ts_ns, by="daemon", detail=d.detail)
         for cb in self.on_decision:
-            cb(d.key, flow.cls, d.cls, ts_ns)
+            cb(d.key, flow.cls, d.cls, ts_ns, flow.packets)
         return True
 
     def apply_prefix(self, pc: PrefixChange, ts_ns: int = 0) -> None:

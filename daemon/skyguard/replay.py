@@ -111,9 +111,9 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
                             logger=_quiet_logger())
             pkt_index = {"n": 0, "first": {}}
 
-            def note(key, old, new, ts_ns, _run=run, _idx=pkt_index):
+            def note(key, old, new, ts_ns, pkts, _run=run, _idx=pkt_index):
                 decisions.append({"capture": Path(_run.path).name, "flow": str(key), "old": _cname(old),
-                                  "new": _cname(new), "packet": _idx["n"], "ts_ns": ts_ns})
+                                  "new": _cname(new), "packet": _idx["n"], "flow_packets": pkts, "ts_ns": ts_ns})
 
             engine.on_decision.append(note)
             before = kernel.stats()
@@ -141,8 +141,13 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             run.seconds = time.perf_counter() - t0
             after = kernel.stats()
             totals.update({k: after.get(k, 0) - before.get(k, 0) for k in after})
-            for row in engine.flow_rows():
-                rows.append({"capture": Path(path).name, **row})
+            first = {}
+            for key, flow in kernel.flows():
+                rows.append({"capture": Path(path).name, **engine.flow_row(key, flow)})
+                first[str(key)] = flow.first_ns
+            for d in decisions:
+                if d["capture"] == Path(path).name and d["flow"] in first and "ms" not in d:
+                    d["ms"] = round((d["ts_ns"] - first[d["flow"]]) / 1e6, 3)
     finally:
         if own_kernel:
             kernel.close()

@@ -6,7 +6,11 @@ import ipaddress
 import struct
 
 import pytest
-from packets import (
+
+from skyguard import wire
+from skyguard.policy import Policy
+
+from .packets import (
     ARP,
     ICMP,
     IP,
@@ -29,9 +33,6 @@ from packets import (
     udp4,
     udp6,
 )
-
-from skyguard import wire
-from skyguard.policy import Policy
 
 pytestmark = pytest.mark.bpf
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from packets import udp4, udp6
 
 from skyguard import wire
 from skyguard.policy import Policy
+
+from .packets import udp4, udp6
 
 pytestmark = pytest.mark.bpf
 

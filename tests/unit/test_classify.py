@@ -7,11 +7,12 @@ import ssl
 
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
-from test_e2o import e2e_flow, e2o_flow, game_flow, random_flow, wireguard_flow
 
 from skyguard import wire
 from skyguard.classify import Decision, PrefixChange, SlowPath
 from skyguard.policy import Policy
+
+from .test_e2o import e2e_flow, e2o_flow, game_flow, random_flow, wireguard_flow
 
 S = 1_000_000_000
 R = wire.C

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+from tests.conftest import ROOT
 
 PREFIX = "/usr"
 VENV = f"{PREFIX}/lib/skyguard/venv"

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, skip_or_fail
+
+from tests.conftest import ROOT, skip_or_fail
 
 UNIT = ROOT / "systemd" / "skyguard.service"
 SYSUSERS = ROOT / "systemd" / "skyguard.sysusers"

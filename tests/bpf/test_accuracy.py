@@ -1,0 +1,105 @@
+"""Accuracy of the whole classifier (XDP program + slow path, through `replay`) on real and generated traffic.
+
+Real: ../shared/captures scored against nDPI's labels (captures/README.md: DNS and Unknown flows, and generic
+Microsoft/TLS labels inside the Skype captures, are not scored). Generated: the project's generator, seeds the
+classifier was not tuned on, scored against the generator's labels.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import pytest
+
+from skyguard import gen
+from skyguard.policy import load_policy
+from skyguard.replay import replay
+from skyguard.score import read_gen_labels, read_labels, score_generated, score_ndpi
+from tests.conftest import ROOT
+
+NOT_SKYPE = ["dnscrypt_skype_false_positive.pcapng", "whatsapp_voice_and_message.pcap", "wa_video.pcap",
+             "zoom_p2p.pcapng", "stun_signal.pcapng", "stun_google_meet.pcapng", "viber.pcap", "sip.pcap",
+             "rtp.pcapng", "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap"]
+
+
+@pytest.fixture(scope="module")
+def shared_replay(bpf_ok, captures):
+    paths = sorted(glob.glob(str(captures / "*.pcap*")))
+    assert len(paths) >= 15
+    return replay(paths)
+
+
+def test_shared_captures_recall_and_false_positives(shared_replay, captures):
+    s = score_ndpi(shared_replay.flows, read_labels(captures / "labels.csv"))
+    d = s.as_dict()
+    print(json.dumps({k: v for k, v in d.items() if k != "misses"}, indent=1))
+    print("\n".join(d["misses"]))
+    assert s.per_family["legacy-udp"]["total"] >= 140
+    assert s.recall("legacy-udp") >= 0.95
+    assert s.per_family["stun"]["total"] >= 10
+    assert s.recall("stun") >= 0.95
+    # TLS by name: 24 of 28 today; the 4 misses are Microsoft Stream and HockeyApp hosts that nDPI files under
+    # Skype_Teams by address, which skyguard does not claim as Skype (README: what it cannot see)
+    assert s.recall("tls") >= 0.85
+    assert s.negatives >= 150
+    assert d["false_positives"] == 0, d["false_positive_flows"]
+
+
+def test_non_skype_captures_stay_not_skype(shared_replay):
+    for f in shared_replay.flows:
+        if f["capture"] in NOT_SKYPE:
+            assert not f["class"].startswith("skype-"), f
+    dnscrypt = [f for f in shared_replay.flows if f["capture"] == "dnscrypt_skype_false_positive.pcapng"]
+    assert [f["class"] for f in dnscrypt] == ["other"]
+
+
+def test_every_packet_parsed_and_balanced(shared_replay):
+    st = shared_replay.stats
+    outcomes = sum(v for k, v in st.items() if k.startswith(("out_", "err_")))
+    assert outcomes == st["packets"] == sum(c.packets for c in shared_replay.captures)
+    assert st["act_pass"] + st["act_drop"] + st["act_mark"] == st["packets"]
+    assert st["out_no_flow"] == 0
+    assert all(c.verdicts.get("aborted", 0) == 0 for c in shared_replay.captures)
+
+
+def test_replay_is_deterministic(bpf_ok, captures):
+    paths = [str(captures / "teams.pcap"), str(captures / "skype.pcap")]
+    a = replay(paths).to_json()
+    b = replay(paths).to_json()
+    assert a == b
+
+
+@pytest.mark.parametrize("seed", [9001, 424242])
+def test_generated_traffic_confusion(bpf_ok, tmp_path, seed):
+    """Seeds the classifier was not tuned on: recall >= 95% per class, nothing else called skype-out."""
+    gen.generate(seed, tmp_path, calls=12)
+    pol = load_policy(ROOT / "policies" / "block-pc-to-phone.toml")
+    r = replay(sorted(glob.glob(str(tmp_path / "*.pcap"))), pol)
+    c = score_generated(r.flows, read_gen_labels(tmp_path / "labels.csv"))
+    print(c.table())
+    assert c.false_out() == 0
+    for cls in ("skype-out", "skype-p2p", "skype-relay", "skype-signaling"):
+        assert c.recall(cls) >= 0.95, (cls, c.table())
+    # decoys: short flows may end undecided (unknown): neither is Skype
+    other = c.matrix["other"]
+    assert (other["other"] + other["unknown"]) / sum(other.values()) >= 0.99
+    # phone calls are blocked by the policy: dropped packets on every skype-out flow
+    outs = [f for f in r.flows if f["class"] == "skype-out"]
+    assert outs and all(f["action"] == "drop" for f in outs)
+
+
+def test_phone_calls_decided_within_150_packets(bpf_ok, tmp_path):
+    """Time to verdict: packets of the call (both directions) seen before skype-out, median and max."""
+    gen.generate(777, tmp_path, kinds=["legacy-e2o", "modern-sbc", "dns-pstn"], calls=10)
+    pol = load_policy(ROOT / "policies" / "block-pc-to-phone.toml")
+    r = replay(sorted(glob.glob(str(tmp_path / "*.pcap"))), pol)
+    first: dict[str, dict] = {}
+    for d in r.decisions:
+        if d["new"] == "skype-out":
+            first.setdefault(d["flow"], d)
+    assert len(first) >= 29  # 30 phone calls: all but at most one decided (recall >= 95%)
+    pk = sorted(d["flow_packets"] for d in first.values())
+    ms = sorted(d["ms"] for d in first.values())
+    print(f"packets to verdict: median {pk[len(pk) // 2]} max {pk[-1]}; ms: median {ms[len(ms) // 2]} max {ms[-1]}")
+    assert pk[-1] <= 150
