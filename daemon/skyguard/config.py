@@ -1,0 +1,279 @@
+"""skyguardd's configuration: /etc/skyguard/skyguard.toml plus command-line flags (flags win).
+
+Errors are ConfigError("file:line: reason"), the same shape as policy errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+DEFAULT_CONFIG = "/etc/skyguard/skyguard.toml"
+DEFAULT_SOCKET = "/run/skyguard/skyguard.sock"
+DEFAULT_PIN_PATH = "/sys/fs/bpf/skyguard"
+XDP_MODES = ("native", "generic", "auto")
+LOG_FORMATS = ("json", "console", "auto")
+ON_STOP = ("keep", "detach")
+_IFNAME = re.compile(r"^[^\s/:]{1,15}$")  # IFNAMSIZ - 1, no slash/colon/space
+
+
+class ConfigError(Exception):
+    """A bad config file or flag: str() is "file:line: reason" (or "file: reason" / "reason")."""
+
+
+@dataclass(frozen=True)
+class IdleTimeouts:
+    """Seconds without packets after which the daemon forgets a flow (the LRU map also evicts under pressure)."""
+
+    udp: float = 120.0
+    tcp: float = 3600.0
+    other: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    interfaces: tuple[str, ...] = ()
+    xdp_mode: str = "auto"  # native | generic | auto (native, then generic)
+    policy: str | None = None
+    flows_max: int = 262144
+    window: int = 160  # inspection window: packets per flow that the signatures look at
+    socket: str = DEFAULT_SOCKET
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    log_format: str = "auto"  # json | console | auto (console on a terminal, JSON otherwise)
+    log_level: str = "info"
+    pin_path: str = DEFAULT_PIN_PATH
+    on_stop: str = "keep"  # keep: programs and maps stay pinned and enforcing; detach: remove them
+    idle_timeout: IdleTimeouts = field(default_factory=IdleTimeouts)
+    stats_interval: float = 60.0  # seconds between stats log lines; 0 = never
+    path: str | None = None  # the file this came from (None: defaults and flags only)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation: one checker per key, each returning the normalised value or raising ValueError(reason)
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty string")
+    return v
+
+
+def _abs_path(v: Any) -> str:
+    s = _str(v)
+    if not s.startswith("/"):
+        raise ValueError(f"must be an absolute path, not {s!r}")
+    return s
+
+
+def _choice(options: Sequence[str]):
+    def check(v: Any) -> str:
+        if v not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, not {v!r}")
+        return v
+
+    return check
+
+
+def _int_range(lo: int, hi: int):
+    def check(v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ValueError(f"must be an integer from {lo} to {hi}, not {v!r}")
+        return v
+
+    return check
+
+
+def _seconds(allow_zero: bool):
+    def check(v: Any) -> float:
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
+        if not ok or v == float("inf"):
+            raise ValueError(f"must be a {'non-negative' if allow_zero else 'positive'} number of seconds, not {v!r}")
+        return float(v)
+
+    return check
+
+
+def _interfaces(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ValueError("must be a non-empty list of interface names")
+    for name in v:
+        if not isinstance(name, str) or not _IFNAME.match(name):
+            raise ValueError(f"not an interface name: {name!r}")
+    if len(set(v)) != len(v):
+        raise ValueError("lists an interface twice")
+    return tuple(v)
+
+
+def _mode(v: Any) -> int:
+    if isinstance(v, str) and re.fullmatch(r"0?o?[0-7]{3,4}", v):
+        v = int(v.replace("o", ""), 8)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 0o777:
+        raise ValueError(f"must be a permission mode like 0o660 or \"0660\", not {v!r}")
+    return v
+
+
+def _group(v: Any) -> str | None:
+    if v in ("", None):
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return str(v)
+    return _str(v)
+
+
+CHECKS = {
+    "interfaces": _interfaces,
+    "xdp_mode": _choice(XDP_MODES),
+    "policy": _str,  # relative paths are relative to the config file
+    "flows_max": _int_range(1024, 1 << 24),
+    "window": _int_range(1, 65535),
+    "socket": _abs_path,
+    "socket_mode": _mode,
+    "socket_group": _group,
+    "log_format": _choice(LOG_FORMATS),
+    "log_level": _choice(("debug", "info", "warning", "error")),
+    "pin_path": _abs_path,
+    "on_stop": _choice(ON_STOP),
+    "stats_interval": _seconds(allow_zero=True),
+}
+IDLE_CHECKS = {f.name: _seconds(allow_zero=False) for f in fields(IdleTimeouts)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _key_line(text: str, table: str | None, key: str) -> int | None:
+    """The line where `key` is set inside `[table]` (None: top level): tomllib does not report positions."""
+    current: str | None = None
+    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"]+)\s*\]\s*(#.*)?$")
+    assign = re.compile(rf"^\s*(?:\"{re.escape(key)}\"|{re.escape(key)})\s*=")
+    for n, line in enumerate(text.splitlines(), 1):
+        m = header.match(line)
+        if m:
+            current = m.group(1).strip('"')
+            continue
+        if current == table and assign.match(line):
+            return n
+    return None
+
+
+def _error(path: str, text: str, table: str | None, key: str, reason: str) -> ConfigError:
+    line = _key_line(text, table, key)
+    return ConfigError(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
+
+
+def load_config(path: str | Path, base: Config | None = None) -> Config:
+    """Read and validate a TOML config file (unknown keys are errors: they are usually typos)."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        line = m.group(1) if m else max(1, len(text.splitlines()))  # "at end of document": the last line
+        reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
+        raise ConfigError(f"{path}:{line}: {reason}") from None
+    return _from_dict(data, path, text, base or Config())
+
+
+def _from_dict(data: dict[str, Any], path: str, text: str, base: Config) -> Config:
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key == "idle_timeout":
+            if not isinstance(raw, dict):
+                raise _error(path, text, None, key, "idle_timeout must be a table: [idle_timeout]")
+            idle = {}
+            for sub, v in raw.items():
+                if sub not in IDLE_CHECKS:
+                    raise _error(path, text, key, sub, f"unknown key idle_timeout.{sub} "
+                                 f"(known: {', '.join(IDLE_CHECKS)})")
+                try:
+                    idle[sub] = IDLE_CHECKS[sub](v)
+                except ValueError as e:
+                    raise _error(path, text, key, sub, f"idle_timeout.{sub} {e}") from None
+            values[key] = replace(base.idle_timeout, **idle)
+            continue
+        check = CHECKS.get(key)
+        if check is None:
+            raise _error(path, text, None, key, f"unknown key {key!r} (known: {', '.join([*CHECKS, 'idle_timeout'])})")
+        try:
+            values[key] = check(raw)
+        except ValueError as e:
+            raise _error(path, text, None, key, f"{key} {e}") from None
+    if isinstance(values.get("policy"), str):
+        values["policy"] = str(Path(path).absolute().parent / values["policy"])
+    return replace(base, path=path, **values)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_daemon_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skyguardd", description="skyguard daemon: XDP classifier and policy enforcer.")
+    p.add_argument("--config", metavar="PATH", help=f"config file (default {DEFAULT_CONFIG}; optional when "
+                   "--interface and --policy are given)")
+    p.add_argument("--interface", "-i", metavar="IF", action="append", dest="interfaces",
+                   help="attach to IF (repeatable; replaces the file's interfaces)")
+    p.add_argument("--policy", metavar="FILE", help="policy file")
+    p.add_argument("--socket", metavar="PATH", help=f"control socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--pin-path", metavar="DIR", help=f"bpffs directory for pinned maps (default {DEFAULT_PIN_PATH})")
+    p.add_argument("--xdp-mode", metavar="MODE", choices=XDP_MODES, help="native | generic | auto")
+    p.add_argument("--log-format", metavar="FMT", choices=LOG_FORMATS, help="json | console | auto")
+    p.add_argument("--version", action="version", version=f"skyguardd {__version__}")
+    return p
+
+
+def parse_daemon_args(argv: Sequence[str] | None = None, *, default_config: str = DEFAULT_CONFIG,
+                      ) -> tuple[Config, argparse.Namespace]:
+    """Flags over the file over defaults. Usage errors exit 2 (argparse); config errors raise ConfigError."""
+    args = build_daemon_parser().parse_args(argv)
+    if args.config:
+        cfg = load_config(args.config)
+    elif Path(default_config).exists():
+        cfg = load_config(default_config)
+    elif args.interfaces and args.policy:
+        cfg = Config()
+    else:
+        raise ConfigError(f"{default_config}: no such file; give --config PATH, or both --interface and --policy")
+
+    flags: dict[str, Any] = {}
+    where = "command line"
+    try:
+        if args.interfaces:
+            flags["interfaces"] = _interfaces(args.interfaces)
+        if args.policy:
+            flags["policy"] = str(Path(args.policy).absolute())
+        if args.socket:
+            flags["socket"] = _abs_path(str(Path(args.socket).absolute()))
+        if args.pin_path:
+            flags["pin_path"] = str(Path(args.pin_path).absolute())
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if args.xdp_mode:
+        flags["xdp_mode"] = args.xdp_mode
+    if args.log_format:
+        flags["log_format"] = args.log_format
+    cfg = replace(cfg, **flags)
+
+    origin = cfg.path or where
+    if not cfg.interfaces:
+        raise ConfigError(f"{origin}: no interfaces: set `interfaces` or pass --interface")
+    if not cfg.policy:
+        raise ConfigError(f"{origin}: no policy: set `policy` or pass --policy")
+    return cfg, args
