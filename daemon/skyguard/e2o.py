@@ -33,6 +33,10 @@ PERIODS_MS = (10, 20, 30, 40, 60)  # voice packetisation intervals (SIGNATURES.m
 PERIOD_HIT_SHARE = 0.55  # inter-arrivals within tolerance of the dominant period
 PERIOD_ANY_SHARE = 0.75  # ... or of 2x / 3x it (a lost packet), together
 DIR_BALANCE = 0.5  # packets of the quieter direction / the busier one
+RATE_BIN_MS = 100  # steady-rate test: bin width
+RATE_MIN_BINS = 5  # ... complete bins needed
+RATE_CV_MAX = 0.25  # ... coefficient of variation of packets per bin
+RATE_TOL = 0.15  # ... mean interval within 15% of a packetisation period
 SOM_FUNCS = frozenset({0x02, 0x03, 0x07, 0x0D, 0x0F})  # payload[2] & 0x8f (Bonfiglio, Tstat)
 SOM_DATA = 0x0D
 SOM_SHARE = 0.90  # E2E: packets with a valid SoM function
@@ -86,6 +90,8 @@ class _Dir:
     iats: int = 0
     hits: list[int] = field(default_factory=lambda: [0] * len(PERIODS_MS))  # |iat - P| <= tol
     mult: list[int] = field(default_factory=lambda: [0] * len(PERIODS_MS))  # |iat - kP| <= tol, k = 2, 3
+    first_ts: int | None = None
+    bins: dict[int, int] = field(default_factory=dict)  # packets per RATE_BIN_MS bin since the first packet
 
     def add(self, ts_ns: int, payload_len: int, data: bytes) -> None:
         self.pkts += 1
@@ -103,6 +109,11 @@ class _Dir:
             self.som += 1
             if data[2] & 0x8F == SOM_DATA and payload_len > 4:
                 self.som_data += 1
+        if self.first_ts is None:
+            self.first_ts = ts_ns
+        b = max(0, ts_ns - self.first_ts) // (RATE_BIN_MS * 1_000_000)
+        if b in self.bins or len(self.bins) < MAX_SAMPLES:
+            self.bins[b] = self.bins.get(b, 0) + 1
         if self.last_ts is not None and ts_ns >= self.last_ts:
             iat = (ts_ns - self.last_ts) / 1e6
             self.iats += 1
@@ -123,7 +134,24 @@ class _Dir:
 
     def regular(self) -> bool:
         _p, hit, anyk = self.period()
-        return hit >= PERIOD_HIT_SHARE and anyk >= PERIOD_ANY_SHARE
+        return (hit >= PERIOD_HIT_SHARE and anyk >= PERIOD_ANY_SHARE) or self.steady_rate()
+
+    def steady_rate(self) -> bool:
+        """A constant packet rate seen through jitter: a far end's packets cross the Internet and arrive with several ms
+        of jitter, which at 10 ms packetisation scrambles the inter-arrival times but not the rate. Packets per
+        RATE_BIN_MS bin (complete bins only) vary little, and the mean rate is one of the voice packetisation rates."""
+        if not self.bins:
+            return False
+        last = max(self.bins)
+        counts = [self.bins.get(i, 0) for i in range(last)]  # the last bin is still filling
+        if len(counts) < RATE_MIN_BINS:
+            return False
+        mean = sum(counts) / len(counts)
+        if mean <= 0:
+            return False
+        cv = math.sqrt(sum((c - mean) ** 2 for c in counts) / len(counts)) / mean
+        rate_ms = RATE_BIN_MS / mean  # mean packet interval
+        return cv <= RATE_CV_MAX and any(abs(rate_ms - p) <= RATE_TOL * p for p in PERIODS_MS)
 
 
 class Chi2:

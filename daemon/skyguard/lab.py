@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,13 +75,15 @@ class Scenario:
     client: str = CLIENT
     start_s: float = 0.0
     extra_far: dict[int, str] = field(default_factory=dict)  # flow index -> far address (dns-pstn: DNS server)
+    far_port: int | None = None  # force the far end's port (an E2O gateway off the well-known 12340)
 
 
 SCENARIOS = [
     Scenario("PC-to-PC call (Teams/Skype, full ICE)", "modern-p2p", PEER, "pass", start_s=0.0),
     Scenario("PC-to-PC call (legacy Skype E2E)", "legacy-e2e", LEGACY_PEER, "pass", start_s=0.3),
     Scenario("PC-to-phone call to the policy's PSTN gateway", "legacy-e2o", PSTN_GW, "block", start_s=0.6),
-    Scenario("PC-to-phone call to an unknown gateway (SkypeOut)", "legacy-e2o", UNKNOWN_GW, "block", start_s=0.9),
+    Scenario("PC-to-phone call to an unknown gateway (SkypeOut)", "legacy-e2o", UNKNOWN_GW, "block", start_s=0.9,
+             far_port=40400),
     Scenario("PC-to-phone call via Direct Routing SBC (media bypass)", "dns-pstn", SBC, "block", start_s=1.2,
              extra_far={0: DNS_SERVER}),
     Scenario("Call through a Microsoft relay", "modern-relay", RELAY, "pass", start_s=1.5),
@@ -117,8 +120,9 @@ def _is_client(addr: str) -> bool:
                                                                         or ip in ipaddress.ip_network("172.16.0.0/12")))
 
 
-def _rewrite(frame: bytes, src: str, dst: str, smac: bytes, dmac: bytes, replace: tuple[bytes, bytes] | None) -> bytes:
-    """Re-address an untagged IPv4 UDP/TCP frame for the lab and fix every checksum."""
+def _rewrite(frame: bytes, src: str, dst: str, smac: bytes, dmac: bytes, replace: tuple[bytes, bytes] | None,
+             sport: int | None = None, dport: int | None = None) -> bytes:
+    """Re-address an untagged IPv4 UDP/TCP frame for the lab (addresses, optionally ports) and fix every checksum."""
     eth = dmac + smac + frame[12:14]
     ip = bytearray(frame[14:])
     ihl = (ip[0] & 0x0F) * 4
@@ -128,6 +132,10 @@ def _rewrite(frame: bytes, src: str, dst: str, smac: bytes, dmac: bytes, replace
     l4 = bytearray(ip[ihl:])
     if replace:
         l4 = bytearray(bytes(l4).replace(*replace))
+    if sport is not None:
+        l4[0:2] = struct.pack("!H", sport)
+    if dport is not None:
+        l4[2:4] = struct.pack("!H", dport)
     ip[10:12] = b"\0\0"
     ip[10:12] = struct.pack("!H", pk.checksum(bytes(ip[:ihl])))
     pseudo = ip[12:20] + struct.pack("!BBH", 0, proto, len(l4))
@@ -163,8 +171,11 @@ def build_schedule(topo: Topology, seed: int, scenarios: list[Scenario], macs: d
                 side = "lan" if from_client else "inet"
                 smac, dmac = (macs["client"], macs["router_lan"]) if from_client else (macs["inet"],
                                                                                         macs["router_wan"])
-                out = _rewrite(frame, src, dst, smac, dmac, replace if fi == 0 else None)
-                key = _tuple(src, p.sport, dst, p.dport, p.proto)
+                sport, dport = p.sport, p.dport
+                if sc.far_port is not None:
+                    sport, dport = (sport, sc.far_port) if from_client else (sc.far_port, dport)
+                out = _rewrite(frame, src, dst, smac, dmac, replace if fi == 0 else None, sport, dport)
+                key = _tuple(src, sport, dst, dport, p.proto)
                 sched.append(((ts - t0) / 1e9 + sc.start_s, side, out, si, key))
     sched.sort(key=lambda x: x[0])
     return sched
@@ -204,37 +215,16 @@ class Lab:
                  f"{self.topo.inet_ns} (internet)")
         policy = self.tmp / "lab-policy.toml"
         policy.write_text(LAB_POLICY)
-        cfg = self.tmp / "skyguard.toml"
-        cfg.write_text(
-            f'interfaces = ["{self.topo.router_lan_if}", "{self.topo.router_wan_if}"]\n'
-            f'xdp_mode = "{self.args.xdp_mode}"\npolicy = "{policy}"\nsocket = "{self.sock_path}"\n'
-            f'pin_path = "{self.pin_path}"\nlog_format = "json"\non_stop = "detach"\nflows_max = 65536\n')
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("NOTIFY_SOCKET", None)
-        self.daemon = subprocess.Popen(
-            ["nsenter", f"--net=/var/run/netns/{self.topo.router_ns}", sys.executable, "-m", "skyguard.daemon",
-             "--config", str(cfg)],
-            stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.daemon.poll() is not None:
-                raise RuntimeError("skyguardd exited during start-up:\n" + self.log_path.read_text()[-3000:])
-            with contextlib.suppress(ClientError, OSError), Client(self.sock_path, timeout=2) as c:
-                st = c.call("status")
-                ifs = ", ".join(f"{i['name']} ({i['mode']})" for i in st["interfaces"])
-                self.say(f"lab: skyguardd ready: XDP program {st['prog_id']} on {ifs}, policy {st['policy']['name']}")
-                return
-            time.sleep(0.2)
-        raise RuntimeError("skyguardd did not come up within 60 s:\n" + self.log_path.read_text()[-3000:])
+        cfg = write_config(self.tmp / "skyguard.toml", self.topo, policy=policy, socket=self.sock_path,
+                           pin_path=self.pin_path, xdp_mode=self.args.xdp_mode)
+        self.daemon = spawn_daemon(self.topo, cfg, self.log_path)
+        st = wait_ready(self.daemon, self.sock_path, self.log_path)
+        ifs = ", ".join(f"{i['name']} ({i['mode']})" for i in st["interfaces"])
+        self.say(f"lab: skyguardd ready: XDP program {st['prog_id']} on {ifs}, policy {st['policy']['name']}")
 
     def stop(self) -> None:
-        if self.daemon and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
+        if self.daemon:
+            stop_daemon(self.daemon)
         self.topo.down()
         shutil.rmtree(self.pin_path, ignore_errors=True)
         if not self.args.keep_logs:
@@ -243,79 +233,32 @@ class Lab:
     # ---- traffic ----------------------------------------------------------------------------------------------------
 
     def play(self, scenarios: list[Scenario]) -> list[CallResult]:
-        t = self.topo
-        macs = {"client": t.mac(t.lan_ns, t.client_if), "router_lan": t.mac(t.router_ns, t.router_lan_if),
-                "router_wan": t.mac(t.router_ns, t.router_wan_if), "inet": t.mac(t.inet_ns, t.inet_if)}
-        sched = build_schedule(t, self.args.seed, scenarios, macs)
-        lan = t.packet_socket(t.lan_ns, t.client_if)
-        inet = t.packet_socket(t.inet_ns, t.inet_if)
-        socks = {"lan": lan, "inet": inet}
+        sched = build_schedule(self.topo, self.args.seed, scenarios, lab_macs(self.topo))
         results = [CallResult(sc.name, sc.kind, sc.expect) for sc in scenarios]
-        main_flow: dict[int, tuple] = {}
-        flows_of: dict[tuple, int] = {}
-        for _t, _side, _f, si, key in sched:
-            flows_of.setdefault(key, si)
-            main_flow.setdefault(si, key)
-        if any(sc.kind == "dns-pstn" for sc in scenarios):  # the call, not the DNS lookup, is what counts
-            for si, sc in enumerate(scenarios):
-                if sc.kind == "dns-pstn":
-                    main_flow[si] = next(k for *_x, s2, k in sched if s2 == si and SBC in (k[1][0], k[2][0]))
-        sent: Counter = Counter()
-        recv: Counter = Counter()
-        sent_l4: set[int] = set()
-        first_drop_recv: dict[tuple, int] = {}
-        speed = self.args.speed
+        main_flow = main_flows(sched, scenarios)
+        next_view = [time.monotonic() + 1.0]
         t0 = time.monotonic()
-        next_view = t0 + 1.0
-        i = 0
-        while i < len(sched) or time.monotonic() - t0 < sched[-1][0] / speed + 0.5:
-            now = time.monotonic() - t0
-            while i < len(sched) and sched[i][0] / speed <= now:
-                _ts, side, frame, si, key = sched[i]
-                socks[side].send(frame)
-                sent[key] += 1
-                sent_l4.add(hash(_l4(frame)))
-                i += 1
-            wait = max(0.0, min((sched[i][0] / speed - now) if i < len(sched) else 0.05, 0.05))
-            r, _, _ = select.select([lan, inet], [], [], wait)
-            for s in r:
-                while True:
-                    try:
-                        data, addr = s.recvfrom(65535, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    if addr[2] == PACKET_OUTGOING:
-                        continue
-                    p = pk.parse(data)
-                    if p is None:
-                        continue
-                    key = _tuple(p.src, p.sport, p.dst, p.dport, p.proto)
-                    if key in flows_of and hash(_l4(data)) in sent_l4:  # not the stack's own RSTs or ICMP
-                        recv[key] += 1
-                        if sent[key] - recv[key] > 2 and key not in first_drop_recv:
-                            first_drop_recv[key] = recv[key]
-            if time.monotonic() >= next_view:
-                next_view = time.monotonic() + 1.5
+
+        def tick() -> None:
+            if time.monotonic() >= next_view[0]:
+                next_view[0] = time.monotonic() + 1.5
                 self.view(time.monotonic() - t0)
-        lan.close()
-        inet.close()
+
+        with Wire(self.topo, [k for *_x, k in sched]) as w:
+            w.play(sched, self.args.speed, tick=tick)
         time.sleep(0.3)
-        rows = self.flows()
-        by_key = {}
-        for row in rows:
-            a, b = _ep(row["a"]), _ep(row["b"])
-            by_key[_tuple(a[0], a[1], b[0], b[1], 17 if row["proto"] == "udp" else 6)] = row
+        by_key = rows_by_tuple(self.flows())
         for si, res in enumerate(results):
             key = main_flow.get(si)
-            res.sent = sent[key]
-            res.delivered = recv[key]
+            res.sent = w.sent[key]
+            res.delivered = w.recv[key]
             row = by_key.get(key, {})
             res.cls, res.reason, res.action = row.get("class", "?"), row.get("reason", ""), row.get("action", "?")
             res.dropped = row.get("dropped", 0)
             blocked = res.dropped > 0 and res.delivered < res.sent
             res.verdict = "blocked" if blocked else "passed"
             if blocked:
-                res.delivered_before_block = first_drop_recv.get(key, res.delivered)
+                res.delivered_before_block = w.first_drop_recv.get(key, res.delivered)
         return results
 
     def flows(self) -> list[dict]:
@@ -353,10 +296,164 @@ class Lab:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            if ev.get("event") in ("flow classified", "enforcement"):
+            if ev.get("event") == "flow classified":
                 detail = " ".join(f"{k}={ev[k]}" for k in ("class", "reason", "a", "b", "action", "detail") if k in ev)
                 out.append(f"{ev.get('timestamp', '')[11:23]} {ev['event']}: {detail or ev.get('flow', '')}")
         return out
+
+
+# ---- reusable pieces (the lab and tests/e2e drive the real daemon with them) ---------------------------------------
+
+
+def lab_macs(topo: Topology) -> dict[str, bytes]:
+    """The MAC addresses build_schedule() writes into frames."""
+    t = topo
+    return {"client": t.mac(t.lan_ns, t.client_if), "router_lan": t.mac(t.router_ns, t.router_lan_if),
+            "router_wan": t.mac(t.router_ns, t.router_wan_if), "inet": t.mac(t.inet_ns, t.inet_if)}
+
+
+def main_flows(sched: list, scenarios: list[Scenario]) -> dict[int, tuple]:
+    """Scenario index -> the flow tuple that counts (its first flow; for dns-pstn the call, not the DNS lookup)."""
+    main_flow: dict[int, tuple] = {}
+    for *_x, si, key in sched:
+        main_flow.setdefault(si, key)
+    for si, sc in enumerate(scenarios):
+        if sc.kind == "dns-pstn":
+            main_flow[si] = next(k for *_x, s2, k in sched if s2 == si and SBC in (k[1][0], k[2][0]))
+    return main_flow
+
+
+def rows_by_tuple(rows: list[dict]) -> dict[tuple, dict]:
+    """The daemon's `flows` rows keyed like build_schedule()'s flow tuples."""
+    out = {}
+    for row in rows:
+        a, b = _ep(row["a"]), _ep(row["b"])
+        out[_tuple(a[0], a[1], b[0], b[1], 17 if row["proto"] == "udp" else 6)] = row
+    return out
+
+
+def write_config(path: Path, topo: Topology, *, policy: Path | str, socket: str, pin_path: str,
+                 xdp_mode: str = "auto", interfaces: list[str] | None = None, extra: str = "") -> Path:
+    """A skyguardd config for the router namespace of `topo`."""
+    ifs = interfaces if interfaces is not None else [topo.router_lan_if, topo.router_wan_if]
+    path.write_text(
+        f"interfaces = {json.dumps(ifs)}\n"
+        f'xdp_mode = "{xdp_mode}"\npolicy = "{policy}"\nsocket = "{socket}"\n'
+        f'pin_path = "{pin_path}"\nlog_format = "json"\non_stop = "detach"\nflows_max = 65536\n{extra}')
+    return path
+
+
+def spawn_daemon(topo: Topology, cfg: Path | str, log_path: Path | str, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> subprocess.Popen:
+    """skyguardd in the router namespace (nsenter --net keeps /sys and so bpffs visible; `ip netns exec` would not).
+    nsenter execs the daemon, so the Popen's pid is the daemon's."""
+    e = dict(os.environ, PYTHONUNBUFFERED="1")
+    e.pop("NOTIFY_SOCKET", None)
+    e.pop("WATCHDOG_USEC", None)
+    e.update(env or {})
+    with open(log_path, "a") as log:
+        return subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{topo.router_ns}", sys.executable, "-m", "skyguard.daemon",
+             "--config", str(cfg), *(extra_args or [])],
+            stdout=log, stderr=subprocess.STDOUT, env=e)
+
+
+def wait_ready(proc: subprocess.Popen, sock_path: str, log_path: Path | str, timeout: float = 60.0) -> dict:
+    """Wait until the daemon answers `status` on its socket; returns that status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("skyguardd exited during start-up:\n" + Path(log_path).read_text()[-3000:])
+        with contextlib.suppress(ClientError, OSError), Client(sock_path, timeout=2) as c:
+            return c.call("status")
+        time.sleep(0.2)
+    raise RuntimeError(f"skyguardd did not come up within {timeout:g} s:\n" + Path(log_path).read_text()[-3000:])
+
+
+def stop_daemon(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class Wire:
+    """Raw frames into the router from both ends (AF_PACKET sockets in the lan and inet namespaces), and a count per
+    flow of the frames that came out at the far end. Only frames whose transport segment was sent count (not the
+    stack's own RSTs or ICMP)."""
+
+    def __init__(self, topo: Topology, keys: list[tuple] | set[tuple]) -> None:
+        self.keys = set(keys)
+        self.lan = topo.packet_socket(topo.lan_ns, topo.client_if)
+        try:
+            self.inet = topo.packet_socket(topo.inet_ns, topo.inet_if)
+        except BaseException:
+            self.lan.close()
+            raise
+        self.socks = {"lan": self.lan, "inet": self.inet}
+        self.sent: Counter = Counter()
+        self.recv: Counter = Counter()
+        self.sent_l4: set[int] = set()
+        self.first_drop_recv: dict[tuple, int] = {}  # recv count when a flow first lagged by more than 2 frames
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.lan.close()
+        self.inet.close()
+
+    def send(self, side: str, frame: bytes, key: tuple) -> None:
+        self.keys.add(key)
+        self.socks[side].send(frame)
+        self.sent[key] += 1
+        self.sent_l4.add(hash(_l4(frame)))
+
+    def receive(self, wait: float) -> None:
+        r, _, _ = select.select([self.lan, self.inet], [], [], wait)
+        for s in r:
+            while True:
+                try:
+                    data, addr = s.recvfrom(65535, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                if addr[2] == PACKET_OUTGOING:
+                    continue
+                p = pk.parse(data)
+                if p is None:
+                    continue
+                key = _tuple(p.src, p.sport, p.dst, p.dport, p.proto)
+                if key in self.keys and hash(_l4(data)) in self.sent_l4:
+                    self.recv[key] += 1
+                    if self.sent[key] - self.recv[key] > 2 and key not in self.first_drop_recv:
+                        self.first_drop_recv[key] = self.recv[key]
+
+    def play(self, sched: list, speed: float = 1.0, start_s: float = 0.0, stop_s: float = float("inf"),
+             tail_s: float = 0.5, tick: Callable[[], None] | None = None) -> None:
+        """Send the schedule's frames with start_s <= t < stop_s at `speed` times real time, receiving meanwhile;
+        then keep receiving for tail_s seconds."""
+        part = [x for x in sched if start_s <= x[0] < stop_s]
+        t0 = time.monotonic()
+        end = (part[-1][0] - start_s) / speed + tail_s if part else tail_s
+        i = 0
+        while i < len(part) or time.monotonic() - t0 < end:
+            now = time.monotonic() - t0
+            while i < len(part) and (part[i][0] - start_s) / speed <= now:
+                _ts, side, frame, _si, key = part[i]
+                self.send(side, frame, key)
+                i += 1
+            nxt = (part[i][0] - start_s) / speed - now if i < len(part) else 0.05
+            self.receive(max(0.0, min(nxt, 0.05)))
+            if tick:
+                tick()
 
 
 def _ep(s: str) -> tuple[str, int]:
@@ -428,7 +525,9 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old)
     ok = all(r.ok for r in results)
     if args.json:
-        print(json.dumps({"ok": ok, "calls": [dict(asdict(r), ok=r.ok) for r in results]}))
+        t = lab.topo
+        print(json.dumps({"ok": ok, "calls": [dict(asdict(r), ok=r.ok) for r in results],
+                          "namespaces": [t.lan_ns, t.router_ns, t.inet_ns], "pin_path": lab.pin_path}))
     else:
         print(format_summary(results))
         print("\nlab: everything it made is removed." + ("" if ok else " Some calls did not get the expected verdict."))
