@@ -61,6 +61,7 @@ struct sg_pkt {
 	__u16 vlan;        /* outer tag id, 0 untagged */
 	__u8 proto;        /* IPPROTO_UDP/TCP */
 	__u8 v6;
+	__u8 frag;         /* first fragment of a fragmented datagram: the UDP length may run past this fragment */
 	__be32 saddr4;
 	__be32 daddr4;
 	struct in6_addr saddr6;
@@ -135,11 +136,13 @@ static __always_inline int sg_parse_ip4(struct hdr_cursor *nh, void *data, void 
 	sg_cursor_forget(nh, data);
 	if (iph->frag_off & bpf_htons(0x1fff))
 		return SG_FRAG_NEXT;
+	if (iph->frag_off & bpf_htons(0x2000)) /* MF with offset 0: the first fragment carries the ports */
+		pk->frag = 1;
 	return iph->protocol;
 }
 
-/* IPv6 and a bounded walk over the allowlisted extension headers. Returns the L4 protocol, SG_FRAG_NEXT, or
- * -SG_ST_ERR_*. */
+/* IPv6 and a bounded walk over the allowlisted extension headers, each inside the datagram (payload_len: not in the
+ * Ethernet padding). Returns the L4 protocol, SG_FRAG_NEXT, or -SG_ST_ERR_*. */
 static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void *data_end, struct sg_pkt *pk,
 					void **l3_end)
 {
@@ -176,18 +179,20 @@ static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void 
 		default:
 			return nexthdr;
 		}
-		if ((void *)(h + 1) > data_end)
+		if ((void *)(h + 1) > data_end || (void *)(h + 1) > *l3_end)
 			return -SG_ST_ERR_IP6_EXT;
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			if (h->frag_off & bpf_htons(0xfff8))
 				return SG_FRAG_NEXT;
+			if (h->frag_off & bpf_htons(0x0001)) /* M with offset 0: first fragment */
+				pk->frag = 1;
 			len = 8;
 		} else if (nexthdr == IPPROTO_AH) {
 			len = ((__u32)h->reserved + 2) * 4;
 		} else {
 			len = ((__u32)h->reserved + 1) * 8; /* hdrlen is the second byte */
 		}
-		if (nh->pos + len > data_end)
+		if (nh->pos + len > data_end || nh->pos + len > *l3_end)
 			return -SG_ST_ERR_IP6_EXT;
 		nexthdr = h->nexthdr;
 		nh->pos += len;
@@ -204,7 +209,8 @@ static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void 
 	return nexthdr;
 }
 
-/* UDP: header and length sanity. Returns 0 or -SG_ST_ERR_UDP. */
+/* UDP: header and length sanity. Returns 0 or -SG_ST_ERR_UDP. The first fragment of a fragmented datagram carries a
+ * UDP length that covers the whole datagram: its payload is what this fragment holds (it is not malformed). */
 static __always_inline int sg_parse_udp(struct hdr_cursor *nh, void *data_end, void *l3_end, struct sg_pkt *pk)
 {
 	struct udphdr *uh = nh->pos;
@@ -213,8 +219,13 @@ static __always_inline int sg_parse_udp(struct hdr_cursor *nh, void *data_end, v
 	if ((void *)(uh + 1) > data_end || (void *)(uh + 1) > l3_end)
 		return -SG_ST_ERR_UDP;
 	ulen = bpf_ntohs(uh->len);
-	if (ulen < sizeof(*uh) || (void *)uh + ulen > l3_end)
+	if (ulen < sizeof(*uh))
 		return -SG_ST_ERR_UDP;
+	if ((void *)uh + ulen > l3_end) {
+		if (!pk->frag)
+			return -SG_ST_ERR_UDP;
+		ulen = (__u32)(l3_end - (void *)uh);
+	}
 	pk->l4 = uh;
 	pk->sport = bpf_ntohs(uh->source);
 	pk->dport = bpf_ntohs(uh->dest);
