@@ -7,6 +7,7 @@ bpf_lookup_elem & co.) and decoded with `wire`'s struct formats, so the byte lay
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import ipaddress
 import os
 import struct
@@ -55,6 +56,33 @@ _test_run = libbcc.lib.bpf_prog_test_run_opts
 _test_run.restype = ct.c_int
 _test_run.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
 
+_ENOTSUPP = 524  # the kernel-internal "not supported" that BPF syscalls leak to userspace
+BATCH = 8192  # entries per bpf_map_{lookup,update}_batch call
+
+
+class _BatchOpts(ct.Structure):
+    """struct bpf_map_batch_opts (libbpf)."""
+
+    _fields_ = [("sz", ct.c_size_t), ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+def _batch_fns() -> tuple[Callable | None, Callable | None]:
+    """libbpf's bpf_map_lookup_batch / bpf_map_update_batch (one syscall per BATCH entries), None when missing."""
+    try:
+        lib = ct.CDLL("libbpf.so.1", use_errno=True)
+        look, upd = lib.bpf_map_lookup_batch, lib.bpf_map_update_batch
+    except (OSError, AttributeError):
+        return None, None
+    look.restype = ct.c_int
+    look.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32),
+                     ct.POINTER(_BatchOpts)]
+    upd.restype = ct.c_int
+    upd.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32), ct.POINTER(_BatchOpts)]
+    return look, upd
+
+
+_lookup_batch, _update_batch = _batch_fns()
+
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
@@ -86,6 +114,74 @@ class _RawMap:
     def delete(self, key: bytes) -> bool:
         kb = ct.create_string_buffer(key, self.key_size)
         return libbcc.lib.bpf_delete_elem(self.fd, kb) == 0
+
+    def iter_batches(self, batch: int = BATCH) -> Iterator[tuple[bytes, bytes, int]]:
+        """(keys, values, n): the map in chunks of up to `batch` entries, keys and values packed back to back.
+        Falls back to one lookup per key where the map type or libbpf has no batch operations."""
+        if _lookup_batch is None or self.ncpus != 1:
+            yield from self._iter_batches_slow(batch)
+            return
+        tok_in = ct.create_string_buffer(max(self.key_size, 8))
+        tok_out = ct.create_string_buffer(max(self.key_size, 8))
+        keys = ct.create_string_buffer(self.key_size * batch)
+        vals = ct.create_string_buffer(self.value_size * batch)
+        opts = _BatchOpts(sz=ct.sizeof(_BatchOpts))
+        first = True
+        while True:
+            count = ct.c_uint32(batch)
+            rc = _lookup_batch(self.fd, None if first else tok_in, tok_out, keys, vals, ct.byref(count),
+                               ct.byref(opts))
+            err = ct.get_errno() if rc != 0 else 0
+            if rc != 0 and err != errno.ENOENT:
+                if first and err in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP):
+                    yield from self._iter_batches_slow(batch)
+                    return
+                raise OSError(err, f"bpf_map_lookup_batch: {os.strerror(err)}")
+            n = count.value
+            if n:
+                yield keys.raw[: n * self.key_size], vals.raw[: n * self.value_size], n
+            if rc != 0:  # ENOENT: that was the last chunk
+                return
+            ct.memmove(tok_in, tok_out, len(tok_in))
+            first = False
+
+    def _iter_batches_slow(self, batch: int) -> Iterator[tuple[bytes, bytes, int]]:
+        ks, vs = bytearray(), bytearray()
+        n = 0
+        for k in list(self.iter_keys()):
+            v = self.lookup(k)
+            if v is None:
+                continue
+            ks += k
+            vs += v[: self.value_size]
+            n += 1
+            if n == batch:
+                yield bytes(ks), bytes(vs), n
+                ks, vs, n = bytearray(), bytearray(), 0
+        if n:
+            yield bytes(ks), bytes(vs), n
+
+    def update_batch(self, keys: bytes, values: bytes, flags: int = 0) -> int:
+        """Write len(keys) / key_size entries in chunks of BATCH; returns how many were written."""
+        total = len(keys) // self.key_size
+        if _update_batch is None:
+            return sum(self.update(keys[i * self.key_size:(i + 1) * self.key_size],
+                                   values[i * self.value_size:(i + 1) * self.value_size], flags)
+                       for i in range(total))
+        opts = _BatchOpts(sz=ct.sizeof(_BatchOpts), elem_flags=flags)
+        done = 0
+        while done < total:
+            n = min(BATCH, total - done)
+            kb = ct.create_string_buffer(keys[done * self.key_size:(done + n) * self.key_size], n * self.key_size)
+            vb = ct.create_string_buffer(values[done * self.value_size:(done + n) * self.value_size],
+                                         n * self.value_size)
+            count = ct.c_uint32(n)
+            rc = _update_batch(self.fd, kb, vb, ct.byref(count), ct.byref(opts))
+            done += count.value
+            if rc != 0:
+                err = ct.get_errno()
+                raise OSError(err, f"bpf_map_update_batch: {os.strerror(err)} after {done} entries")
+        return done
 
     def iter_keys(self) -> Iterator[bytes]:
         cur = None
@@ -223,10 +319,19 @@ class Kernel:
 
     # -- flows -------------------------------------------------------------------------------------------------------
     def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]:
-        for raw in list(self._flows.iter_keys()):
-            val = self._flows.lookup(raw)
-            if val is not None:
-                yield wire.FlowKey.unpack(raw), wire.Flow.unpack(val)
+        """Every flow, decoded; read in batches (one syscall per BATCH flows) and snapshotted before yielding."""
+        ks, vs = wire.FlowKey.FMT.size, wire.Flow.FMT.size
+        for keys, vals, n in list(self._flows.iter_batches()):
+            for i in range(n):
+                yield wire.FlowKey.unpack(keys[i * ks:(i + 1) * ks]), wire.Flow.unpack(vals[i * vs:(i + 1) * vs])
+
+    def flows_raw(self) -> Iterator[tuple[bytes, bytes, int]]:
+        """The flow map as raw (keys, values, n) chunks, for callers that select before decoding (top-N)."""
+        return self._flows.iter_batches()
+
+    def write_flows_raw(self, keys: bytes, values: bytes) -> int:
+        """Batch-insert packed flow keys and values (benchmarks fill the table this way); returns the count."""
+        return self._flows.update_batch(keys, values)
 
     def flow(self, key: wire.FlowKey) -> wire.Flow | None:
         val = self._flows.lookup(key.pack())
@@ -253,7 +358,7 @@ class Kernel:
         self._flows.delete(key.pack())
 
     def flow_count(self) -> int:
-        return sum(1 for _ in self._flows.iter_keys())
+        return sum(n for _k, _v, n in self._flows.iter_batches())
 
     # -- stats -------------------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

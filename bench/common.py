@@ -1,0 +1,79 @@
+"""Shared helpers for the benchmarks: import path, BPF_PROG_TEST_RUN timing, test frames, machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "daemon") not in sys.path:
+    sys.path.insert(0, str(ROOT / "daemon"))
+
+from scapy.layers.inet import IP, UDP  # noqa: E402
+from scapy.layers.inet6 import IPv6  # noqa: E402
+from scapy.layers.l2 import Dot1Q, Ether  # noqa: E402
+from scapy.packet import Raw  # noqa: E402
+
+
+def _eth():
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+MS_STUN = (struct.pack(">HHI12s", 0x0001, 16, 0x2112A442, b"T" * 12) + struct.pack(">HHI", 0x8055, 4, 0x00010002)
+           + struct.pack(">HHI", 0x0024, 4, 0x6E001EFF))
+
+
+@dataclass(frozen=True)
+class Frames:
+    """One frame per fast-path case (all 80-byte payloads unless a signature needs its own)."""
+
+    est4: bytes = bytes(_eth() / IP(src="192.0.2.1", dst="198.51.100.1") / UDP(sport=50000, dport=50001)
+                        / Raw(b"\x55" * 80))
+    est6: bytes = bytes(_eth() / IPv6(src="2001:db8::1", dst="2001:db8:1::1") / UDP(sport=50000, dport=50001)
+                        / Raw(b"\x55" * 80))
+    vlan: bytes = bytes(_eth() / Dot1Q(vlan=42) / IP(src="192.0.2.1", dst="198.51.100.1")
+                        / UDP(sport=50000, dport=50001) / Raw(b"\x55" * 80))
+    stun: bytes = bytes(_eth() / IP(src="192.0.2.2", dst="203.0.113.2") / UDP(sport=50010, dport=3478)
+                        / Raw(MS_STUN))
+    bad: bytes = bytes(_eth() / IP(len=25, proto=17) / Raw(b"\x00\x01\x00\x02\x00"))
+
+
+def udp4_frame(i: int, size: int = 64) -> bytes:
+    """A UDP/IPv4 frame of `size` bytes (with FCS room: 4 bytes less on the wire) for flow number i."""
+    src = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+    f = _eth() / IP(src=src, dst="198.51.100.1") / UDP(sport=40000 + (i % 20000), dport=443)
+    pad = max(0, size - 4 - len(f))
+    return bytes(f / Raw(b"\x00" * pad))
+
+
+def test_run_ns(fd: int, frame: bytes, repeat: int) -> float:
+    """Mean ns per run of the program on `frame` as the kernel reports it (one BPF_PROG_TEST_RUN, `repeat` runs)."""
+    from skyguard import kernel
+
+    k = kernel.Kernel.__new__(kernel.Kernel)
+    k.prog_fd = fd
+    return float(kernel.Kernel.test_run(k, frame, repeat=repeat).duration_ns)
+
+
+def best_of(fd: int, frame: bytes, repeat: int, rounds: int = 3) -> float:
+    """The lowest of `rounds` means: other load on the machine only ever adds time."""
+    return min(test_run_ns(fd, frame, repeat) for _ in range(rounds))
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu, "python": platform.python_version()}
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None

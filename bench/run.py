@@ -1,0 +1,56 @@
+"""`make bench`: every benchmark in one run, one printed table, bench/results.json (with the machine's facts).
+
+Usage: bench/run.py [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import accuracy
+import common
+import fastpath
+import growth
+import peer
+import scale
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer runs and smaller sizes (about a minute)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results.json"))
+    args = ap.parse_args()
+    q = args.quick
+    res: dict = {"machine": common.machine(), "quick": q, "started": time.time()}
+    steps = [
+        ("fastpath", lambda: fastpath.measure(200_000 if q else 1_000_000, 2 if q else 3), fastpath.format_table),
+        ("growth", lambda: growth.measure(q), growth.format_table),
+        ("scale", lambda: scale.measure(100_000 if q else 1_000_000, 3 if q else 4), scale.format_table),
+        ("peer", peer.measure, peer.format_table),
+        ("accuracy", lambda: accuracy.measure([1] if q else [1, 2, 3]), accuracy.format_table),
+    ]
+    out = []
+    for name, fn, fmt in steps:
+        t = time.perf_counter()
+        try:
+            r = fn()
+            res[name] = r
+            out.append(f"== {name} ({time.perf_counter() - t:.0f} s)\n{fmt(r)}")
+        except Exception as e:  # one failing benchmark must not hide the others
+            res[name] = {"error": f"{type(e).__name__}: {e}"}
+            out.append(f"== {name}: FAILED {type(e).__name__}: {e}")
+        print(out[-1], flush=True)
+    res.get("accuracy", {}).get("generated", {}).pop("table", None)
+    res["seconds"] = time.time() - res["started"]
+    Path(args.out).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    m = res["machine"]
+    print(f"\n{m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}; {res['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
