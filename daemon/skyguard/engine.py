@@ -74,23 +74,51 @@ class Engine:
         self.log_suppressed = 0
         self.counters = EngineCounters()
         self.subscribers: list[Callable[[dict], None]] = []
+        self.table = None  # flowtable.FlowTable: the daemon sets one (scans at a million flows)
         # key, old class, new class, ts_ns, packets of the flow when decided
         self.on_decision: list[Callable[[wire.FlowKey, int, int, int, int], None]] = []
         kernel.load_policy(policy)
+
+    # ---- flow-table scans --------------------------------------------------------------------------------------------
+
+    def _flows_touching(self, nets: list[Network]) -> Iterator[tuple[wire.FlowKey, wire.Flow]]:
+        """Flows with an endpoint in any of `nets`: from the daemon's snapshot when it has one (vectorised, then one
+        fresh lookup per candidate), else by decoding the whole table (replay, small tables)."""
+        if not nets:
+            return
+        if self.table is None:
+            for key, flow in list(self.kernel.flows()):
+                if any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets):
+                    yield key, flow
+            return
+        from .flowtable import addr_mask
+
+        s = self.table.refresh()
+        mask = None
+        for n in nets:
+            m = addr_mask(s.keys["lo_addr"], n) | addr_mask(s.keys["hi_addr"], n)
+            mask = m if mask is None else mask | m
+        for i in mask.nonzero()[0]:
+            key = s.key(int(i))
+            flow = self.kernel.flow(key)
+            if flow is not None:
+                yield key, flow
 
     # ---- policy -----------------------------------------------------------------------------------------------------
 
     def set_policy(self, policy: Policy) -> None:
         """Atomic swap in the kernel (generation flip), then the slow path; flow state is kept."""
+        old_exempt = list(self.policy.exempt_prefixes)
         self.kernel.load_policy(policy)
         self.slow.set_policy(policy)
         self.policy = policy
-        self._resync_exempt()
+        self._resync_exempt(old_exempt)
         self.log.info("policy loaded", policy=policy.name, path=policy.path, digest=policy.digest[:12])
 
-    def _resync_exempt(self) -> None:
+    def _resync_exempt(self, old: list[Network]) -> None:
+        """Flows touching the old or the new exempt prefixes get their flag recomputed."""
         nets = list(self.policy.exempt_prefixes)
-        for key, flow in list(self.kernel.flows()):
+        for key, flow in list(self._flows_touching(list({*old, *nets}))):
             exempt = any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets)
             if exempt != bool(flow.flags & F_EXEMPT):
                 self.kernel.update_flow(key, lambda f, e=exempt: _set_flag(f, F_EXEMPT, e))
@@ -143,11 +171,10 @@ class Engine:
         self.publish({"type": "prefix", "kind": pc.kind, "prefix": str(pc.network), "name": pc.name, "add": pc.add})
         if pc.add and pc.kind == "pstn":
             # flows that started before the DNS answer was seen: the kernel only looks prefixes up at flow creation
-            for key, flow in list(self.kernel.flows()):
+            for key, flow in list(self._flows_touching([pc.network])):
                 if key.proto != 17 or flow.cls == wire.OUT:
                     continue
-                if addr_in(key.lo_addr, pc.network) or addr_in(key.hi_addr, pc.network):
-                    self.apply(Decision(key, wire.OUT, R_PSTN_NAME, f"learned {pc.name}"), ts_ns)
+                self.apply(Decision(key, wire.OUT, R_PSTN_NAME, f"learned {pc.name}"), ts_ns)
 
     # ---- logging and publishing -------------------------------------------------------------------------------------
 
@@ -206,7 +233,7 @@ class Engine:
     def block(self, network: Network, expires_ns: int = 0) -> int:
         """Manual block: LPM entry for new flows, flag on existing ones. Returns how many live flows it caught."""
         self.kernel.add_prefix("block", network, wire.SRC_MANUAL, expires_ns)
-        n = self._sync_blocked()
+        n = self._sync_blocked(network)
         self.log.info("manual block", prefix=str(network), expires_ns=expires_ns, flows=n)
         return n
 
@@ -214,14 +241,15 @@ class Engine:
         known = any(p == network for p, _s, _e in self.kernel.prefixes("block"))
         if known:
             self.kernel.remove_prefix("block", network)
-        self._sync_blocked()
+        self._sync_blocked(network)
         self.log.info("manual unblock", prefix=str(network), existed=known)
         return known
 
-    def _sync_blocked(self) -> int:
+    def _sync_blocked(self, changed: Network) -> int:
+        """Recompute the blocked flag of the flows touching `changed`; returns how many of them are blocked now."""
         nets = [p for p, _s, _e in self.kernel.prefixes("block")]
         caught = 0
-        for key, flow in list(self.kernel.flows()):
+        for key, flow in list(self._flows_touching([changed])):
             hit = any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets)
             caught += hit
             if hit != bool(flow.flags & F_BLOCKED):
@@ -234,9 +262,18 @@ class Engine:
                 self.unblock(net)
 
     def expire_flows(self, now_ns: int, timeouts: dict[str, float]) -> int:
-        """Delete flows idle for longer than their timeout (seconds by 'udp', 'tcp', 'other')."""
+        """Delete flows idle for longer than their timeout (seconds by 'udp', 'tcp', 'other'). With a flow-table
+        snapshot the candidates come from it and each is re-read before deletion (it may have woken up since)."""
         gone = 0
-        for key, flow in list(self.kernel.flows()):
+        if self.table is not None:
+            if self.table.snapshot is None:
+                return 0
+            candidates = ((k, self.kernel.flow(k)) for k in self.table.idle(now_ns, timeouts))
+        else:
+            candidates = iter(list(self.kernel.flows()))
+        for key, flow in candidates:
+            if flow is None:
+                continue
             if flow.cls in (wire.UNKNOWN, wire.OTHER):
                 t = timeouts.get("other", 60.0)
             else:

@@ -42,8 +42,11 @@ def cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
     if isinstance(value, list | tuple):
-        return ",".join(cell(v) for v in value) or "-"
+        sep = "; " if any(isinstance(v, Mapping) for v in value) else ","
+        return sep.join(cell(v) for v in value) or "-"
     if isinstance(value, bytes):
         return value.hex()
     return str(value)

@@ -190,6 +190,9 @@ def test_events_human_and_json(daemon: FakeDaemon) -> None:
     assert lines[0].startswith("2023-11-14T22:13:20")
     assert "classified udp 1.2.3.4:5 <-> 6.7.8.9:10 unknown -> skype-out reason=e2o-port" in lines[0]
     assert lines[1] == "blocked prefix=10.0.0.0/8"
+    end = time.monotonic() + 5  # the first subscriber must be gone, or the next events would go to it alone
+    while daemon.server.subscribers and time.monotonic() < end:
+        time.sleep(0.01)
     t = _publish_when_subscribed(daemon, evs)
     rc, out, _ = run("--socket", str(daemon.path), "--json", "events", "--count", "2")
     t.join()
@@ -295,6 +298,13 @@ def test_replay_missing_module_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     rc, out, err = run("replay", "a.pcap")
     assert rc == 1 and out == ""
     assert err.startswith("skyguard: `replay` is not available in this installation") and "Traceback" not in err
+
+
+def test_fmt_kv_renders_nested_values() -> None:
+    text = fmt.kv({"interfaces": [{"name": "eth0", "mode": "native"}, {"name": "eth1", "mode": "generic"}],
+                   "flows": {"count": 3, "max": 10}, "tags": [], "ok": True})
+    assert text.splitlines() == ["interfaces   name=eth0 mode=native; name=eth1 mode=generic",
+                                 "flows.count  3", "flows.max    10", "tags         -", "ok           yes"]
 
 
 def test_fmt_table_alignment() -> None:
