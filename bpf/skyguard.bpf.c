@@ -348,10 +348,11 @@ static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct s
 				svc = 1;
 			if (pk->sport == 12340 || pk->dport == 12340)
 				nf.evidence |= SG_E_PORT12340;
-			if (sg_in_pstn(pk, gen)) {
-				pstn = 1;
-				nf.flags |= SG_F_DONE;
-			}
+		}
+		/* UDP media and TCP fallback alike: the operator says phone calls leave through these addresses */
+		if (sg_in_pstn(pk, gen)) {
+			pstn = 1;
+			nf.flags |= SG_F_DONE;
 		}
 	}
 	if (flows.insert(r->key, &nf) != 0) {

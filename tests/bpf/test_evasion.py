@@ -167,11 +167,12 @@ def tcp_media(dst: str, dport: int, sport: int, n: int = 60) -> list[tuple[int, 
     return out
 
 
-def test_tcp_fallback_to_pstn_gateway_is_not_caught(kern, policy, tmp_path):
+def test_tcp_fallback_to_pstn_gateway_is_caught(kern, policy, tmp_path):
     res = play(kern, policy, tmp_path, tcp_media(GATEWAY, 443, 50001))
     [flow] = rows(res, proto="tcp")
-    # limitation: the PSTN prefixes are looked up for UDP flows only; TCP media to the gateway passes
-    assert flow["class"] in ("unknown", "other") and flow["dropped"] == 0
+    # PSTN prefixes hold for TCP too: media falling back to TCP towards the gateway is dropped from its first packet
+    assert flow["class"] == "skype-out" and flow["reason"] == "pstn-prefix"
+    assert flow["dropped"] == flow["packets"]
 
 
 def test_tcp_fallback_to_ms_relay_is_relay(kern, policy, tmp_path):
