@@ -13,8 +13,10 @@ from pathlib import Path
 
 import accuracy
 import common
+import daemon_scale
 import fastpath
 import growth
+import live
 import peer
 import scale
 
@@ -32,6 +34,9 @@ def main() -> int:
         ("scale", lambda: scale.measure(100_000 if q else 1_000_000, 3 if q else 4), scale.format_table),
         ("peer", peer.measure, peer.format_table),
         ("accuracy", lambda: accuracy.measure([1] if q else [1, 2, 3]), accuracy.format_table),
+        ("live", lambda: live.measure(0.6 if q else 1.0, 1 if q else 3), live.format_table),
+        ("daemon_scale", lambda: daemon_scale.measure(100_000 if q else 1_000_000, 50 if q else 200, 5.0 if q else 20.0,
+                                                      None, 3.0 if q else 10.0), daemon_scale.format_table),
     ]
     out = []
     for name, fn, fmt in steps:

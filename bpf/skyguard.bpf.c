@@ -400,6 +400,8 @@ static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, 
 		__u32 cid = ((__u32)p[0]) | ((__u32)p[1] << 8) | ((__u32)p[2] << 16) | ((__u32)p[3] << 24);
 		__u8 b4 = p[4];
 
+		if (f->pkts[d] > 1 && (cid & 0xffff) == (f->prev_cid[d] & 0xffff))
+			f->evidence |= SG_E_IDREP;
 		if (f->pkts[d] > 1 && cid == f->prev_cid[d] && b4 != SG_PREV_B4(f, d)) {
 			SG_PKF(f) |= SG_PK_CIDREP;
 			if (f->cid_rep[d] < 0xffff)
@@ -462,6 +464,13 @@ static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, 
 				f->evidence |= SG_E_SOM_DATA;
 				f->stun[d] |= SG_S_SOMDATA;
 			}
+			/* a first packet the probe rule refused (a message ID starting 0x00/0x80/..., a data frame), but
+			 * every packet so far carries a valid func: random bytes pass 4 in a row 0.06% of the time */
+			if (f->cls == SG_CLASS_UNKNOWN && !(f->evidence & SG_E_SOM) && f->inspected >= 4 &&
+			    f->som_ok >= f->inspected && !(f->evidence & (SG_E_STUN | SG_E_CID | SG_E_IDREP))) {
+				f->evidence |= SG_E_SOM;
+				sg_set_class(r, f, SG_CLASS_SIGNALING, SG_R_SOM, 0);
+			}
 		} else if (!(SG_PKF(f) & SG_PK_CIDREP) && f->inspected > 1 && sg_som_valid(f->som_func) &&
 			   (f->cls == SG_CLASS_UNKNOWN || (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM)))) {
 			/* a later packet contradicts a first packet that carried a SoM func (DNSCrypt, random UDP) */
@@ -470,6 +479,14 @@ static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, 
 			sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 0);
 			return;
 		}
+	}
+
+	/* The SoM message ID is random per message: a constant first 4 bytes packet after packet is no SoM header.
+	 * It is either a legacy E2O call's connection ID (the daemon decides from the samples) or a constant-header
+	 * protocol (games): not signalling either way. */
+	if (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM) && (__u32)f->cid_rep[0] + f->cid_rep[1] >= 8) {
+		sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 0);
+		return;
 	}
 
 	/* E2E voice: SoM data frames both ways, few CID repeats */

@@ -64,6 +64,7 @@
 #define SG_E_TLS          0x0080 /* TLS handshake seen (first TCP payload) */
 #define SG_E_PORT12340    0x0100 /* an endpoint uses UDP 12340 */
 #define SG_E_FF10         0x0200 /* FF 10 multiplexed TURN framing */
+#define SG_E_IDREP        0x0400 /* the first 2 payload bytes repeated packet to packet: no random SoM message ID */
 #define SG_E_CANDIDATE    0x8000 /* flow emits `sample` events */
 
 /* ---- flow.stun[dir]: STUN/ICE facts per direction ---- */

@@ -109,11 +109,12 @@ class _Dir:
             self.som += 1
             if data[2] & 0x8F == SOM_DATA and payload_len > 4:
                 self.som_data += 1
-        if self.first_ts is None:
-            self.first_ts = ts_ns
-        b = max(0, ts_ns - self.first_ts) // (RATE_BIN_MS * 1_000_000)
-        if b in self.bins or len(self.bins) < MAX_SAMPLES:
-            self.bins[b] = self.bins.get(b, 0) + 1
+        if self.first_ts is None and cid:
+            self.first_ts = ts_ns  # the rate is the media's: count from the first connection-ID packet on
+        if self.first_ts is not None:
+            b = max(0, ts_ns - self.first_ts) // (RATE_BIN_MS * 1_000_000)
+            if b in self.bins or len(self.bins) < MAX_SAMPLES:
+                self.bins[b] = self.bins.get(b, 0) + 1
         if self.last_ts is not None and ts_ns >= self.last_ts:
             iat = (ts_ns - self.last_ts) / 1e6
             self.iats += 1

@@ -101,13 +101,9 @@ class Topology:
             for ns in (self.lan_ns, self.router_ns, self.inet_ns):
                 netns.create(ns)
                 self.created.append(ns)
-            self._veth(self.client_if, self.lan_ns, self.router_lan_if, self.router_ns)
+            self._lan_link()
             self._veth(self.router_wan_if, self.router_ns, self.inet_if, self.inet_ns)
-            with ns_iproute(self.lan_ns) as ns:
-                self._addr(ns, self.client_if, [(CLIENT, 24), (CLIENT2, 24)])
-                ns.route("add", dst="0.0.0.0/0", gateway=ROUTER_LAN)
             with ns_iproute(self.router_ns) as ns:
-                self._addr(ns, self.router_lan_if, [(ROUTER_LAN, 24)])
                 self._addr(ns, self.router_wan_if, [(ROUTER_WAN, 24)])
                 ns.route("add", dst="0.0.0.0/0", gateway=INET_GW)
             with ns_iproute(self.inet_ns) as ns:
@@ -120,6 +116,22 @@ class Topology:
             self.down()
             raise
         return self
+
+    def _lan_link(self) -> None:
+        """The client <-> router veth pair, addressed, with the client's default route through the router."""
+        self._veth(self.client_if, self.lan_ns, self.router_lan_if, self.router_ns)
+        with ns_iproute(self.lan_ns) as ns:
+            self._addr(ns, self.client_if, [(CLIENT, 24), (CLIENT2, 24)])
+            ns.route("add", dst="0.0.0.0/0", gateway=ROUTER_LAN)
+        with ns_iproute(self.router_ns) as ns:
+            self._addr(ns, self.router_lan_if, [(ROUTER_LAN, 24)])
+
+    def recreate_lan_link(self) -> None:
+        """Delete the router's LAN interface (its veth peer goes with it) and make it again under the same names, as
+        when a link is re-created by the operator or a driver reload."""
+        with ns_iproute(self.router_ns) as ns:
+            ns.link("del", index=ns.link_lookup(ifname=self.router_lan_if)[0])
+        self._lan_link()
 
     def _veth(self, a: str, ns_a: str, b: str, ns_b: str) -> None:
         with IPRoute() as ip:

@@ -1,0 +1,151 @@
+"""End-to-end fixtures: a namespace topology (lan | router running the real skyguardd | inet), the daemon as a process
+in the router namespace, and frames played through it from AF_PACKET sockets in the peer namespaces (skyguard.lab's
+pieces). Every namespace, pin directory and temporary directory has a unique name and is removed even on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skyguard import lab
+from skyguard.client import Client
+from skyguard.topo import Topology, leftover_namespaces
+
+_OURS: list[str] = []  # namespaces made by this session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_namespaces() -> Iterator[None]:
+    before = set(leftover_namespaces()) if shutil.which("nsenter") else set()
+    yield
+    if not _OURS:
+        return
+    now = set(leftover_namespaces())
+    ours_left = sorted(n for n in now if n in _OURS)
+    assert not ours_left, f"e2e left namespaces behind: {ours_left}"
+    # namespaces someone else made during the session (a concurrent `skyguard lab`) are theirs; ours are checked above
+    strays = sorted(now - before - set(_OURS))
+    if strays:
+        print(f"note: sg-* namespaces not made by this session exist: {strays}")
+
+
+class Rig:
+    """One topology with one skyguardd (restartable) on the router's two interfaces."""
+
+    def __init__(self, policy_text: str = lab.LAB_POLICY) -> None:
+        self.topo = Topology()
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"sg-e2e-{self.topo.tag}-"))
+        self.sock = str(self.tmp / "skyguard.sock")
+        self.pin_path = f"/sys/fs/bpf/sg-e2e-{self.topo.tag}"
+        self.log_path = self.tmp / "skyguardd.log"
+        self.policy = self.tmp / "policy.toml"
+        self.policy.write_text(policy_text)
+        self.cfg = self.tmp / "skyguard.toml"
+        self.proc: subprocess.Popen | None = None
+        self.procs: list[subprocess.Popen] = []
+
+    def up(self) -> Rig:
+        _OURS.extend([self.topo.lan_ns, self.topo.router_ns, self.topo.inet_ns])
+        self.topo.up()
+        lab.write_config(self.cfg, self.topo, policy=self.policy, socket=self.sock, pin_path=self.pin_path)
+        return self
+
+    # ---- the daemon -------------------------------------------------------------------------------------------------
+
+    def spawn(self, env: dict[str, str] | None = None, cfg: Path | None = None) -> subprocess.Popen:
+        self.proc = lab.spawn_daemon(self.topo, cfg or self.cfg, self.log_path, env=env)
+        self.procs.append(self.proc)
+        return self.proc
+
+    def start(self, env: dict[str, str] | None = None) -> dict:
+        """Start skyguardd and wait for its socket; returns its first `status`."""
+        self.spawn(env)
+        return lab.wait_ready(self.proc, self.sock, self.log_path, timeout=60)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(sig)
+
+    def client(self, timeout: float = 5.0) -> Client:
+        return Client(self.sock, timeout=timeout)
+
+    def call(self, cmd: str, **args):
+        with self.client() as c:
+            return c.call(cmd, **args)
+
+    def flows(self) -> dict[tuple, dict]:
+        return lab.rows_by_tuple(self.call("flows", sort="first", limit=0)["flows"])
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def wait_log(self, needle: str, timeout: float = 5.0, start: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log()[start:]
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in the daemon's log:\n{self.log()[-3000:]}")
+
+    # ---- traffic ----------------------------------------------------------------------------------------------------
+
+    def schedule(self, only: list[int] | None = None, seed: int = 7) -> tuple[list, dict[int, tuple]]:
+        """The lab demo's frames (lab.SCENARIOS, re-addressed for this topology), optionally only some scenarios (by
+        index: the generator's flows depend on the position in the full list, so the list is never shortened)."""
+        sched = lab.build_schedule(self.topo, seed, lab.SCENARIOS, lab.lab_macs(self.topo))
+        main = lab.main_flows(sched, lab.SCENARIOS)
+        if only is not None:
+            sched = [x for x in sched if x[3] in only]
+            main = {si: k for si, k in main.items() if si in only}
+        return sched, main
+
+    def wire(self, sched: list) -> lab.Wire:
+        return lab.Wire(self.topo, [k for *_x, k in sched])
+
+    # ---- clean-up ---------------------------------------------------------------------------------------------------
+
+    def down(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(10)
+        self.topo.down()
+        shutil.rmtree(self.pin_path, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def rig(bpf_ok, request) -> Iterator[Rig]:
+    """A topology with the lab policy, the daemon not yet started (call rig.start())."""
+    if not shutil.which("nsenter"):
+        pytest.skip("nsenter (util-linux) is missing")
+    r = Rig()
+    request.addfinalizer(r.down)
+    r.up()
+    yield r
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(f"--- skyguardd log ---\n{r.log()[-4000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep
+
