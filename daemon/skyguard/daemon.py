@@ -137,7 +137,8 @@ class Daemon:
                 self._reload = False
                 with contextlib.suppress(PolicyError):  # reload() logged it; the running policy stays
                     self.reload(source="SIGHUP")
-            self.table.step()
+            if self.table.step():
+                self._expire_idle()  # a fresh snapshot: its idle flows are the expiry candidates
             now = time.monotonic()
             if wd and now >= next_wd:
                 self.notify.watchdog()
@@ -151,16 +152,24 @@ class Daemon:
         return 0
 
     def _housekeeping(self) -> None:
-        now_ns = time.monotonic_ns()
         self.engine.slow.expire(time.time_ns())
         for pc in self.engine.slow.take_prefix_changes():
             self.engine.apply_prefix(pc)
         self.engine.expire_blocks(time.time_ns())
+
+    def _expire_idle(self) -> None:
         t = self.cfg.idle_timeout
         timeouts = {"udp": t.udp, "tcp": t.tcp, "other": t.other}
-        gone = self.engine.expire_flows(now_ns, timeouts)
+        gone = self.engine.expire_flows(time.monotonic_ns(), timeouts)
         if gone:
             self.log.debug("flows expired", count=gone)
+
+    def _flow_count(self) -> int:
+        """The flow count: exact for small tables, the last snapshot's for large ones (a count reads the map)."""
+        snap = self.table.snapshot
+        if snap is not None and len(snap) >= 50_000:
+            return len(snap)
+        return self.kernel.flow_count()
 
     def _on_links(self) -> None:
         for ev, name, _idx in self.links.drain():
@@ -189,7 +198,7 @@ class Daemon:
 
     def _status_line(self) -> str:
         st = self.kernel.stats()
-        return (f"{self.kernel.flow_count()} flows, {st.get('packets', 0)} packets, {st.get('act_drop', 0)} dropped, "
+        return (f"{self._flow_count()} flows, {st.get('packets', 0)} packets, {st.get('act_drop', 0)} dropped, "
                 f"policy {self.engine.policy.name}")
 
     # ---- reload -----------------------------------------------------------------------------------------------------
@@ -238,7 +247,7 @@ class Daemon:
     def cmd_status(self, args: dict) -> dict:
         pol = self.engine.policy
         st = self.kernel.stats()
-        n = self.kernel.flow_count()
+        n = self._flow_count()
         return {
             "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
             "interfaces": [{"name": a.ifname, "ifindex": a.ifindex, "mode": a.mode} for a in self.attached.values()],

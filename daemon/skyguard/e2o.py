@@ -17,6 +17,7 @@ and the state is a few hundred integers whatever the flow does. Features (SIGNAT
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 
 from . import wire
@@ -160,25 +161,31 @@ class Chi2:
 
     GROUPS = 16
 
+    __slots__ = ("n", "counts")
+
     def __init__(self) -> None:
         self.n = 0
-        self.counts = [[0] * 16 for _ in range(self.GROUPS)]
+        # 16 groups x 16 nibble values in one 256-entry array of unsigned shorts (512 bytes, not 16 lists: the
+        # slow path keeps one per tracked flow, tens of thousands of them)
+        self.counts = array("H", bytes(512))
 
     def add(self, data: bytes) -> None:
-        if len(data) < 8:
+        if len(data) < 8 or self.n >= 0xFFFF:
             return
         self.n += 1
+        c = self.counts
         for i in range(8):
             b = data[i]
-            self.counts[2 * i][b >> 4] += 1
-            self.counts[2 * i + 1][b & 0x0F] += 1
+            c[32 * i + (b >> 4)] += 1
+            c[32 * i + 16 + (b & 0x0F)] += 1
 
     def values(self) -> list[float]:
         """Chi-square of each group against a uniform nibble (15 degrees of freedom); 15*n for a constant group."""
         if self.n == 0:
             return [0.0] * self.GROUPS
         e = self.n / 16
-        return [sum((c - e) ** 2 for c in grp) / e for grp in self.counts]
+        c = self.counts
+        return [sum((c[16 * g + v] - e) ** 2 for v in range(16)) / e for g in range(self.GROUPS)]
 
     def deterministic(self) -> list[bool]:
         """Groups above the threshold (far from uniform). Group i here is Bonfiglio's group i + 1."""

@@ -28,6 +28,7 @@ F_BLOCKED = wire.C["SG_F_BLOCKED"]
 F_EXEMPT = wire.C["SG_F_EXEMPT"]
 R_PSTN_NAME = wire.C["SG_R_PSTN_NAME"]
 R_MANUAL = wire.C["SG_R_MANUAL"]
+EXPIRE_BATCH = 20_000
 
 
 class KernelLike(Protocol):
@@ -268,7 +269,8 @@ class Engine:
         if self.table is not None:
             if self.table.snapshot is None:
                 return 0
-            candidates = ((k, self.kernel.flow(k)) for k in self.table.idle(now_ns, timeouts))
+            # at most EXPIRE_BATCH deletions per snapshot: a mass expiry must not stall the loop
+            candidates = ((k, self.kernel.flow(k)) for k in self.table.idle(now_ns, timeouts)[:EXPIRE_BATCH])
         else:
             candidates = iter(list(self.kernel.flows()))
         for key, flow in candidates:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,7 @@ FLOW_DTYPE = np.dtype([("first_ns", "<u8"), ("last_ns", "<u8"), ("pkts", "<u8", 
 assert KEY_DTYPE.itemsize == wire.FlowKey.FMT.size and FLOW_DTYPE.itemsize == wire.Flow.FMT.size
 
 SORTS = ("packets", "bytes", "last", "first")
+TOP_N = 1000  # unfiltered requests up to this limit are served from a per-snapshot top list
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Snapshot:
     raw_vals: bytes
     taken_ns: int  # time.monotonic_ns() when complete
     seconds: float  # how long the refresh took, wall clock, summed over its chunks
+    top: dict[str, np.ndarray] = field(default_factory=dict)  # sort key -> best TOP_N rows, computed on first use
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -130,6 +132,16 @@ class FlowTable:
                limit: int = 100) -> tuple[Snapshot, np.ndarray, int]:
         """(snapshot, row indices in order, total matching) for a `flows` request."""
         s = self.current()
+        if cls is None and net is None and 0 < limit <= TOP_N:
+            top = s.top.get(sort)
+            if top is None:  # once per snapshot and sort key; later requests slice it
+                _s, top, _t = self._select(s, None, None, sort, TOP_N)
+                s.top[sort] = top
+            return s, top[:limit], len(s)
+        return self._select(s, cls, net, sort, limit)
+
+    @staticmethod
+    def _select(s: Snapshot, cls: int | None, net, sort: str, limit: int) -> tuple[Snapshot, np.ndarray, int]:
         v = s.vals
         mask = np.ones(len(s), dtype=bool)
         if cls is not None:
