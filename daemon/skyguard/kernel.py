@@ -58,6 +58,7 @@ _test_run.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
 
 _ENOTSUPP = 524  # the kernel-internal "not supported" that BPF syscalls leak to userspace
 BATCH = 8192  # entries per bpf_map_{lookup,update}_batch call
+RELOAD_GRACE_S = 0.01  # between flipping the policy generation and deleting the old one
 
 
 class _BatchOpts(ct.Structure):
@@ -431,6 +432,9 @@ class Kernel:
                 if kind == "block" or src in carried:
                     self._write_prefix(kind, net, new, src, exp)
         self._set_gen(new)
+        # a packet that read the old generation just before the flip may still be looking its prefixes up: a
+        # program run takes microseconds, so a short grace period makes the old entries unreachable before they go
+        time.sleep(RELOAD_GRACE_S)
         for kind in PREFIX_KINDS:
             for raw, _net, _src, _exp, fam in self._entries(kind, old):
                 self._lpm[kind][fam].delete(raw)
