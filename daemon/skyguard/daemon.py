@@ -67,7 +67,7 @@ class Daemon:
         if self.adopted_flows:
             self.log.info("adopted pinned maps", pin_path=cfg.pin_path, flows=self.adopted_flows)
         self.engine = Engine(self.kernel, policy, logger=self.log)
-        self.table = FlowTable(self.kernel)
+        self.table = FlowTable(self.kernel, cap=cfg.flows_max)
         self.engine.table = self.table
         self.policy_loaded_at = time.time()
         for ifname in cfg.interfaces:
@@ -290,7 +290,14 @@ class Daemon:
             self.table.refresh()
         snap, idx, total = self.table.select(cls=None if cls is None else wire.CLASS_IDS[cls], net=net, sort=sort,
                                              limit=limit)
-        rows = self.engine.flow_rows((snap.key(int(i)), snap.flow(int(i))) for i in idx)
+        pairs, seen = [], set()
+        for i in idx:
+            key = snap.key(int(i))
+            flow = self.kernel.flow(key) if key not in seen else None  # read afresh; gone or duplicate: skipped
+            seen.add(key)
+            if flow is not None:
+                pairs.append((key, flow))
+        rows = self.engine.flow_rows(pairs)
         age_ms = round((time.monotonic_ns() - snap.taken_ns) / 1e6, 1)
         return {"flows": rows, "total": total, "snapshot_age_ms": age_ms}
 

@@ -94,7 +94,7 @@ class Engine:
             return
         from .flowtable import addr_mask
 
-        s = self.table.refresh()
+        s = self.table.current()  # flows created since are checked by the kernel against the new prefix
         mask = None
         for n in nets:
             m = addr_mask(s.keys["lo_addr"], n) | addr_mask(s.keys["hi_addr"], n)
