@@ -64,87 +64,67 @@ struct sg_run {
 };
 
 
-/* ---- LPM lookups (flow creation only). One function per map: bcc rewrites map calls by name. ---- */
+/* ---- LPM lookups (flow creation only) ----
+ * bcc rewrites map calls by the map's name and refuses them inside macros, so the map is picked by a switch on a
+ * constant: after inlining, each caller keeps only its own map's lookups. */
+#define SG_LPM_EXEMPT  0
+#define SG_LPM_BLOCK   1
+#define SG_LPM_PSTN    2
+#define SG_LPM_MSMEDIA 3
 
-static __always_inline int sg_in_exempt(struct sg_pkt *pk, __u8 gen)
+static __always_inline int sg_lpm_hit4(int which, struct sg_lpm4 *k)
+{
+	switch (which) {
+	case SG_LPM_EXEMPT:
+		return exempt_v4.lookup(k) != 0;
+	case SG_LPM_BLOCK:
+		return block_v4.lookup(k) != 0;
+	case SG_LPM_PSTN:
+		return pstn_v4.lookup(k) != 0;
+	default:
+		return msmedia_v4.lookup(k) != 0;
+	}
+}
+
+static __always_inline int sg_lpm_hit6(int which, struct sg_lpm6 *k)
+{
+	switch (which) {
+	case SG_LPM_EXEMPT:
+		return exempt_v6.lookup(k) != 0;
+	case SG_LPM_BLOCK:
+		return block_v6.lookup(k) != 0;
+	case SG_LPM_PSTN:
+		return pstn_v6.lookup(k) != 0;
+	default:
+		return msmedia_v6.lookup(k) != 0;
+	}
+}
+
+/* Is either endpoint of the packet in the `which` prefixes of generation `gen`? */
+static __always_inline int sg_in_lpm(struct sg_pkt *pk, __u8 gen, int which)
 {
 	if (pk->v6) {
 		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
 
 		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
-		if (exempt_v6.lookup(&k6))
+		if (sg_lpm_hit6(which, &k6))
 			return 1;
 		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
-		return exempt_v6.lookup(&k6) != 0;
+		return sg_lpm_hit6(which, &k6);
 	}
 	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
 
 	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
-	if (exempt_v4.lookup(&k4))
+	if (sg_lpm_hit4(which, &k4))
 		return 1;
 	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
-	return exempt_v4.lookup(&k4) != 0;
+	return sg_lpm_hit4(which, &k4);
 }
 
-static __always_inline int sg_in_block(struct sg_pkt *pk, __u8 gen)
-{
-	if (pk->v6) {
-		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
-
-		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
-		if (block_v6.lookup(&k6))
-			return 1;
-		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
-		return block_v6.lookup(&k6) != 0;
-	}
-	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
-
-	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
-	if (block_v4.lookup(&k4))
-		return 1;
-	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
-	return block_v4.lookup(&k4) != 0;
-}
-
-static __always_inline int sg_in_pstn(struct sg_pkt *pk, __u8 gen)
-{
-	if (pk->v6) {
-		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
-
-		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
-		if (pstn_v6.lookup(&k6))
-			return 1;
-		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
-		return pstn_v6.lookup(&k6) != 0;
-	}
-	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
-
-	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
-	if (pstn_v4.lookup(&k4))
-		return 1;
-	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
-	return pstn_v4.lookup(&k4) != 0;
-}
-
-static __always_inline int sg_in_msmedia(struct sg_pkt *pk, __u8 gen)
-{
-	if (pk->v6) {
-		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
-
-		__builtin_memcpy(k6.addr, &pk->saddr6, 16);
-		if (msmedia_v6.lookup(&k6))
-			return 1;
-		__builtin_memcpy(k6.addr, &pk->daddr6, 16);
-		return msmedia_v6.lookup(&k6) != 0;
-	}
-	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
-
-	__builtin_memcpy(k4.addr, &pk->saddr4, 4);
-	if (msmedia_v4.lookup(&k4))
-		return 1;
-	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
-	return msmedia_v4.lookup(&k4) != 0;
-}
+#define sg_in_exempt(pk, gen)  sg_in_lpm(pk, gen, SG_LPM_EXEMPT)
+#define sg_in_block(pk, gen)   sg_in_lpm(pk, gen, SG_LPM_BLOCK)
+#define sg_in_pstn(pk, gen)    sg_in_lpm(pk, gen, SG_LPM_PSTN)
+#define sg_in_msmedia(pk, gen) sg_in_lpm(pk, gen, SG_LPM_MSMEDIA)
 
 /* Active policy generation. Read where it is needed (malformed packet, flow creation, policy lookup) rather than
  * once up front: keeping it live across the whole program cost ~20 ns/packet on the established path (bench/). */
