@@ -97,9 +97,11 @@ def test_flow_iteration_decodes_keys(k):
 
 
 def test_pinned_maps_are_adopted(bpf_ok, tmp_path):
+    import secrets
+
     from skyguard.kernel import Kernel
 
-    pin = f"/sys/fs/bpf/skyguard-test-{tmp_path.name}"
+    pin = f"/sys/fs/bpf/skyguard-test-{secrets.token_hex(4)}"  # unique: a leftover or a parallel run must not count
     try:
         with Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16, pin_path=pin) as k1:
             k1.test_run(udp4("192.0.2.70", 1, "192.0.2.71", 2, b"p" * 20))
