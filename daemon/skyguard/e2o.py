@@ -27,6 +27,7 @@ R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]
 
 MIN_SAMPLES = 100  # Bonfiglio's chi-square needs >= 100 packets; also the earliest E2O/E2E decision
 MAX_SAMPLES = 200  # samples looked at per flow; after that the tracker gives up (no decision)
+LAZY_SAMPLES = 8  # samples kept as plain tuples before the full per-flow state is built
 CHI2_THRESHOLD = 150.0  # Bonfiglio 2007
 CID_SHARE = 0.90  # Tstat: CID packets > 90% of the flow
 SIZE_SD_MAX = 3.0  # bytes, per direction: G.729 CBR ~1 B passes, iSAC ~7.5 B does not
@@ -195,16 +196,44 @@ class Chi2:
 class E2OTracker:
     """Feed one flow's samples with add(); a Verdict comes back once, or never (leave the kernel's class)."""
 
+    __slots__ = ("_dirs", "_chi2", "_early", "n", "done")
+
     def __init__(self) -> None:
-        self.dirs = (_Dir(), _Dir())
-        self.chi2 = Chi2()
+        # Most candidate flows are one- or two-packet probes: their first LAZY_SAMPLES samples are kept as small
+        # tuples (the first 8 bytes are all the features read) and the per-direction state (about 3 KB) is built
+        # only when a flow goes on. At 10k new flows/s this is most of the slow path's memory.
+        self._dirs: tuple[_Dir, _Dir] | None = None
+        self._chi2: Chi2 | None = None
+        self._early: list[tuple[int, int, int, bytes]] | None = []
         self.n = 0
         self.done = False  # a verdict was given or the sample budget is spent
+
+    def _build(self) -> None:
+        self._dirs, self._chi2 = (_Dir(), _Dir()), Chi2()
+        early, self._early = self._early or [], None
+        for ts_ns, direction, payload_len, data in early:
+            self._dirs[direction & 1].add(ts_ns, payload_len, data)
+            self._chi2.add(data)
+
+    @property
+    def dirs(self) -> tuple[_Dir, _Dir]:
+        if self._dirs is None:
+            self._build()
+        return self._dirs
+
+    @property
+    def chi2(self) -> Chi2:
+        if self._chi2 is None:
+            self._build()
+        return self._chi2
 
     def add(self, ts_ns: int, direction: int, payload_len: int, data: bytes) -> Verdict | None:
         if self.done:
             return None
         self.n += 1
+        if self._early is not None and len(self._early) < LAZY_SAMPLES:
+            self._early.append((ts_ns, direction, payload_len, bytes(data[:8])))
+            return None
         self.dirs[direction & 1].add(ts_ns, payload_len, data)
         self.chi2.add(data)
         if self.n < MIN_SAMPLES:

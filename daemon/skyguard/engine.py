@@ -139,10 +139,8 @@ class Engine:
             self._log_class(ev.key, ev.old_cls, ev.new_cls, ev.reason, ev.ts_ns, by="kernel")
             for cb in self.on_decision:
                 cb(ev.key, ev.old_cls, ev.new_cls, ev.ts_ns, ev.pkts)
-        flow = None
-        if ev.type == wire.EV_SAMPLE:
-            flow = None  # the sample carries what the slow path needs; a map read per packet would be wasted
-        for d in self.slow.on_event(ev, flow):
+        # events carry what the slow path needs: no flow-map read per event
+        for d in self.slow.on_event(ev):
             self.apply(d, ev.ts_ns)
         for pc in self.slow.take_prefix_changes():
             self.apply_prefix(pc, ev.ts_ns)
