@@ -166,61 +166,56 @@ static __always_inline void sg_emit_classified(struct sg_run *r, struct sg_flow 
 	events.ringbuf_submit(ev, 0);
 }
 
-/* Payload bytes [pl, pl + caplen) copied into a sample (64) or big (512) event. */
-static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, __u16 inspected)
+/* Copy up to `max` payload bytes (what the packet holds) into an event's `buf`; returns how many were copied.
+ * Inlined with a constant `max`, so the verifier sees the bound of each event's buffer. */
+static __always_inline __u16 sg_copy_payload(struct sg_run *r, struct sg_pkt *pk, __u8 *buf, __u32 max)
 {
-	struct sg_ev_sample *ev = events.ringbuf_reserve(sizeof(*ev));
 	__u32 off = r->pl_off;
 	__u32 avail = r->data_end - (r->data + (off & SG_OFF_MASK));
 	__u64 caplen = pk->plen;
+
+	if (caplen > avail)
+		caplen = avail;
+	if (caplen > max)
+		caplen = max;
+	if (caplen < 1)
+		return 0;
+	asm volatile("" : "+r"(caplen)); /* two separate checks: clang must not fuse them into one the verifier loses */
+	if (caplen > max || bpf_xdp_load_bytes(r->ctx, off, buf, caplen) != 0)
+		return 0;
+	return caplen;
+}
+
+/* A `sample` event: the first SG_SAMPLE_BYTES payload bytes of an inspected packet of a candidate flow. */
+static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, __u16 inspected)
+{
+	struct sg_ev_sample *ev = events.ringbuf_reserve(sizeof(*ev));
 
 	if (!ev) {
 		r->st->c[SG_ST_EVENTS_LOST]++;
 		return;
 	}
-	if (caplen > avail)
-		caplen = avail;
-	if (caplen > SG_SAMPLE_BYTES)
-		caplen = SG_SAMPLE_BYTES;
 	sg_ev_hdr(&ev->hdr, SG_EV_SAMPLE, r);
 	ev->payload_len = pk->plen;
 	ev->inspected = inspected;
 	ev->_pad = 0;
-	if (caplen < 1)
-		goto out;
-	asm volatile("" : "+r"(caplen)); /* two separate checks: clang must not fuse them into one the verifier loses */
-	if (caplen > sizeof(ev->data) || bpf_xdp_load_bytes(r->ctx, off, ev->data, caplen) != 0)
-		caplen = 0;
-out:
-	ev->caplen = caplen;
+	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, 0);
 }
 
+/* A `dns` or `tls` event: the first SG_BIG_BYTES payload bytes. */
 static __always_inline void sg_emit_big(struct sg_run *r, struct sg_pkt *pk, __u8 type)
 {
 	struct sg_ev_big *ev = events.ringbuf_reserve(sizeof(*ev));
-	__u32 off = r->pl_off;
-	__u32 avail = r->data_end - (r->data + (off & SG_OFF_MASK));
-	__u64 caplen = pk->plen;
 
 	if (!ev) {
 		r->st->c[SG_ST_EVENTS_LOST]++;
 		return;
 	}
-	if (caplen > avail)
-		caplen = avail;
-	if (caplen > SG_BIG_BYTES)
-		caplen = SG_BIG_BYTES;
 	sg_ev_hdr(&ev->hdr, type, r);
 	ev->payload_len = pk->plen;
 	ev->_pad = 0;
-	if (caplen < 1)
-		goto out;
-	asm volatile("" : "+r"(caplen)); /* two separate checks: clang must not fuse them into one the verifier loses */
-	if (caplen > sizeof(ev->data) || bpf_xdp_load_bytes(r->ctx, off, ev->data, caplen) != 0)
-		caplen = 0;
-out:
-	ev->caplen = caplen;
+	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, 0);
 }
 
