@@ -141,6 +141,13 @@ static __always_inline int sg_parse_ip4(struct hdr_cursor *nh, void *data, void 
 	return iph->protocol;
 }
 
+/* The IPv6 extension headers the walk steps over; anything else is the upper-layer protocol. */
+static __always_inline int sg_ip6_ext_allowed(__u8 nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING || nexthdr == IPPROTO_DSTOPTS ||
+	       nexthdr == IPPROTO_FRAGMENT || nexthdr == IPPROTO_AH;
+}
+
 /* IPv6 and a bounded walk over the allowlisted extension headers, each inside the datagram (payload_len: not in the
  * Ethernet padding). Returns the L4 protocol, SG_FRAG_NEXT, or -SG_ST_ERR_*. */
 static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void *data_end, struct sg_pkt *pk,
@@ -169,16 +176,8 @@ static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void 
 		struct sg_frag_hdr *h = nh->pos; /* every allowlisted header is >= 8 bytes */
 		__u32 len;
 
-		switch (nexthdr) {
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_ROUTING:
-		case IPPROTO_DSTOPTS:
-		case IPPROTO_FRAGMENT:
-		case IPPROTO_AH:
-			break;
-		default:
+		if (!sg_ip6_ext_allowed(nexthdr))
 			return nexthdr;
-		}
 		if ((void *)(h + 1) > data_end || (void *)(h + 1) > *l3_end)
 			return -SG_ST_ERR_IP6_EXT;
 		if (nexthdr == IPPROTO_FRAGMENT) {
@@ -198,14 +197,8 @@ static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void 
 		nh->pos += len;
 		sg_cursor_forget(nh, data);
 	}
-	switch (nexthdr) {
-	case IPPROTO_HOPOPTS:
-	case IPPROTO_ROUTING:
-	case IPPROTO_DSTOPTS:
-	case IPPROTO_FRAGMENT:
-	case IPPROTO_AH:
+	if (sg_ip6_ext_allowed(nexthdr))
 		return -SG_ST_ERR_IP6_DEPTH;
-	}
 	return nexthdr;
 }
 
