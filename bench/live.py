@@ -31,11 +31,11 @@ from pathlib import Path
 import bcc  # noqa: E402
 import common
 from common import ROOT, ratio
-from pyroute2 import IPRoute, netns
+from pyroute2 import netns
 
 from skyguard import ifaces  # noqa: E402
 from skyguard.kernel import Kernel  # noqa: E402
-from skyguard.topo import in_netns, ns_iproute  # noqa: E402
+from skyguard.topo import in_netns, make_veth, ns_iproute, remove_namespaces  # noqa: E402
 
 SIZES = (64, 1400)
 FLOWS = (1, 10_000)
@@ -71,9 +71,7 @@ class VethPair:
             for ns in (self.tx_ns, self.rx_ns):
                 netns.create(ns)
                 self.created.append(ns)
-            with IPRoute() as ip:
-                ip.link("add", ifname=self.tx_if, kind="veth", peer={"ifname": self.rx_if, "net_ns_fd": self.rx_ns})
-                ip.link("set", index=ip.link_lookup(ifname=self.tx_if)[0], net_ns_fd=self.tx_ns)
+            make_veth(self.tx_if, self.tx_ns, self.rx_if, self.rx_ns)
             for ns, ifname, mac in ((self.tx_ns, self.tx_if, TX_MAC), (self.rx_ns, self.rx_if, RX_MAC)):
                 with ns_iproute(ns) as ip:
                     idx = ip.link_lookup(ifname=ifname)[0]
@@ -88,10 +86,7 @@ class VethPair:
         self.close()
 
     def close(self) -> None:
-        for ns in reversed(self.created):
-            with contextlib.suppress(Exception):
-                netns.remove(ns)
-        self.created.clear()
+        remove_namespaces(self.created)
 
 
 def trafgen_conf(size: int, flows: int) -> str:

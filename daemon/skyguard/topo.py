@@ -62,6 +62,21 @@ def ns_iproute(name: str):
         ip.close()
 
 
+def make_veth(a: str, ns_a: str, b: str, ns_b: str) -> None:
+    """A veth pair with end `a` in namespace `ns_a` and end `b` in `ns_b` (both down, no addresses)."""
+    with IPRoute() as ip:
+        ip.link("add", ifname=a, kind="veth", peer={"ifname": b, "net_ns_fd": ns_b})
+        ip.link("set", index=ip.link_lookup(ifname=a)[0], net_ns_fd=ns_a)
+
+
+def remove_namespaces(created: list[str]) -> None:
+    """Remove the namespaces in `created` (newest first, ignoring ones already gone) and empty the list."""
+    for ns in reversed(created):
+        with contextlib.suppress(Exception):
+            netns.remove(ns)
+    created.clear()
+
+
 @dataclass
 class Topology:
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
@@ -134,9 +149,7 @@ class Topology:
         self._lan_link()
 
     def _veth(self, a: str, ns_a: str, b: str, ns_b: str) -> None:
-        with IPRoute() as ip:
-            ip.link("add", ifname=a, kind="veth", peer={"ifname": b, "net_ns_fd": ns_b})
-            ip.link("set", index=ip.link_lookup(ifname=a)[0], net_ns_fd=ns_a)
+        make_veth(a, ns_a, b, ns_b)
 
     @staticmethod
     def _addr(ns: IPRoute, ifname: str, addrs: list[tuple[str, int]]) -> None:
@@ -165,10 +178,7 @@ class Topology:
         return s
 
     def down(self) -> None:
-        for ns in reversed(self.created):
-            with contextlib.suppress(Exception):
-                netns.remove(ns)
-        self.created.clear()
+        remove_namespaces(self.created)
 
     def __enter__(self) -> Topology:
         return self.up()
