@@ -52,6 +52,7 @@
 #define SG_R_SILK         0x00040000 /* SILK/G.722 RTP payload types on a Skype flow */
 #define SG_R_ENDPOINT     0x00080000 /* endpoint already known to speak Skype (daemon) */
 #define SG_R_SERVICE_PORT 0x00100000 /* a well-known non-Skype UDP service port (DNS, DHCP, NTP, SSDP, mDNS, SIP) */
+#define SG_R_HOST_CORR    0x00200000 /* daemon: TLS from a client in a Skype/Teams session, to an Azure-hosted server */
 
 /* ---- flow.evidence: facts seen so far that are not decisive alone ---- */
 #define SG_E_SOM          0x0001 /* a packet carried a valid SoM func */

@@ -8,6 +8,13 @@ Dispatch by event type:
 - `tls`: ClientHello SNI (tls.py) matching the Skype/Teams names -> skype-signaling (SG_R_SNI, detail = the name).
   A non-matching SNI gives no decision: a name outside our list is no proof that a flow is not Skype (CDN and front-end
   names, ECH outer names), and the kernel already calls flows without any evidence `other` after its probe window.
+  Host correlation (`host-corr`) covers what the names miss: a TLS flow whose name is not on the list (or that names
+  none) is skype-signaling when its client opened a Skype/Teams flow proved by SNI within HOST_CORR_WINDOW_S and its
+  server address came from a DNS answer through an Azure hosting zone (dnslearn.CLOUD_ZONES). The Teams client talks
+  to Azure-hosted services of its own under other names (meeting recordings at api.microsoftstream.com, crash and
+  telemetry gates); nDPI does the same with its per-client "msteams" LRU cache (ndpi_main.c, make_msteams_key; 60 s
+  default TTL), which labels exactly these flows of teams.pcap TLS.Skype_Teams with confidence "DPI (partial)". Only
+  SNI-proved flows refresh a client, so correlated flows cannot keep each other alive.
 
 Each flow is decided at most once here. All per-flow state is in LRU dicts capped at `flow_state_max`; the clock is the
 events' ts_ns (capture time in replay), so replay and the daemon behave the same.
@@ -15,6 +22,7 @@ events' ts_ns (capture time in replay), so replay and the daemon behave the same
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +36,8 @@ from .tls import certificate_common_names, client_hello_sni
 __all__ = ["Decision", "PrefixChange", "SlowPath"]
 
 R_SNI = wire.C["SG_R_SNI"]
+R_HOST_CORR = wire.C["SG_R_HOST_CORR"]
+HOST_CORR_WINDOW_S = 60
 R_PSTN_PREFIX = wire.C["SG_R_PSTN_PREFIX"]
 R_E2O_PORT = wire.C["SG_R_E2O_PORT"]
 R_MANUAL = wire.C["SG_R_MANUAL"]
@@ -80,8 +90,10 @@ class SlowPath:
         self.decided: _Lru = _Lru(flow_state_max)  # key -> class decided here (or None: gave up)
         self.kernel_cls: _Lru = _Lru(flow_state_max)  # key -> (class, reason) from `classified` events
         self.sni: _Lru = _Lru(flow_state_max)  # key -> server name seen (also for non-Skype names)
+        self.sessions: _Lru = _Lru(flow_state_max)  # client address (16 bytes) -> ts_ns of its last SNI-proved flow
         self.dns = DnsLearner(policy.pstn_names, MEDIA_NAMES, max_entries=dns_max_entries)
-        self.counters: dict[str, int] = {"decisions": 0, "tls_no_sni": 0, "tls_other": 0, "samples": 0}
+        self.counters: dict[str, int] = {"decisions": 0, "tls_no_sni": 0, "tls_other": 0, "samples": 0,
+                                         "host_corr": 0}
 
     # ---- policy -----------------------------------------------------------------------------------------------------
 
@@ -155,11 +167,12 @@ class SlowPath:
     def _on_tls(self, ev: wire.Event) -> list[Decision]:
         key = ev.key
         sni = client_hello_sni(ev.data)
+        server_flight = False
         if sni is None:
             if ev.data[5:6] != b"\x02":  # not a server's first flight: a ClientHello without (captured) server_name
                 self.counters["tls_no_sni"] += 1
                 self.sni.put(key, "")
-                return []
+                return self._correlate(ev, "")
             if self.sni.touch(key):
                 return []  # the client named its server: the certificate adds nothing
             cns = certificate_common_names(ev.data)
@@ -168,19 +181,45 @@ class SlowPath:
                 return []
             self.counters["tls_cert_name"] = self.counters.get("tls_cert_name", 0) + 1
             sni = "cert " + sni
+            server_flight = True
         else:
             self.sni.put(key, sni)
         if key in self.decided:
             return []
-        if not sni.startswith("cert ") and not names.match_suffix(sni, self.skype_names()):
+        if not server_flight and not names.match_suffix(sni, self.skype_names()):
             self.counters["tls_other"] += 1
-            return []
+            return self._correlate(ev, sni)
+        # the client of a flow proved by name is in a Skype/Teams session (sender of the ClientHello, receiver of the
+        # server's flight)
+        client, _ = _sides(key, ev.dir ^ server_flight)
+        self.sessions.put(client, ev.ts_ns)
         kcls, _ = self._kernel_class(key)
         if kcls not in _SNI_OVER:
             return []
         if kcls == wire.RELAY and names.match_suffix(sni.removeprefix("cert "), MEDIA_NAMES):
             return []  # TURN over TLS to a media relay: relay is the better answer
         return self._decide(key, wire.SIGNALING, R_SNI, sni)
+
+    def _correlate(self, ev: wire.Event, sni: str) -> list[Decision]:
+        """Host correlation (module docstring): skype-signaling for a ClientHello whose name proves nothing, when its
+        client is in a recent Skype/Teams session and its server answered DNS through an Azure hosting zone."""
+        key = ev.key
+        if key in self.decided:
+            return []
+        client, server = _sides(key, ev.dir)
+        seen = self.sessions.get(client)
+        if seen is None or not 0 <= ev.ts_ns - seen <= HOST_CORR_WINDOW_S * 1_000_000_000:
+            return []
+        hosted = self.dns.cloud_name(_ip(server), ev.ts_ns)
+        if hosted is None:
+            return []
+        kcls, _ = self._kernel_class(key)
+        if kcls not in _SNI_OVER:
+            return []
+        self.counters["host_corr"] += 1
+        age = (ev.ts_ns - seen) / 1e9
+        detail = f"{sni or 'no SNI'} at {hosted} (Azure), client in a Skype/Teams session {age:.0f} s before"
+        return self._decide(key, wire.SIGNALING, R_HOST_CORR, detail)
 
     # ---- learned prefixes, housekeeping -----------------------------------------------------------------------------
 
@@ -198,10 +237,20 @@ class SlowPath:
         dns = self.dns.status()
         return {
             "learned": {"names": dns["names"], "addresses": dns["entries"], "pstn": dns["pstn"],
-                        "msmedia": dns["msmedia"], "max": dns["max_entries"]},
+                        "msmedia": dns["msmedia"], "cloud": dns["cloud"], "max": dns["max_entries"]},
             "dns": {"responses": dns["responses"], "errors": dns["errors"]},
             "flows": {"tracked": len(self.trackers), "decided": len(self.decided), "kernel_noted": len(self.kernel_cls),
-                      "sni": len(self.sni), "max": self.flow_state_max,
+                      "sni": len(self.sni), "sessions": len(self.sessions), "max": self.flow_state_max,
                       "evicted": self.trackers.evicted + self.decided.evicted},
             "counters": dict(self.counters),
         }
+
+
+def _sides(key: wire.FlowKey, sender_dir: int) -> tuple[bytes, bytes]:
+    """(address of the packet's sender, address of its receiver): dir 0 is a packet from the key's lower endpoint."""
+    return (key.lo_addr, key.hi_addr) if sender_dir == 0 else (key.hi_addr, key.lo_addr)
+
+
+def _ip(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.IPv6Address(raw)
+    return ip.ipv4_mapped or ip

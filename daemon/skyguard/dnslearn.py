@@ -11,6 +11,9 @@ What is learned, and why it is sound:
   their addresses are as good as the published media prefixes. Signalling names (trouter, teams.microsoft.com, ...)
   are NOT learned as msmedia: they serve HTTPS/websocket signalling, which the TLS SNI already identifies per flow,
   and their CNAME targets (*.cloudapp.net, *.trafficmanager.net, akamai) are shared front ends.
+- Separately, and never pushed to the kernel: addresses whose chain runs through an Azure hosting zone (CLOUD_ZONES)
+  are remembered as "cloud-hosted" (`cloud_name`), in their own bounded table so that they cannot evict PSTN or media
+  entries. The slow path uses them for the host correlation of TLS flows (classify.py), nothing else.
 - Each learned address lives for the record TTL (the smallest on its chain), clamped to [30 s, 1 day], is refreshed by
   later answers, and is removed on expiry, on LRU eviction past `max_entries`, or when the policy stops naming it.
 """
@@ -40,6 +43,12 @@ R_DNS_NAME = wire.C["SG_R_DNS_NAME"]
 # Media relay names (Microsoft 365 endpoint set 11 is published as IP prefixes only; clients find their TURN relays
 # through these names: "<region>.relay.teams.microsoft.com", "worldaa.relay.teams.microsoft.com").
 MEDIA_NAMES: tuple[str, ...] = ("relay.teams.microsoft.com",)
+
+# Azure's own hosting zones (Microsoft Learn): a Traffic Manager profile answers as <profile>.trafficmanager.net
+# (`az network traffic-manager profile check-dns`), a classic Cloud Service as <name>.cloudapp.net, and a public IP
+# with a DNS label as <label>.<region>.cloudapp.azure.com (PublicIPAddressDnsSettings.DomainNameLabel). An answer whose
+# CNAME chain passes through one of them comes from a server in Azure.
+CLOUD_ZONES: tuple[str, ...] = ("trafficmanager.net", "cloudapp.net", "cloudapp.azure.com")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -211,6 +220,8 @@ class DnsLearner:
         self.errors: Counter[str] = Counter()
         self.responses = 0
         self.pending: list[PrefixChange] = []
+        # address -> (expiry ns, question name) for answers served through CLOUD_ZONES (see module docstring)
+        self.cloud: OrderedDict[Address, tuple[int, str]] = OrderedDict()
 
     # -- names --------------------------------------------------------------------------------------------------
 
@@ -252,6 +263,8 @@ class DnsLearner:
             return 0
         chain, addrs = resolve_chain(resp)
         kinds = self._kinds(chain) if addrs else []
+        if addrs and any(match_suffix(name, CLOUD_ZONES) for name in chain):
+            self._note_cloud(chain[0], addrs, now_ns)
         n = 0
         for kind, name, suffix in kinds:
             for addr, ttl in addrs:
@@ -279,7 +292,28 @@ class DnsLearner:
         self.pending.append(self._change(kind, addr, self.entries[k], add=True))
         return 1
 
+    def _note_cloud(self, question: str, addrs: list[tuple[Address, int]], now_ns: int) -> None:
+        for addr, ttl in addrs:
+            if not learnable(addr):
+                continue
+            ttl = min(max(ttl, TTL_MIN_S), TTL_MAX_S)
+            self.cloud[addr] = (now_ns + ttl * 1_000_000_000, question)
+            self.cloud.move_to_end(addr)
+            while len(self.cloud) > self.max_entries:
+                self.cloud.popitem(last=False)
+                self.errors["cloud-evicted"] += 1
+
+    def cloud_name(self, addr: Address, now_ns: int) -> str | None:
+        """The name a DNS answer gave for `addr` through an Azure hosting zone, while its TTL lasts; else None."""
+        hit = self.cloud.get(addr)
+        if hit is None or hit[0] <= now_ns:
+            return None
+        return hit[1]
+
     def expire(self, now_ns: int) -> int:
+        for addr, (exp, _) in list(self.cloud.items()):
+            if exp <= now_ns:
+                del self.cloud[addr]
         gone = 0
         for (kind, addr), e in list(self.entries.items()):
             if e.expires_ns <= now_ns:
@@ -304,4 +338,5 @@ class DnsLearner:
         by_kind = Counter(kind for kind, _ in self.entries)
         return {"entries": len(self.entries), "max_entries": self.max_entries, "pstn": by_kind["pstn"],
                 "msmedia": by_kind["msmedia"], "names": len({e.name for e in self.entries.values()}),
+                "cloud": len(self.cloud),
                 "responses": self.responses, "errors": dict(self.errors)}

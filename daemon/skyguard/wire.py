@@ -82,6 +82,7 @@ REASONS: dict[int, str] = {
     C["SG_R_SOM"]: "som-header",
     C["SG_R_SNI"]: "tls-sni",
     C["SG_R_DNS_NAME"]: "dns-name",
+    C["SG_R_HOST_CORR"]: "host-corr",
     C["SG_R_ENDPOINT"]: "known-endpoint",
     C["SG_R_CONTRADICT"]: "contradicted",
     C["SG_R_SERVICE_PORT"]: "service-port",

@@ -223,3 +223,91 @@ def test_dns_memory_bound_and_garbage() -> None:
     st = sp.status()
     assert st["learned"]["addresses"] == 4 and st["learned"]["max"] == 4
     assert sum(st["dns"]["errors"].values()) >= 1
+
+
+# ---- host correlation ----------------------------------------------------------------------------------------------
+
+CLIENT, MS_SERVER, AZURE_SERVER = "198.51.100.20", "52.113.194.132", "104.40.187.151"
+
+
+def _azure_dns(name: str, addr: str, ttl: int = 300, via: str = "api.stream.trafficmanager.net") -> bytes:
+    pkt = DNS(id=9, qr=1, rd=1, ra=1, qd=DNSQR(qname=name),
+              an=[DNSRR(rrname=name, type="CNAME", rdata=via, ttl=ttl),
+                  DNSRR(rrname=via, type="A", rdata=addr, ttl=ttl)])
+    return bytes(pkt)
+
+
+def _hello_from(client: str, sport: int, server: str, host: str, ts: int) -> wire.Event:
+    """A ClientHello event as the kernel sends it: dir 0 when the client is the key's lower endpoint."""
+    k = wire.FlowKey.make(client, sport, server, 443, 6)
+    d = 0 if k.lo_addr == wire.addr_bytes(client) else 1
+    return wire.Event.unpack(wire.Event(type=wire.EV_TLS, dir=d, ts_ns=ts, key=k, data=_hello(host)).pack())
+
+
+def _dns_event(data: bytes, ts: int) -> wire.Event:
+    return big(wire.FlowKey.make("192.0.2.53", 53, CLIENT, 5353, 17), wire.EV_DNS, data, ts=ts)
+
+
+def test_host_correlation_after_a_teams_session() -> None:
+    sp = SlowPath(policy())
+    assert len(sp.on_event(_hello_from(CLIENT, 50001, MS_SERVER, "teams.microsoft.com", 10 * S))) == 1
+    sp.on_event(_dns_event(_azure_dns("api.microsoftstream.com", AZURE_SERVER), 11 * S))
+    assert sp.status()["learned"]["cloud"] == 1 and sp.take_prefix_changes() == []  # never pushed to the kernel
+    ev = _hello_from(CLIENT, 50002, AZURE_SERVER, "api.microsoftstream.com", 12 * S)
+    (d,) = sp.on_event(ev)
+    assert (d.key, d.cls, d.reason) == (ev.key, wire.SIGNALING, R["SG_R_HOST_CORR"])
+    assert "api.microsoftstream.com" in d.detail and "Azure" in d.detail
+    assert wire.reason_name(d.reason) == "host-corr"
+    assert sp.on_event(ev) == []  # decided once
+    # a ClientHello without server_name is correlated the same way
+    nosni = _hello_from(CLIENT, 50003, AZURE_SERVER, "x.invalid", 13 * S)
+    nosni = wire.Event(type=nosni.type, dir=nosni.dir, ts_ns=nosni.ts_ns, key=nosni.key,
+                       data=b"\x16\x03\x01\x00\x05\x01")
+    assert [x.reason for x in sp.on_event(nosni)] == [R["SG_R_HOST_CORR"]]
+    assert sp.status()["counters"]["host_corr"] == 2
+
+
+@pytest.mark.parametrize("case", ["no-session", "other-client", "stale", "not-azure", "dns-expired", "kernel-media"])
+def test_host_correlation_needs_every_condition(case: str) -> None:
+    sp = SlowPath(policy())
+    if case != "no-session":
+        sp.on_event(_hello_from(CLIENT, 50001, MS_SERVER, "teams.microsoft.com", 10 * S))
+    if case == "not-azure":  # the same name served from a plain CDN: no Azure zone on the chain
+        sp.on_event(_dns_event(_azure_dns("api.microsoftstream.com", AZURE_SERVER, via="cdn.example.net"), 11 * S))
+    else:
+        sp.on_event(_dns_event(_azure_dns("api.microsoftstream.com", AZURE_SERVER, ttl=30), 11 * S))
+    client, ts = CLIENT, 12 * S
+    if case == "other-client":
+        client = "198.51.100.21"
+    elif case == "stale":
+        ts = (10 + 61) * S
+        sp.on_event(_dns_event(_azure_dns("api.microsoftstream.com", AZURE_SERVER, ttl=300), ts - S))
+    elif case == "dns-expired":
+        ts = 42 * S  # 31 s after an answer with TTL 30
+    ev = _hello_from(client, 50002, AZURE_SERVER, "api.microsoftstream.com", ts)
+    if case == "kernel-media":
+        sp.on_event(classified(ev.key, wire.OUT, R["SG_R_PSTN_PREFIX"]))
+    assert sp.on_event(ev) == []
+
+
+def test_correlated_flows_do_not_extend_the_session() -> None:
+    sp = SlowPath(policy())
+    sp.on_event(_hello_from(CLIENT, 50001, MS_SERVER, "teams.microsoft.com", 10 * S))
+    sp.on_event(_dns_event(_azure_dns("api.microsoftstream.com", AZURE_SERVER, ttl=3600), 11 * S))
+    assert len(sp.on_event(_hello_from(CLIENT, 50002, AZURE_SERVER, "api.microsoftstream.com", 60 * S))) == 1
+    assert sp.on_event(_hello_from(CLIENT, 50003, AZURE_SERVER, "api.microsoftstream.com", 75 * S)) == []
+    # a new SNI-proved flow opens the window again
+    sp.on_event(_hello_from(CLIENT, 50004, MS_SERVER, "presence.teams.microsoft.com", 80 * S))
+    assert len(sp.on_event(_hello_from(CLIENT, 50005, AZURE_SERVER, "api.microsoftstream.com", 81 * S))) == 1
+
+
+def test_cloud_table_is_bounded_and_separate_from_learned_prefixes() -> None:
+    sp = SlowPath(policy(), dns_max_entries=4)
+    sp.on_event(_dns_event(_dns(600), 1 * S))  # one PSTN entry
+    for i in range(20):
+        sp.on_event(_dns_event(_azure_dns(f"h{i}.example.com", f"40.79.138.{i + 1}"), 2 * S))
+    st = sp.status()
+    assert st["learned"]["cloud"] == 4 and st["learned"]["pstn"] == 1  # Azure answers cannot evict PSTN entries
+    assert st["dns"]["errors"]["cloud-evicted"] == 16
+    sp.expire(10_000 * S)
+    assert sp.status()["learned"]["cloud"] == 0
