@@ -229,12 +229,21 @@ def dns_query(txid: int, name: str, qtype: int) -> bytes:
     return struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0) + dns_name(name) + struct.pack("!HH", qtype, 1)
 
 
-def dns_response(txid: int, name: str, qtype: int, answers: Sequence[str], ttl: int = 300) -> bytes:
-    """A standard response (RD, RA) echoing the question; answers point at it with a compression pointer."""
-    out = struct.pack("!HHHHHH", txid, 0x8180, 1, len(answers), 0, 0) + dns_name(name) + struct.pack("!HH", qtype, 1)
+def dns_response(txid: int, name: str, qtype: int, answers: Sequence[str], ttl: int = 300,
+                 cnames: Sequence[str] = ()) -> bytes:
+    """A standard response (RD, RA) echoing the question. With `cnames` the question is an alias: a CNAME chain
+    name -> cnames[0] -> ... and the addresses owned by the last name; else the addresses point at the question with a
+    compression pointer."""
+    n = len(cnames) + len(answers)
+    out = struct.pack("!HHHHHH", txid, 0x8180, 1, n, 0, 0) + dns_name(name) + struct.pack("!HH", qtype, 1)
+    owner = b"\xc0\x0c"
+    for target in cnames:
+        rdata = dns_name(target)
+        out += owner + struct.pack("!HHIH", 5, 1, ttl, len(rdata)) + rdata
+        owner = dns_name(target)
     for a in answers:
         rdata = ipaddress.ip_address(a).packed
-        out += struct.pack("!HHHIH", 0xC00C, qtype, 1, ttl, len(rdata)) + rdata
+        out += owner + struct.pack("!HHIH", qtype, 1, ttl, len(rdata)) + rdata
     return out
 
 
@@ -528,13 +537,14 @@ def modern_relay(c: Ctx, t0: int) -> list[Flow]:
 PSTN_NAMES = ("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com", "sip3.pstnhub.microsoft.com")
 
 
-def _dns_flow(c: Ctx, t0: int, name: str, answers: Sequence[str], cls: str) -> Flow:
+def _dns_flow(c: Ctx, t0: int, name: str, answers: Sequence[str], cls: str, cnames: Sequence[str] = (),
+              client: str | None = None) -> Flow:
     qtype = 28 if c.ipv6 else 1
-    leg = c.leg(c.client(), c.port(), c.public(), 53)
+    leg = c.leg(client or c.client(), c.port(), c.public(), 53)
     txid = c.rng.getrandbits(16)
     flow = Flow(cls)
     flow.add(t0, leg.udp(0, dns_query(txid, name, qtype)))
-    flow.add(t0 + c.rng.randrange(2, 60) * MS, leg.udp(1, dns_response(txid, name, qtype, answers)))
+    flow.add(t0 + c.rng.randrange(2, 60) * MS, leg.udp(1, dns_response(txid, name, qtype, answers, cnames=cnames)))
     return flow
 
 
@@ -553,11 +563,12 @@ OTHER_SNI = ("www.wikipedia.org", "github.com", "www.debian.org", "duckduckgo.co
              "www.openstreetmap.org", "www.bbc.co.uk", "stackoverflow.com", "www.mozilla.org", "news.ycombinator.com")
 
 
-def tls_session(c: Ctx, t0: int, sni: str, cls: str) -> list[Flow]:
+def tls_session(c: Ctx, t0: int, sni: str, cls: str, client: str | None = None,
+                server: str | None = None) -> list[Flow]:
     """TCP handshake, ClientHello with SNI (TLS 1.2 or 1.3), ServerHello, a few records, FIN both ways.
-    The server address is random (not Microsoft's), so only the SNI can tell."""
+    The server address is random (not Microsoft's) unless given, so only the SNI can tell."""
     r = c.rng
-    leg = c.leg(c.client(), r.randrange(32768, 61000), c.public(), 443)
+    leg = c.leg(client or c.client(), r.randrange(32768, 61000), server or c.public(), 443)
     flow = Flow(cls)
     tls13 = r.random() < 0.6
     rtt = r.randrange(5, 80) * MS
@@ -601,6 +612,48 @@ def tls_skype(c: Ctx, t0: int) -> list[Flow]:
 
 def tls_other(c: Ctx, t0: int) -> list[Flow]:
     return tls_session(c, t0, c.rng.choice(OTHER_SNI), "other")
+
+
+# Names the Teams client opens that are on no Skype/Teams list (teams.pcap: meeting recordings, crash reports), and
+# the Azure hosting zones their answers run through there (api.stream.trafficmanager.net, *-apigateway-*.cloudapp.net)
+TEAMS_SIDE_NAMES = ("api.microsoftstream.com", "euno-1.api.microsoftstream.com", "gate.hockeyapp.net")
+
+
+def _azure_chain(c: Ctx, name: str) -> list[str]:
+    r = c.rng
+    label = name.split(".")[0]
+    return [f"{label}-{r.randrange(1, 9)}.trafficmanager.net",
+            f"{r.choice(('ams', 'dub', 'sin'))}-{label}-{r.randrange(1, 99)}.cloudapp.net"]
+
+
+def teams_azure(c: Ctx, t0: int) -> list[Flow]:
+    """A Teams client's signalling (SNI of a Teams name), then a DNS answer through Azure's hosting zones for a side
+    service of the client (Stream, HockeyApp) and TLS to it: skyguard's host correlation (`host-corr`)."""
+    r = c.rng
+    client, server = c.client(), c.public()
+    teams = tls_session(c, t0, r.choice(SKYPE_SNI), "skype-signaling", client=client)
+    name = r.choice(TEAMS_SIDE_NAMES)
+    t = teams[0].pkts[-1][0] + r.randrange(100, 20_000) * MS
+    dns = _dns_flow(c, t, name, [server], "other", cnames=_azure_chain(c, name), client=client)
+    side = tls_session(c, dns.pkts[-1][0] + r.randrange(1, 50) * MS, name, "skype-signaling", client=client,
+                       server=server)
+    return [*teams, dns, *side]
+
+
+def azure_web(c: Ctx, t0: int) -> list[Flow]:
+    """Decoy for host correlation, each half missing one condition: a Teams client's HTTPS to a server that is not
+    Azure-hosted, and another client (no Teams session) to an Azure-hosted server."""
+    r = c.rng
+    client = c.client()
+    teams = tls_session(c, t0, r.choice(SKYPE_SNI), "skype-signaling", client=client)
+    t = teams[0].pkts[-1][0] + r.randrange(100, 5_000) * MS
+    plain = tls_session(c, t, r.choice(OTHER_SNI), "other", client=client)
+    other_client, server = c.client(), c.public()
+    name = f"api.{r.choice(('contoso', 'fabrikam', 'northwind'))}-{r.randrange(100)}.example.com"
+    dns = _dns_flow(c, t, name, [server], "other", cnames=_azure_chain(c, name), client=other_client)
+    hosted = tls_session(c, dns.pkts[-1][0] + r.randrange(1, 50) * MS, name, "other", client=other_client,
+                         server=server)
+    return [*teams, *plain, dns, *hosted]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -731,6 +784,8 @@ KINDS: dict[str, Builder] = {
     "dns-pstn": dns_pstn,
     "tls-skype": tls_skype,
     "tls-other": tls_other,
+    "teams-azure": teams_azure,
+    "azure-web": azure_web,
     "sip-rtp": sip_rtp,
     "webrtc-stun": webrtc_stun,
     "random-udp": random_udp,
@@ -742,6 +797,7 @@ KINDS: dict[str, Builder] = {
 KIND_CLASS = {
     "legacy-e2e": "skype-p2p", "legacy-e2o": "skype-out", "modern-p2p": "skype-p2p", "modern-sbc": "skype-out",
     "modern-relay": "skype-relay", "dns-pstn": "skype-out", "tls-skype": "skype-signaling", "tls-other": "other",
+    "teams-azure": "skype-signaling", "azure-web": "other",
     "sip-rtp": "other", "webrtc-stun": "other", "random-udp": "other", "wireguard": "other", "game": "other",
     "dns": "other",
 }

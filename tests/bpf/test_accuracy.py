@@ -106,3 +106,18 @@ def test_phone_calls_decided_within_150_packets(bpf_ok, tmp_path):
     ms = sorted(d["ms"] for d in first.values())
     print(f"packets to verdict: median {pk[len(pk) // 2]} max {pk[-1]}; ms: median {ms[len(ms) // 2]} max {ms[-1]}")
     assert pk[-1] <= 150
+
+
+def test_host_correlation_on_generated_traffic(bpf_ok, tmp_path):
+    """teams-azure: the side service's TLS is skype-signaling by `host-corr`; azure-web (a Teams client's plain HTTPS,
+    another client's Azure-hosted HTTPS) stays other."""
+    gen.generate(5150, tmp_path, kinds=["teams-azure", "azure-web"], calls=8)
+    r = replay(sorted(glob.glob(str(tmp_path / "*.pcap"))))
+    tls = [f for f in r.flows if f["proto"] == "tcp"]
+    corr = [f for f in tls if f["reason"] == "host-corr"]
+    assert len(corr) == 8 and {f["capture"] for f in corr} == {"teams-azure.pcap"}
+    assert all(f["class"] == "skype-signaling" for f in corr)
+    decoys = [f for f in tls if f["capture"] == "azure-web.pcap" and f["reason"] != "tls-sni"]
+    assert len(decoys) == 16 and all(f["class"] == "other" for f in decoys)
+    c = score_generated(r.flows, read_gen_labels(tmp_path / "labels.csv"))
+    assert c.recall("skype-signaling") == 1.0 and c.matrix["other"]["skype-signaling"] == 0, c.table()

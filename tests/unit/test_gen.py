@@ -322,3 +322,13 @@ def test_tshark_decodes_dns_sip_and_tls(out: Path) -> None:
     assert other and not any("microsoft" in s or "skype" in s for s in other)
     for kind in ("tls-skype", "tls-other", "dns", "dns-pstn", "sip-rtp"):
         assert tshark(out / f"{kind}.pcap", "-Y", "_ws.malformed || tcp.analysis.flags") == "", kind
+
+
+def test_dns_response_with_a_cname_chain_resolves_through_the_chain() -> None:
+    from skyguard.dnslearn import parse_response, resolve_chain
+
+    msg = gen.dns_response(7, "api.microsoftstream.com", 1, ["104.40.187.151"],
+                           cnames=["api.stream.trafficmanager.net", "x-1.cloudapp.net"])
+    chain, addrs = resolve_chain(parse_response(msg))
+    assert chain == ["api.microsoftstream.com", "api.stream.trafficmanager.net", "x-1.cloudapp.net"]
+    assert [str(a) for a, _ in addrs] == ["104.40.187.151"]
