@@ -1,5 +1,7 @@
-"""Live packets/s through a veth pair: skyguard's XDP program on the receiving side against nothing attached (and
-against a no-op XDP program in the same mode, which separates the cost of XDP on veth from skyguard's own cost).
+"""Live packets/s through a veth pair: skyguard's XDP program on the receiving side against nothing attached, against
+a no-op XDP program in the same mode (which separates the cost of XDP on veth from skyguard's own cost) and against
+the floor program (bench/floor.bpf.c: parsing plus one LRU lookup in a table of skyguard's default size, what any flow
+classifier pays).
 
 A sender namespace runs trafgen (netsniff-ng) on its end of the pair; the receiver namespace holds the other end.
 Cases: 64- and 1400-byte UDP/IPv4 frames (sizes with FCS, as on a wire: trafgen writes 4 bytes less), one flow or
@@ -8,7 +10,16 @@ the slope of the receiver's rx_packets (IFLA_STATS64, read inside its namespace)
 of a fixed sending window, so trafgen's start-up and tear-down stay out of it. Flows are established (a warm-up run per
 case lets skyguard finish inspecting them): this is the steady-state forwarding cost.
 
-Usage: bench/live.py [--quick] [--seconds S] [--rounds N] [--json]
+Two feeds of the receiver:
+- `direct`: trafgen's AF_PACKET frames reach the receiving veth as skbs. With any XDP program attached (the no-op too),
+  veth first copies each of them into a page-pool page with XDP headroom (drivers/net/veth.c,
+  veth_convert_skb_to_xdp_buff: frags or headroom < XDP_PACKET_HEADROOM) and moves reception from netif_rx to NAPI,
+  which a NIC does not: this feed prices veth's XDP emulation as much as the program.
+- `redirect`: a middle namespace forwards trafgen's frames with an XDP redirect (bench/redirect.bpf.c) into a second
+  pair, so the receiving veth gets xdp_frames with headroom, as a NIC driver hands them to XDP. GRO is on at the
+  receiver in every arm (veth needs NAPI to accept redirected frames), so the arms differ only by the program run.
+
+Usage: bench/live.py [--quick] [--seconds S] [--rounds N] [--feed direct|redirect|both] [--json]
 """
 
 from __future__ import annotations
@@ -33,22 +44,26 @@ import common
 from common import ROOT, ratio
 from pyroute2 import netns
 
-from skyguard import ifaces  # noqa: E402
+from skyguard import ifaces, wire  # noqa: E402
 from skyguard.kernel import Kernel  # noqa: E402
 from skyguard.topo import in_netns, make_veth, ns_iproute, remove_namespaces  # noqa: E402
 
 SIZES = (64, 1400)
 FLOWS = (1, 10_000)
-ARMS = ("nothing", "noop", "skyguard")
+ARMS = ("nothing", "noop", "floor", "skyguard")
+FLOOR_FLOWS_MAX = 262144  # the floor's flow table has the size of skyguard's default one
 TX_MAC, RX_MAC = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
 
 
 @dataclass
 class VethPair:
-    """Two namespaces joined by one veth pair; removed on close, also after errors."""
+    """Two namespaces joined by one veth pair (feed `direct`), or by two pairs through a middle namespace that
+    forwards with an XDP redirect (feed `redirect`); removed on close, also after errors."""
 
+    feed: str = "direct"
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     created: list[str] = field(default_factory=list)
+    fwd: bcc.BPF | None = None
 
     @property
     def tx_ns(self) -> str:
@@ -66,27 +81,57 @@ class VethPair:
     def rx_if(self) -> str:
         return f"sgbr{self.tag}"
 
+    @property
+    def mid_ns(self) -> str:
+        return f"sg-bmd-{self.tag}"
+
     def __enter__(self) -> VethPair:
         try:
-            for ns in (self.tx_ns, self.rx_ns):
+            spaces = (self.tx_ns, self.rx_ns) + ((self.mid_ns,) if self.feed == "redirect" else ())
+            for ns in spaces:
                 netns.create(ns)
                 self.created.append(ns)
-            make_veth(self.tx_if, self.tx_ns, self.rx_if, self.rx_ns)
-            for ns, ifname, mac in ((self.tx_ns, self.tx_if, TX_MAC), (self.rx_ns, self.rx_if, RX_MAC)):
+            links = [(self.tx_ns, self.tx_if, TX_MAC), (self.rx_ns, self.rx_if, RX_MAC)]
+            if self.feed == "direct":
+                make_veth(self.tx_if, self.tx_ns, self.rx_if, self.rx_ns)
+            else:
+                mid_in, mid_out = f"sgbi{self.tag}", f"sgbo{self.tag}"
+                make_veth(self.tx_if, self.tx_ns, mid_in, self.mid_ns)
+                make_veth(mid_out, self.mid_ns, self.rx_if, self.rx_ns)
+                links += [(self.mid_ns, mid_in, None), (self.mid_ns, mid_out, None)]
+            for ns, ifname, mac in links:
                 with ns_iproute(ns) as ip:
                     idx = ip.link_lookup(ifname=ifname)[0]
-                    ip.link("set", index=idx, address=mac)
+                    if mac:
+                        ip.link("set", index=idx, address=mac)
                     ip.link("set", index=idx, state="up")
+            if self.feed == "redirect":
+                self._forward(mid_in, mid_out)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _forward(self, mid_in: str, mid_out: str) -> None:
+        """XDP redirect mid_in -> mid_out (native), and NAPI (through GRO) on the receiver for every arm."""
+        subprocess.run(["nsenter", f"--net=/var/run/netns/{self.rx_ns}", "ethtool", "-K", self.rx_if, "gro", "on"],
+                       check=True, stdout=subprocess.DEVNULL)
+        with ns_iproute(self.mid_ns) as ip:
+            out_idx = ip.link_lookup(ifname=mid_out)[0]
+        self.fwd = bcc.BPF(src_file=str(ROOT / "bench/redirect.bpf.c").encode(),
+                           cflags=[f"-DOUT_IFINDEX={out_idx}"])
+        fd = self.fwd.load_func(b"xdp_fwd", bcc.BPF.XDP).fd
+        with in_netns(self.mid_ns):
+            ifaces.attach(fd, mid_in, "native")
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         remove_namespaces(self.created)
+        if self.fwd is not None:
+            self.fwd.cleanup()
+            self.fwd = None
 
 
 def trafgen_conf(size: int, flows: int) -> str:
@@ -158,7 +203,10 @@ class Arms:
         self.pair = pair
         self.kernel = Kernel()
         self.noop = bcc.BPF(src_file=str(ROOT / "bench/noop.bpf.c").encode())
-        self.fds = {"noop": self.noop.load_func(b"xdp_noop", bcc.BPF.XDP).fd, "skyguard": self.kernel.prog_fd}
+        self.floor = bcc.BPF(src_file=str(ROOT / "bench/floor.bpf.c").encode(),
+                             cflags=[f"-I{wire.bpf_dir()}", f"-DSG_FLOWS_MAX={FLOOR_FLOWS_MAX}"])
+        self.fds = {"noop": self.noop.load_func(b"xdp_noop", bcc.BPF.XDP).fd,
+                    "floor": self.floor.load_func(b"xdp_floor", bcc.BPF.XDP).fd, "skyguard": self.kernel.prog_fd}
         self.mode = self._pick_mode(mode)
 
     def _pick_mode(self, mode: str) -> str:
@@ -183,14 +231,15 @@ class Arms:
 
     def close(self) -> None:
         self.noop.cleanup()
+        self.floor.cleanup()
         self.kernel.close()
 
 
-def measure(seconds: float = 1.5, rounds: int = 3, mode: str = "auto") -> dict:
+def measure(seconds: float = 1.5, rounds: int = 3, mode: str = "auto", feed: str = "direct") -> dict:
     if not shutil.which("trafgen"):
         raise RuntimeError("trafgen (netsniff-ng) is missing")
-    res: dict = {"seconds_per_run": seconds, "rounds": rounds, "cases": {}}
-    with VethPair() as pair, tempfile.TemporaryDirectory(prefix="sg-live-") as td:
+    res: dict = {"seconds_per_run": seconds, "rounds": rounds, "feed": feed, "cases": {}}
+    with VethPair(feed) as pair, tempfile.TemporaryDirectory(prefix="sg-live-") as td:
         arms = Arms(pair, mode)
         rx = RxCounter(pair.rx_ns, pair.rx_if)
         res["xdp_mode"] = arms.mode
@@ -199,9 +248,10 @@ def measure(seconds: float = 1.5, rounds: int = 3, mode: str = "auto") -> dict:
                 for flows in FLOWS:
                     conf = Path(td) / f"udp-{size}-{flows}.cfg"
                     conf.write_text(trafgen_conf(size, flows))
-                    arms.attach("skyguard")  # warm-up: the flows are inspected once, then established
-                    send_window(pair, rx, conf, min(seconds, 0.5))
-                    arms.detach()
+                    for arm in ("skyguard", "floor"):  # warm-up: the flows are created (and inspected) once
+                        arms.attach(arm)
+                        send_window(pair, rx, conf, min(seconds, 0.5))
+                        arms.detach()
                     runs: dict[str, list[dict]] = {a: [] for a in ARMS}
                     xdp_seen = 0
                     for r in range(rounds):
@@ -224,6 +274,8 @@ def measure(seconds: float = 1.5, rounds: int = 3, mode: str = "auto") -> dict:
                         "skyguard_xdp_counted_vs_rx": ratio(xdp_seen, sum(o["received"] for o in runs["skyguard"])),
                         "x_nothing": ratio(med["skyguard"], med["nothing"]),
                         "x_noop": ratio(med["skyguard"], med["noop"]),
+                        "x_floor": ratio(med["skyguard"], med["floor"]),
+                        "floor_x_nothing": ratio(med["floor"], med["nothing"]),
                         "noop_x_nothing": ratio(med["noop"], med["nothing"]), "target_x_nothing": 0.9}
         finally:
             rx.close()
@@ -234,14 +286,15 @@ def measure(seconds: float = 1.5, rounds: int = 3, mode: str = "auto") -> dict:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"veth, receiver XDP mode {r['xdp_mode']}; median of {r['rounds']} alternating runs of "
-             f"{r['seconds_per_run']:g} s; pps = received frames/s",
-             f"{'case':22} {'nothing':>10} {'noop':>10} {'skyguard':>10} {'sg/nothing':>10} {'sg/noop':>8} "
-             f"{'noop/nothing':>12}  target sg/nothing >= 0.9"]
+    lines = [f"veth, feed {r.get('feed', 'direct')}, receiver XDP mode {r['xdp_mode']}; median of {r['rounds']} "
+             f"alternating runs of {r['seconds_per_run']:g} s; pps = received frames/s",
+             f"{'case':20} {'nothing':>9} {'noop':>9} {'floor':>9} {'skyguard':>9} {'sg/nothing':>10} {'sg/noop':>7} "
+             f"{'sg/floor':>8} {'noop/nothing':>12} {'floor/nothing':>13}  target sg/nothing >= 0.9"]
     for name, c in r["cases"].items():
         p = c["pps"]
-        lines.append(f"{name:22} {p['nothing']:10.0f} {p['noop']:10.0f} {p['skyguard']:10.0f} "
-                     f"{c['x_nothing']:10.3f} {c['x_noop']:8.3f} {c['noop_x_nothing']:12.3f}")
+        lines.append(f"{name:20} {p['nothing']:9.0f} {p['noop']:9.0f} {p['floor']:9.0f} {p['skyguard']:9.0f} "
+                     f"{c['x_nothing']:10.3f} {c['x_noop']:7.3f} {c['x_floor']:8.3f} {c['noop_x_nothing']:12.3f} "
+                     f"{c['floor_x_nothing']:13.3f}")
     return "\n".join(lines)
 
 
@@ -251,13 +304,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="sending window per run (default 1.5, quick 0.6)")
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3, quick 1)")
     ap.add_argument("--xdp-mode", default="auto", choices=["auto", "native", "generic"])
+    ap.add_argument("--feed", default="both", choices=["direct", "redirect", "both"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sec = args.seconds or (0.6 if args.quick else 1.5)
     rounds = args.rounds or (1 if args.quick else 3)
-    res = measure(sec, rounds, args.xdp_mode)
-    res["machine"] = common.machine()
-    print(json.dumps(res) if args.json else format_table(res))
+    feeds = ("direct", "redirect") if args.feed == "both" else (args.feed,)
+    res = {f: measure(sec, rounds, args.xdp_mode, f) for f in feeds}
+    machine = common.machine()
+    if args.json:
+        print(json.dumps({"feeds": res, "machine": machine}))
+    else:
+        print("\n\n".join(format_table(r) for r in res.values()))
     return 0
 
 
