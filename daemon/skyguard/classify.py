@@ -9,7 +9,8 @@ Dispatch by event type:
   A non-matching SNI gives no decision: a name outside our list is no proof that a flow is not Skype (CDN and front-end
   names, ECH outer names), and the kernel already calls flows without any evidence `other` after its probe window.
   Host correlation (`host-corr`) covers what the names miss: a TLS flow whose name is not on the list (or that names
-  none) is skype-signaling when its client opened a Skype/Teams flow proved by SNI within HOST_CORR_WINDOW_S and its
+  none) is skype-signaling when its client opened a Skype/Teams flow proved by SNI within the policy's
+  `[skype] host_correlation_s` (default 60 s, 0 = off) and its
   server address came from a DNS answer through an Azure hosting zone (dnslearn.CLOUD_ZONES). The Teams client talks
   to Azure-hosted services of its own under other names (meeting recordings at api.microsoftstream.com, crash and
   telemetry gates); nDPI does the same with its per-client "msteams" LRU cache (ndpi_main.c, make_msteams_key; 60 s
@@ -37,7 +38,6 @@ __all__ = ["Decision", "PrefixChange", "SlowPath"]
 
 R_SNI = wire.C["SG_R_SNI"]
 R_HOST_CORR = wire.C["SG_R_HOST_CORR"]
-HOST_CORR_WINDOW_S = 60
 R_PSTN_PREFIX = wire.C["SG_R_PSTN_PREFIX"]
 R_E2O_PORT = wire.C["SG_R_E2O_PORT"]
 R_MANUAL = wire.C["SG_R_MANUAL"]
@@ -208,7 +208,8 @@ class SlowPath:
             return []
         client, server = _sides(key, ev.dir)
         seen = self.sessions.get(client)
-        if seen is None or not 0 <= ev.ts_ns - seen <= HOST_CORR_WINDOW_S * 1_000_000_000:
+        window_ns = self.policy.host_corr_s * 1_000_000_000
+        if seen is None or not window_ns or not 0 <= ev.ts_ns - seen <= window_ns:
             return []
         hosted = self.dns.cloud_name(_ip(server), ev.ts_ns)
         if hosted is None:

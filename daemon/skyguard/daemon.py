@@ -390,7 +390,8 @@ def _policy_dict(p: Policy, loaded_at: float) -> dict:
             "malformed": {"action": wire.ACTION_NAMES[mal.action], "dscp": mal.dscp},
             "pstn": {"prefixes": [str(n) for n in p.pstn_prefixes], "names": list(p.pstn_names)},
             "microsoft_media": {"prefixes": [str(n) for n in p.msmedia_prefixes]},
-            "exempt": {"prefixes": [str(n) for n in p.exempt_prefixes]}, "skype_names": list(p.skype_names)}
+            "exempt": {"prefixes": [str(n) for n in p.exempt_prefixes]}, "skype_names": list(p.skype_names),
+            "host_correlation_s": p.host_corr_s}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,7 @@ class Policy:
     msmedia_prefixes: tuple[Network, ...] = ()
     exempt_prefixes: tuple[Network, ...] = ()
     skype_names: tuple[str, ...] = ()  # Skype/Teams service name suffixes (SNI and DNS learning)
+    host_corr_s: int = 60  # host correlation window (classify.py), 0 = off
     loaded_ns: int = 0  # time.time_ns() when loaded
     digest: str = ""  # sha256 of the file text
     extra: dict = field(default_factory=dict, compare=False)
@@ -340,6 +341,16 @@ class _Checker:
             raise self.fail(w, f"{_dotted(w)} = {d} is out of range (DSCP is 0..63)")
         return d
 
+    def window(self, tbl: dict | None, where: Path_, key: str, default: int, top: int) -> int:
+        if tbl is None or key not in tbl:
+            return default
+        v, w = tbl[key], where + (key,)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise self.fail(w, f"{_dotted(w)} must be an integer 0..{top} (seconds, 0 = off), not {_type_name(v)}")
+        if not 0 <= v <= top:
+            raise self.fail(w, f"{_dotted(w)} = {v} is out of range (0..{top} seconds, 0 = off)")
+        return v
+
     def log(self, tbl: dict, where: Path_) -> bool:
         v = tbl.get("log", False)
         if not isinstance(v, bool):
@@ -450,7 +461,7 @@ class _Checker:
         pstn = self.table(doc, "pstn", ("prefixes", "names"), ("pstn",))
         msm = self.table(doc, "microsoft_media", ("prefixes",), ("microsoft_media",))
         exempt = self.table(doc, "exempt", ("prefixes",), ("exempt",))
-        skype = self.table(doc, "skype", ("names",), ("skype",))
+        skype = self.table(doc, "skype", ("names", "host_correlation_s"), ("skype",))
 
         pstn_prefixes = self.prefixes(pstn, ("pstn",)) or ()
         pstn_names = self.dns_names(pstn, ("pstn",)) or ()
@@ -468,6 +479,7 @@ class _Checker:
             "msmedia_prefixes": msmedia,
             "exempt_prefixes": exempt_prefixes,
             "skype_names": skype_names,
+            "host_corr_s": self.window(skype, ("skype",), "host_correlation_s", 60, 3600),
         }
 
 

@@ -311,3 +311,20 @@ def test_cloud_table_is_bounded_and_separate_from_learned_prefixes() -> None:
     assert st["dns"]["errors"]["cloud-evicted"] == 16
     sp.expire(10_000 * S)
     assert sp.status()["learned"]["cloud"] == 0
+
+
+def test_host_correlation_window_comes_from_the_policy() -> None:
+    from skyguard.policy import PolicyError, parse_policy
+
+    base = 'name = "t"\n[skype]\n'
+    assert parse_policy(base).host_corr_s == 60
+    assert parse_policy(base + "host_correlation_s = 5\n").host_corr_s == 5
+    for bad in ("-1", "3601", "true", '"60"'):
+        with pytest.raises(PolicyError) as e:
+            parse_policy(base + f"host_correlation_s = {bad}\n", "p.toml")
+        assert e.value.line == 3 and "host_correlation_s" in str(e.value)
+    for window, expect in ((0, 0), (5, 0), (60, 1)):
+        sp = SlowPath(parse_policy(base + f"host_correlation_s = {window}\n"))
+        sp.on_event(_hello_from(CLIENT, 50001, MS_SERVER, "teams.microsoft.com", 10 * S))
+        sp.on_event(_dns_event(_azure_dns("api.microsoftstream.com", AZURE_SERVER), 11 * S))
+        assert len(sp.on_event(_hello_from(CLIENT, 50002, AZURE_SERVER, "api.microsoftstream.com", 20 * S))) == expect
