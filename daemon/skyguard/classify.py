@@ -82,14 +82,27 @@ class _Lru(OrderedDict):
         return v
 
 
+_OPEN = -1  # _Flow.decided: nothing decided here yet
+
+
+class _Flow:
+    """What the slow path remembers of one flow: one LRU entry per flow, so that a flow costs one dict entry and one
+    small object (at 10k new candidate flows/s the slow path's memory is this times flow_state_max)."""
+
+    __slots__ = ("kernel", "tracker", "decided", "sni")
+
+    def __init__(self) -> None:
+        self.kernel = -1  # class | reason << 8 from the kernel's last word (event or flow read); -1: not heard
+        self.tracker: E2OTracker | None = None  # while its samples are being watched
+        self.decided: int | None = _OPEN  # class decided here; None: gave up (or settled elsewhere)
+        self.sni: str | None = None  # server name of its ClientHello ("" none captured); None: no ClientHello
+
+
 class SlowPath:
     def __init__(self, policy: Policy, *, dns_max_entries: int = 65536, flow_state_max: int = 65536) -> None:
         self.policy = policy
         self.flow_state_max = flow_state_max
-        self.trackers: _Lru = _Lru(flow_state_max)  # key -> E2OTracker (flows still being watched)
-        self.decided: _Lru = _Lru(flow_state_max)  # key -> class decided here (or None: gave up)
-        self.kernel_cls: _Lru = _Lru(flow_state_max)  # key -> (class, reason) from `classified` events
-        self.sni: _Lru = _Lru(flow_state_max)  # key -> server name seen (also for non-Skype names)
+        self.flows: _Lru = _Lru(flow_state_max)  # packed flow key -> _Flow
         self.sessions: _Lru = _Lru(flow_state_max)  # client address (16 bytes) -> ts_ns of its last SNI-proved flow
         self.dns = DnsLearner(policy.pstn_names, MEDIA_NAMES, max_entries=dns_max_entries)
         self.counters: dict[str, int] = {"decisions": 0, "tls_no_sni": 0, "tls_other": 0, "samples": 0,
@@ -104,6 +117,20 @@ class SlowPath:
         """Swap the policy; learned names still named by it are kept, the others are queued for removal."""
         self.policy = policy
         self.dns.set_names(policy.pstn_names)
+
+    # ---- per-flow state ---------------------------------------------------------------------------------------------
+
+    def _state(self, key: wire.FlowKey) -> _Flow:
+        k = key.pack()
+        st = self.flows.touch(k)
+        if st is None:
+            st = _Flow()
+            self.flows.put(k, st)
+        return st
+
+    def note_sni(self, key: wire.FlowKey, name: str) -> None:
+        """Remember the server name a flow's client asked for (as its ClientHello would)."""
+        self._state(key).sni = name
 
     # ---- events -----------------------------------------------------------------------------------------------------
 
@@ -123,57 +150,57 @@ class SlowPath:
         return []
 
     def _note_kernel(self, key: wire.FlowKey, cls: int, reason: int, flags: int) -> None:
-        self.kernel_cls.put(key, (cls, reason))
-        if flags & F_DAEMON and key not in self.decided:
-            self.decided.put(key, cls)  # someone (a previous daemon, the operator) already decided it
+        st = self._state(key)
+        st.kernel = cls | reason << 8
+        if flags & F_DAEMON and st.decided == _OPEN:
+            st.decided = cls  # someone (a previous daemon, the operator) already decided it
         if cls == wire.OUT or reason & (R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL):
-            self.trackers.pop(key, None)  # settled by the kernel: stop watching its samples
+            st.tracker = None  # settled by the kernel: stop watching its samples
 
-    def _kernel_class(self, key: wire.FlowKey) -> tuple[int, int]:
-        return self.kernel_cls.get(key) or (wire.UNKNOWN, 0)
+    @staticmethod
+    def _kernel_class(st: _Flow) -> tuple[int, int]:
+        return (wire.UNKNOWN, 0) if st.kernel < 0 else (st.kernel & 0xFF, st.kernel >> 8)
 
-    def _decide(self, key: wire.FlowKey, cls: int, reason: int, detail: str) -> list[Decision]:
-        self.decided.put(key, cls)
-        self.trackers.pop(key, None)
+    def _decide(self, key: wire.FlowKey, st: _Flow, cls: int, reason: int, detail: str) -> list[Decision]:
+        st.decided = cls
+        st.tracker = None
         self.counters["decisions"] += 1
         return [Decision(key, cls, reason, detail)]
 
     def _on_sample(self, ev: wire.Event) -> list[Decision]:
         key = ev.key
-        if key in self.decided:
-            self.decided.move_to_end(key)
+        st = self._state(key)
+        if st.decided != _OPEN:
             return []
-        kcls, kreason = self._kernel_class(key)
+        kcls, kreason = self._kernel_class(st)
         weak_other = kcls == wire.OTHER and (kreason == 0 or kreason & R_WEAK_OTHER)
         if (kcls not in _E2O_OVER and not weak_other) or kreason & (R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL):
             return []
         self.counters["samples"] += 1
-        tr = self.trackers.touch(key)
+        tr = st.tracker
         if tr is None:
-            tr = E2OTracker()
-            self.trackers.put(key, tr)
+            tr = st.tracker = E2OTracker()
         v = tr.add(ev.ts_ns, ev.dir, ev.payload_len, ev.data)
         if v is None:
             if tr.done:  # sample budget spent without a verdict: leave the kernel's class, stop watching
-                self.trackers.pop(key, None)
-                self.decided.put(key, None)
+                st.tracker, st.decided = None, None
             return []
         if v.cls == wire.P2P and (kcls not in _E2E_OVER or weak_other):
-            self.trackers.pop(key, None)
-            self.decided.put(key, None)
+            st.tracker, st.decided = None, None
             return []
-        return self._decide(key, v.cls, v.reason, v.detail)
+        return self._decide(key, st, v.cls, v.reason, v.detail)
 
     def _on_tls(self, ev: wire.Event) -> list[Decision]:
         key = ev.key
+        st = self._state(key)
         sni = client_hello_sni(ev.data)
         server_flight = False
         if sni is None:
             if ev.data[5:6] != b"\x02":  # not a server's first flight: a ClientHello without (captured) server_name
                 self.counters["tls_no_sni"] += 1
-                self.sni.put(key, "")
-                return self._correlate(ev, "")
-            if self.sni.touch(key):
+                st.sni = ""
+                return self._correlate(ev, st, "")
+            if st.sni:
                 return []  # the client named its server: the certificate adds nothing
             cns = certificate_common_names(ev.data)
             sni = next((cn for cn in cns if names.match_suffix(cn.removeprefix("*."), self.skype_names())), None)
@@ -183,29 +210,29 @@ class SlowPath:
             sni = "cert " + sni
             server_flight = True
         else:
-            self.sni.put(key, sni)
-        if key in self.decided:
+            st.sni = sni
+        if st.decided != _OPEN:
             return []
         if not server_flight and not names.match_suffix(sni, self.skype_names()):
             self.counters["tls_other"] += 1
-            return self._correlate(ev, sni)
+            return self._correlate(ev, st, sni)
         # the client of a flow proved by name is in a Skype/Teams session (sender of the ClientHello, receiver of the
         # server's flight)
         client, _ = _sides(key, ev.dir ^ server_flight)
         self.sessions.put(client, ev.ts_ns)
-        kcls, _ = self._kernel_class(key)
+        kcls, _ = self._kernel_class(st)
         if kcls not in _SNI_OVER:
             return []
         if kcls == wire.RELAY and names.match_suffix(sni.removeprefix("cert "), MEDIA_NAMES):
             return []  # TURN over TLS to a media relay: relay is the better answer
-        return self._decide(key, wire.SIGNALING, R_SNI, sni)
+        return self._decide(key, st, wire.SIGNALING, R_SNI, sni)
 
-    def _correlate(self, ev: wire.Event, sni: str) -> list[Decision]:
+    def _correlate(self, ev: wire.Event, st: _Flow, sni: str) -> list[Decision]:
         """Host correlation (module docstring): skype-signaling for a ClientHello whose name proves nothing, when its
         client is in a recent Skype/Teams session and its server answered DNS through an Azure hosting zone."""
-        key = ev.key
-        if key in self.decided:
+        if st.decided != _OPEN:
             return []
+        key = ev.key
         client, server = _sides(key, ev.dir)
         seen = self.sessions.get(client)
         window_ns = self.policy.host_corr_s * 1_000_000_000
@@ -214,13 +241,13 @@ class SlowPath:
         hosted = self.dns.cloud_name(_ip(server), ev.ts_ns)
         if hosted is None:
             return []
-        kcls, _ = self._kernel_class(key)
+        kcls, _ = self._kernel_class(st)
         if kcls not in _SNI_OVER:
             return []
         self.counters["host_corr"] += 1
         age = (ev.ts_ns - seen) / 1e9
         detail = f"{sni or 'no SNI'} at {hosted} (Azure), client in a Skype/Teams session {age:.0f} s before"
-        return self._decide(key, wire.SIGNALING, R_HOST_CORR, detail)
+        return self._decide(key, st, wire.SIGNALING, R_HOST_CORR, detail)
 
     # ---- learned prefixes, housekeeping -----------------------------------------------------------------------------
 
@@ -231,8 +258,17 @@ class SlowPath:
         self.dns.expire(now_ns)
 
     def forget(self, key: wire.FlowKey) -> None:
-        for d in (self.trackers, self.decided, self.kernel_cls, self.sni):
-            d.pop(key, None)
+        self.flows.pop(key.pack(), None)
+
+    def _census(self) -> dict[str, int]:
+        """How many remembered flows are watched, decided, heard from the kernel, named (one pass: status only)."""
+        c = {"states": len(self.flows), "tracked": 0, "decided": 0, "kernel_noted": 0, "sni": 0}
+        for st in self.flows.values():
+            c["tracked"] += st.tracker is not None
+            c["decided"] += st.decided != _OPEN
+            c["kernel_noted"] += st.kernel >= 0
+            c["sni"] += st.sni is not None
+        return c
 
     def status(self) -> dict:
         dns = self.dns.status()
@@ -240,9 +276,8 @@ class SlowPath:
             "learned": {"names": dns["names"], "addresses": dns["entries"], "pstn": dns["pstn"],
                         "msmedia": dns["msmedia"], "cloud": dns["cloud"], "max": dns["max_entries"]},
             "dns": {"responses": dns["responses"], "errors": dns["errors"]},
-            "flows": {"tracked": len(self.trackers), "decided": len(self.decided), "kernel_noted": len(self.kernel_cls),
-                      "sni": len(self.sni), "sessions": len(self.sessions), "max": self.flow_state_max,
-                      "evicted": self.trackers.evicted + self.decided.evicted},
+            "flows": {**self._census(), "sessions": len(self.sessions), "max": self.flow_state_max,
+                      "evicted": self.flows.evicted},
             "counters": dict(self.counters),
         }
 

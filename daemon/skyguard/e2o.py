@@ -17,6 +17,7 @@ and the state is a few hundred integers whatever the flow does. Features (SIGNAT
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from dataclasses import dataclass, field
 
@@ -27,7 +28,9 @@ R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]
 
 MIN_SAMPLES = 100  # Bonfiglio's chi-square needs >= 100 packets; also the earliest E2O/E2E decision
 MAX_SAMPLES = 200  # samples looked at per flow; after that the tracker gives up (no decision)
-LAZY_SAMPLES = 8  # samples kept as plain tuples before the full per-flow state is built
+LAZY_SAMPLES = 8  # samples kept packed (_EARLY records) before the full per-flow state is built
+# ts_ns, payload length, direction, bytes kept, the first (up to) 8 payload bytes: all the features read
+_EARLY = struct.Struct("<QIBB8s")
 CHI2_THRESHOLD = 150.0  # Bonfiglio 2007
 CID_SHARE = 0.90  # Tstat: CID packets > 90% of the flow
 SIZE_SD_MAX = 3.0  # bytes, per direction: G.729 CBR ~1 B passes, iSAC ~7.5 B does not
@@ -199,19 +202,20 @@ class E2OTracker:
     __slots__ = ("_dirs", "_chi2", "_early", "n", "done")
 
     def __init__(self) -> None:
-        # Most candidate flows are one- or two-packet probes: their first LAZY_SAMPLES samples are kept as small
-        # tuples (the first 8 bytes are all the features read) and the per-direction state (about 3 KB) is built
-        # only when a flow goes on. At 10k new flows/s this is most of the slow path's memory.
+        # Most candidate flows are one- or two-packet probes: their first LAZY_SAMPLES samples are kept packed in one
+        # bytearray (22 bytes each: the first 8 payload bytes are all the features read) and the per-direction state
+        # (about 3 KB) is built only when a flow goes on. At 10k new flows/s this is most of the slow path's memory.
         self._dirs: tuple[_Dir, _Dir] | None = None
         self._chi2: Chi2 | None = None
-        self._early: list[tuple[int, int, int, bytes]] | None = []
+        self._early: bytearray | None = bytearray()
         self.n = 0
         self.done = False  # a verdict was given or the sample budget is spent
 
     def _build(self) -> None:
         self._dirs, self._chi2 = (_Dir(), _Dir()), Chi2()
-        early, self._early = self._early or [], None
-        for ts_ns, direction, payload_len, data in early:
+        early, self._early = self._early or b"", None
+        for ts_ns, payload_len, direction, n, head in _EARLY.iter_unpack(early):
+            data = head[:n]
             self._dirs[direction & 1].add(ts_ns, payload_len, data)
             self._chi2.add(data)
 
@@ -231,8 +235,9 @@ class E2OTracker:
         if self.done:
             return None
         self.n += 1
-        if self._early is not None and len(self._early) < LAZY_SAMPLES:
-            self._early.append((ts_ns, direction, payload_len, bytes(data[:8])))
+        if self._early is not None and len(self._early) < LAZY_SAMPLES * _EARLY.size:
+            head = bytes(data[:8])
+            self._early += _EARLY.pack(ts_ns, min(payload_len, 0xFFFFFFFF), direction & 1, len(head), head)
             return None
         self.dirs[direction & 1].add(ts_ns, payload_len, data)
         self.chi2.add(data)

@@ -328,3 +328,26 @@ def test_host_correlation_window_comes_from_the_policy() -> None:
         sp.on_event(_hello_from(CLIENT, 50001, MS_SERVER, "teams.microsoft.com", 10 * S))
         sp.on_event(_dns_event(_azure_dns("api.microsoftstream.com", AZURE_SERVER), 11 * S))
         assert len(sp.on_event(_hello_from(CLIENT, 50002, AZURE_SERVER, "api.microsoftstream.com", 20 * S))) == expect
+
+
+def test_slow_path_memory_per_watched_flow() -> None:
+    """One LRU entry and one small record per flow, samples packed: under 600 B a watched probe flow (traced Python
+    allocations, not RSS). It was 1.2 KB with one LRU per kind of state; at 65536 flows that is 40 MiB of RSS."""
+    import tracemalloc
+
+    sp = SlowPath(policy(), flow_state_max=20_000)
+    evs = []
+    for i in range(20_000):
+        k = wire.FlowKey.make(f"10.0.{i >> 8}.{i & 255}", 40000, "203.0.113.7", 5000 + i % 1000, 17)
+        evs.append(classified(k, wire.SIGNALING, R["SG_R_SOM"]))
+        evs += sample_events(k, [(i * 1000, 0, 43, bytes([0x12, 0x34, 0x02]) + bytes(range(40)))])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for ev in evs:
+            sp.on_event(ev)
+        per_flow = (tracemalloc.get_traced_memory()[0] - before) / 20_000
+    finally:
+        tracemalloc.stop()
+    assert sp.status()["flows"]["tracked"] == 20_000
+    assert per_flow < 600, per_flow

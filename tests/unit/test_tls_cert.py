@@ -49,5 +49,5 @@ def test_certificate_ignored_when_client_named_another_server(captures):
     (cx, _chello), (sx, shello) = _first_payloads(captures / "skype.pcap", 50028)
     sp = SlowPath(default_policy())
     key = wire.FlowKey.make(cx.src, cx.sport, cx.dst, cx.dport, 6)
-    sp.sni.put(key, "www.example.org")
+    sp.note_sni(key, "www.example.org")
     assert sp.on_event(wire.Event(wire.EV_TLS, 1, 2, key, payload_len=len(shello), data=shello[:512])) == []
