@@ -36,6 +36,7 @@ class KernelLike(Protocol):
 
     def load_policy(self, policy: Policy) -> None: ...
     def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]: ...
+    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0) -> int: ...
     def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]: ...
     def flow(self, key: wire.FlowKey) -> wire.Flow | None: ...
     def set_class(self, key: wire.FlowKey, cls: int, reason: int) -> bool: ...
@@ -127,11 +128,8 @@ class Engine:
     # ---- events -----------------------------------------------------------------------------------------------------
 
     def pump(self, timeout_ms: int = 0) -> int:
-        """Drain the ring buffer and act on every event; returns how many were handled."""
-        evs = self.kernel.poll_events(timeout_ms)
-        for ev in evs:
-            self.handle(ev)
-        return len(evs)
+        """Drain the ring buffer and act on every event as it is read; returns how many were handled."""
+        return self.kernel.drain_events(self.handle, timeout_ms)
 
     def handle(self, ev: wire.Event) -> None:
         self.counters.events[ev.name] += 1

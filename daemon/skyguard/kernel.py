@@ -241,6 +241,10 @@ class Kernel:
         self.prog_fd: int = self.fn.fd
         _release_compiler_memory()
         self._events: list[wire.Event] = []
+        self._sink: Callable[[wire.Event], None] | None = None  # set while drain_events runs
+        self._sink_error: BaseException | None = None
+        self._sunk = 0  # events handed to a sink so far
+        self._budget = 0  # events drain_events may still hand over in this call
         self._ring_open = False
         self._rb_fd: int | None = None
         kf = wire.FlowKey.FMT.size
@@ -296,8 +300,18 @@ class Kernel:
 
     # -- events ------------------------------------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, size: int) -> int:
-        self._events.append(wire.Event.unpack(ct.string_at(data, size)))
-        return 0
+        ev = wire.Event.unpack(ct.string_at(data, size))
+        if self._sink is None:
+            self._events.append(ev)
+            return 0
+        try:
+            self._sink(ev)
+        except BaseException as e:  # noqa: BLE001 - ctypes would swallow it: re-raised by drain_events
+            self._sink_error = self._sink_error or e
+        self._budget -= 1
+        # a negative return makes libbpf stop after this record (which counts as consumed): under a flood the
+        # producer outpaces the handler and ring_buffer__consume would otherwise never return to the daemon's loop
+        return -1 if self._budget <= 0 else 0
 
     def _open_ring(self) -> None:
         if not self._ring_open:
@@ -318,6 +332,35 @@ class Kernel:
             fd = fn(ct.c_void_p(self.bpf._ringbuf_manager))
             self._rb_fd = fd if fd >= 0 else None
         return self._rb_fd
+
+    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0, max_events: int = 4096) -> int:
+        """Hand waiting events to `sink` as they are read, at most `max_events` (the rest wait for the next call:
+        the ring buffer's fd stays readable), without building a list first: under a flood the ring buffer holds
+        tens of thousands of events, and a list of them all was the daemon's largest transient. An exception from
+        `sink` stops nothing in the ring buffer's loop; the first one is raised after it."""
+        self._open_ring()
+        n0 = self._sunk
+        self._budget = max(1, max_events)
+        self._sink, self._sink_error = self._count_into(sink), None
+        try:
+            for ev in self._events:  # read by an earlier poll_events that nobody collected
+                self._sink(ev)
+            self._events = []
+            if timeout_ms > 0:
+                self.bpf.ring_buffer_poll(timeout_ms)
+            self.bpf.ring_buffer_consume()
+        finally:
+            self._sink = None
+        if self._sink_error is not None:
+            err, self._sink_error = self._sink_error, None
+            raise err
+        return self._sunk - n0
+
+    def _count_into(self, sink: Callable[[wire.Event], None]) -> Callable[[wire.Event], None]:
+        def counted(ev: wire.Event) -> None:
+            self._sunk += 1
+            sink(ev)
+        return counted
 
     def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]:
         self._open_ring()

@@ -189,3 +189,33 @@ def test_default_size_flooded_with_5m_flows(bpf_ok):
         balanced(delta)
         assert delta["out_no_flow"] == 0 and delta["flow_new"] >= 5_000_000
         print(f"\n5M flows in {time.perf_counter() - t0:.1f} s; flows in map {k.flow_count()}; {delta['flow_new']} new")
+
+
+def test_drain_hands_events_over_in_bounded_batches(bpf_ok):
+    """The daemon's pump: events go to the handler as they are read, at most max_events per call (a flood must not
+    keep ring_buffer__consume, and so the daemon's loop, busy forever); nothing is lost or handed over twice, and a
+    failing handler surfaces after the batch without losing the events behind it."""
+    from skyguard.kernel import Kernel
+
+    with Kernel(flows_max=8192, lpm_max=1024, ringbuf_bytes=1 << 20) as k:
+        k.load_policy(block_policy())
+        k.poll_events()
+        n = 1500
+        for i in range(n):  # a classified and a sample event per probe
+            pl = bytes([0x9B, i & 0xFF, 0x02]) + bytes(30)
+            k.test_run(P.udp("192.168.8.1", 20000 + i, "203.0.113.9", 40022, pl), ts_ns=i + 1)
+        got: list = []
+        assert k.drain_events(got.append, max_events=1000) == 1000
+        assert k.drain_events(got.append, max_events=1000) == 1000
+
+        def failing(ev):
+            got.append(ev)
+            if len(got) == 2100:
+                raise RuntimeError("handler bug")
+
+        with pytest.raises(RuntimeError, match="handler bug"):
+            k.drain_events(failing, max_events=10_000)
+        assert k.drain_events(got.append) == 0
+        assert len(got) == 2 * n and k.stats()["events_lost"] == 0
+        keys = [(e.name, e.key) for e in got]
+        assert len(set(keys)) == len(keys) == 2 * n
