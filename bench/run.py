@@ -34,8 +34,8 @@ def main() -> int:
         ("scale", lambda: scale.measure(100_000 if q else 1_000_000, 3 if q else 4), scale.format_table),
         ("peer", peer.measure, peer.format_table),
         ("accuracy", lambda: accuracy.measure([1] if q else [1, 2, 3]), accuracy.format_table),
-        ("live", lambda: live.measure(0.6 if q else 1.0, 1 if q else 5, feed="direct"), live.format_table),
-        ("live_redirect", lambda: live.measure(0.6 if q else 1.0, 1 if q else 5, feed="redirect"), live.format_table),
+        ("live", lambda: live.measure(0.6 if q else 1.5, 1 if q else 5, feed="direct"), live.format_table),
+        ("live_redirect", lambda: live.measure(0.6 if q else 1.5, 1 if q else 5, feed="redirect"), live.format_table),
         ("daemon_scale", lambda: daemon_scale.measure(100_000 if q else 1_000_000, 50 if q else 200, 5.0 if q else 20.0,
                                                       None, 3.0 if q else 10.0), daemon_scale.format_table),
     ]
