@@ -10,15 +10,16 @@ Dispatch by event type:
   names, ECH outer names), and the kernel already calls flows without any evidence `other` after its probe window.
   Host correlation (`host-corr`) covers what the names miss: a TLS flow whose name is not on the list (or that names
   none) is skype-signaling when its client opened a Skype/Teams flow proved by SNI within the policy's
-  `[skype] host_correlation_s` (default 60 s, 0 = off) and its
-  server address came from a DNS answer through an Azure hosting zone (dnslearn.CLOUD_ZONES). The Teams client talks
+  `[skype] host_correlation_s` (default 60 s, 0 = off) and its server address came from a DNS answer through an Azure
+  hosting zone (dnslearn.CLOUD_ZONES). The Teams client talks
   to Azure-hosted services of its own under other names (meeting recordings at api.microsoftstream.com, crash and
   telemetry gates); nDPI does the same with its per-client "msteams" LRU cache (ndpi_main.c, make_msteams_key; 60 s
   default TTL), which labels exactly these flows of teams.pcap TLS.Skype_Teams with confidence "DPI (partial)". Only
   SNI-proved flows refresh a client, so correlated flows cannot keep each other alive.
 
-Each flow is decided at most once here. All per-flow state is in LRU dicts capped at `flow_state_max`; the clock is the
-events' ts_ns (capture time in replay), so replay and the daemon behave the same.
+Each flow is decided at most once here. All per-flow state is one small record per flow in one LRU capped at
+`flow_state_max` (client sessions in a second one); the clock is the events' ts_ns (capture time in replay), so replay
+and the daemon behave the same.
 """
 
 from __future__ import annotations
