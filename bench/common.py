@@ -50,7 +50,9 @@ def udp4_frame(i: int, size: int = 64) -> bytes:
 
 
 def test_run_ns(fd: int, frame: bytes, repeat: int) -> float:
-    """Mean ns per run of the program on `frame` as the kernel reports it (one BPF_PROG_TEST_RUN, `repeat` runs)."""
+    """Mean ns per run of the program on `frame` as the kernel reports it (one BPF_PROG_TEST_RUN, `repeat` runs).
+    The kernel's figure is an integer mean; timing the syscall from here instead would add a fixed ~16 ms per call
+    with repeat > 1 (measured on this kernel), so the kernel's own timer is the one used."""
     from skyguard import kernel
 
     k = kernel.Kernel.__new__(kernel.Kernel)
@@ -61,6 +63,16 @@ def test_run_ns(fd: int, frame: bytes, repeat: int) -> float:
 def best_of(fd: int, frame: bytes, repeat: int, rounds: int = 3) -> float:
     """The lowest of `rounds` means: other load on the machine only ever adds time."""
     return min(test_run_ns(fd, frame, repeat) for _ in range(rounds))
+
+
+def interleaved(runs: dict[str, tuple[int, bytes]], repeat: int, rounds: int = 5) -> dict[str, float]:
+    """best_of for several (program, frame) pairs, taken in turn within every round, so that a ratio between two of
+    them is not skewed by load that came and went between two separate measurements."""
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, (fd, frame) in runs.items():
+            best[name] = min(best[name], test_run_ns(fd, frame, repeat))
+    return best
 
 
 def machine() -> dict:

@@ -1,7 +1,8 @@
 """ns/packet of skyguard's XDP program against a no-op and a parse+LRU floor, measured with BPF_PROG_TEST_RUN.
 
 Cases (issue 6): established IPv4 / IPv6 / VLAN flow, STUN inside the inspection window, DSCP rewrite, drop and a
-parse error. Each is divided by the floor program on the same frame and by the no-op program, measured in this run.
+parse error. Each is divided by the floor program on the same frame and by the no-op program, timed in turn with
+them within every round (min of `rounds`), so that load that comes and goes does not land on one side of a ratio.
 `dscp_mark` is the steady state (the frame keeps its mark between runs: compare and keep); `dscp_rewrite_delta_ns` is
 what a real rewrite adds, from single runs on fresh frames (marked minus passed).
 
@@ -17,7 +18,7 @@ import sys
 
 import bcc  # noqa: E402
 import common
-from common import ROOT, Frames, best_of, ratio
+from common import ROOT, Frames, interleaved, ratio
 
 from skyguard import kernel, wire  # noqa: E402
 from skyguard.policy import parse_policy  # noqa: E402
@@ -35,45 +36,54 @@ def _single_median(k: kernel.Kernel, frame: bytes, n: int) -> float:
     return statistics.median(k.test_run(frame).duration_ns for _ in range(n))
 
 
-def measure(repeat: int = 1_000_000, rounds: int = 3) -> dict:
+def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
+    """Every case is timed in turn with the floor and the no-op on the same frame, `rounds` times (min of each)."""
     fr = Frames()
     flows_max = 65536
     noop = bcc.BPF(src_file=str(ROOT / "bench/noop.bpf.c").encode())
     floor = bcc.BPF(src_file=str(ROOT / "bench/floor.bpf.c").encode(),
                     cflags=[f"-I{wire.bpf_dir()}", f"-DSG_FLOWS_MAX={flows_max}"])
+    cases: dict[str, dict[str, float]] = {}
+    attrs: dict[str, str] = {}
     try:
         noop_fd = noop.load_func(b"xdp_noop", bcc.BPF.XDP).fd
         floor_fd = floor.load_func(b"xdp_floor", bcc.BPF.XDP).fd
-        noop_ns = best_of(noop_fd, fr.est4, repeat, rounds)
-        floors = {name: best_of(floor_fd, getattr(fr, name), repeat, rounds)
-                  for name in ("est4", "est6", "vlan", "stun", "bad")}
+
+        def timed(name: str, fd: int, attr: str, n: int = repeat) -> None:
+            frame = getattr(fr, attr)
+            common.test_run_ns(floor_fd, frame, 1)  # the floor's flow exists before it is timed, as skyguard's does
+            cases[name] = interleaved({"ns": (fd, frame), "floor": (floor_fd, frame), "noop": (noop_fd, frame)},
+                                      n, rounds)
+            attrs[name] = attr
+
+        with kernel.Kernel(flows_max=flows_max) as k:
+            for name, attr in (("established_v4", "est4"), ("established_v6", "est6"),
+                               ("established_vlan", "vlan")):
+                _warm(k, getattr(fr, attr))
+                timed(name, k.prog_fd, attr)
+            timed("parse_error", k.prog_fd, "bad")
+            k.load_policy(parse_policy(MARK))
+            timed("dscp_mark", k.prog_fd, "est4")
+            n1 = 3000
+            marked = _single_median(k, fr.est4, n1)
+            k.load_policy(parse_policy(DROP))
+            timed("drop", k.prog_fd, "est4")
+            k.load_policy(parse_policy('name = "bench-pass"\n'))
+            passed = _single_median(k, fr.est4, n1)
+        # a window larger than all runs together keeps the same STUN flow inspecting on every run
+        window = 60000
+        stun_repeat = min(repeat, window // (rounds + 1))
+        with kernel.Kernel(flows_max=flows_max, window=window, ringbuf_bytes=65536) as k:
+            timed("stun_window", k.prog_fd, "stun", stun_repeat)
     finally:
         noop.cleanup()
         floor.cleanup()
-    cases: dict[str, tuple[float, str]] = {}
-    with kernel.Kernel(flows_max=flows_max) as k:
-        for name, attr in (("established_v4", "est4"), ("established_v6", "est6"), ("established_vlan", "vlan")):
-            _warm(k, getattr(fr, attr))
-            cases[name] = (best_of(k.prog_fd, getattr(fr, attr), repeat, rounds), attr)
-        cases["parse_error"] = (best_of(k.prog_fd, fr.bad, repeat, rounds), "bad")
-        k.load_policy(parse_policy(MARK))
-        cases["dscp_mark"] = (best_of(k.prog_fd, fr.est4, repeat, rounds), "est4")
-        n1 = 3000
-        marked = _single_median(k, fr.est4, n1)
-        k.load_policy(parse_policy(DROP))
-        cases["drop"] = (best_of(k.prog_fd, fr.est4, repeat, rounds), "est4")
-        k.load_policy(parse_policy('name = "bench-pass"\n'))
-        passed = _single_median(k, fr.est4, n1)
-    # a window larger than all runs together keeps the same STUN flow inspecting on every run
-    window = 60000
-    stun_repeat = min(repeat, window // (rounds + 1))
-    with kernel.Kernel(flows_max=flows_max, window=window, ringbuf_bytes=65536) as k:
-        cases["stun_window"] = (best_of(k.prog_fd, fr.stun, stun_repeat, rounds), "stun")
-    out = {"noop_ns": noop_ns, "floor_ns": floors, "repeat": repeat,
+    out = {"noop_ns": min(c["noop"] for c in cases.values()),
+           "floor_ns": {attrs[n]: c["floor"] for n, c in cases.items()}, "repeat": repeat, "rounds": rounds,
            "dscp_rewrite_delta_ns": marked - passed, "cases": {}}
-    for name, (ns, attr) in cases.items():
-        out["cases"][name] = {"ns": ns, "floor_ns": floors[attr], "x_floor": ratio(ns, floors[attr]),
-                              "x_noop": ratio(ns, noop_ns)}
+    for name, c in cases.items():
+        out["cases"][name] = {"ns": c["ns"], "floor_ns": c["floor"], "noop_ns": c["noop"],
+                              "x_floor": ratio(c["ns"], c["floor"]), "x_noop": ratio(c["ns"], c["noop"])}
     return out
 
 
@@ -82,7 +92,7 @@ TARGETS = {"established_v4": 1.3, "stun_window": 3.0}
 
 def format_table(res: dict) -> str:
     lines = [f"noop {res['noop_ns']:6.1f} ns/packet; floor (parse + one LRU lookup, same frame) "
-             + ", ".join(f"{k} {v:.0f}" for k, v in res["floor_ns"].items())]
+             + ", ".join(f"{k} {v:.1f}" for k, v in res["floor_ns"].items())]
     lines.append(f"{'case':18} {'ns/pkt':>7} {'floor':>6} {'x floor':>8} {'x no-op':>8}  target")
     for name, c in res["cases"].items():
         tgt = f"<= {TARGETS[name]}x floor" if name in TARGETS else ""
@@ -94,7 +104,7 @@ def format_table(res: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1_000_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = measure(args.repeat, args.rounds)
