@@ -243,8 +243,7 @@ class Kernel:
         self._events: list[wire.Event] = []
         self._sink: Callable[[wire.Event], None] | None = None  # set while drain_events runs
         self._sink_error: BaseException | None = None
-        self._sunk = 0  # events handed to a sink so far
-        self._budget = 0  # events drain_events may still hand over in this call
+        self._budget = 0  # events drain_events may still hand over in this call (negative: one past it)
         self._ring_open = False
         self._rb_fd: int | None = None
         kf = wire.FlowKey.FMT.size
@@ -304,14 +303,19 @@ class Kernel:
         if self._sink is None:
             self._events.append(ev)
             return 0
+        self._hand(ev)
+        # a negative return makes libbpf stop after this record (which counts as consumed): under a flood the
+        # producer outpaces the handler and ring_buffer__consume would otherwise never return to the daemon's loop
+        return -1 if self._budget <= 0 else 0
+
+    def _hand(self, ev: wire.Event) -> None:
+        """One event to drain_events' sink, within its budget; an exception is kept for drain_events to raise."""
+        assert self._sink is not None
         try:
             self._sink(ev)
         except BaseException as e:  # noqa: BLE001 - ctypes would swallow it: re-raised by drain_events
             self._sink_error = self._sink_error or e
         self._budget -= 1
-        # a negative return makes libbpf stop after this record (which counts as consumed): under a flood the
-        # producer outpaces the handler and ring_buffer__consume would otherwise never return to the daemon's loop
-        return -1 if self._budget <= 0 else 0
 
     def _open_ring(self) -> None:
         if not self._ring_open:
@@ -337,30 +341,25 @@ class Kernel:
         """Hand waiting events to `sink` as they are read, at most `max_events` (the rest wait for the next call:
         the ring buffer's fd stays readable), without building a list first: under a flood the ring buffer holds
         tens of thousands of events, and a list of them all was the daemon's largest transient. An exception from
-        `sink` stops nothing in the ring buffer's loop; the first one is raised after it."""
+        `sink` stops nothing in the ring buffer's loop; the first one is raised after it. Returns how many events
+        were handed over."""
         self._open_ring()
-        n0 = self._sunk
-        self._budget = max(1, max_events)
-        self._sink, self._sink_error = self._count_into(sink), None
+        budget = self._budget = max(1, max_events)
+        self._sink, self._sink_error = sink, None
+        leftover, self._events = self._events, []  # read by an earlier poll_events that nobody collected
         try:
-            for ev in self._events:  # read by an earlier poll_events that nobody collected
-                self._sink(ev)
-            self._events = []
-            if timeout_ms > 0:
+            for ev in leftover:
+                self._hand(ev)
+            if self._budget > 0 and timeout_ms > 0:
                 self.bpf.ring_buffer_poll(timeout_ms)
-            self.bpf.ring_buffer_consume()
+            if self._budget > 0:
+                self.bpf.ring_buffer_consume()
         finally:
             self._sink = None
         if self._sink_error is not None:
             err, self._sink_error = self._sink_error, None
             raise err
-        return self._sunk - n0
-
-    def _count_into(self, sink: Callable[[wire.Event], None]) -> Callable[[wire.Event], None]:
-        def counted(ev: wire.Event) -> None:
-            self._sunk += 1
-            sink(ev)
-        return counted
+        return budget - self._budget
 
     def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]:
         self._open_ring()
