@@ -186,6 +186,11 @@ def resolve_chain(resp: Response) -> tuple[list[str], list[tuple[Address, int]]]
     return chain, addrs
 
 
+def _expires_ns(now_ns: int, ttl: int) -> int:
+    """When an answer seen at `now_ns` with record TTL `ttl` expires, the TTL clamped to [TTL_MIN_S, TTL_MAX_S]."""
+    return now_ns + min(max(ttl, TTL_MIN_S), TTL_MAX_S) * 1_000_000_000
+
+
 def learnable(addr: Address) -> bool:
     """Globally routable unicast only."""
     return addr.is_global and not addr.is_multicast
@@ -271,8 +276,7 @@ class DnsLearner:
                 if not learnable(addr):
                     self.errors["not-global"] += 1
                     continue
-                ttl = min(max(ttl, TTL_MIN_S), TTL_MAX_S)
-                n += self._learn(kind, addr, now_ns + ttl * 1_000_000_000, name, suffix)
+                n += self._learn(kind, addr, _expires_ns(now_ns, ttl), name, suffix)
         return n
 
     def _learn(self, kind: str, addr: Address, expires_ns: int, name: str, suffix: str) -> int:
@@ -296,8 +300,7 @@ class DnsLearner:
         for addr, ttl in addrs:
             if not learnable(addr):
                 continue
-            ttl = min(max(ttl, TTL_MIN_S), TTL_MAX_S)
-            self.cloud[addr] = (now_ns + ttl * 1_000_000_000, question)
+            self.cloud[addr] = (_expires_ns(now_ns, ttl), question)
             self.cloud.move_to_end(addr)
             while len(self.cloud) > self.max_entries:
                 self.cloud.popitem(last=False)
