@@ -46,7 +46,7 @@ from pyroute2 import netns
 
 from skyguard import ifaces, wire  # noqa: E402
 from skyguard.kernel import Kernel  # noqa: E402
-from skyguard.topo import in_netns, make_veth, ns_iproute, remove_namespaces  # noqa: E402
+from skyguard.topo import in_netns, make_veth, ns_iproute, ns_run, remove_namespaces  # noqa: E402
 
 SIZES = (64, 1400)
 FLOWS = (1, 10_000)
@@ -114,8 +114,7 @@ class VethPair:
 
     def _forward(self, mid_in: str, mid_out: str) -> None:
         """XDP redirect mid_in -> mid_out (native), and NAPI (through GRO) on the receiver for every arm."""
-        subprocess.run(["nsenter", f"--net=/var/run/netns/{self.rx_ns}", "ethtool", "-K", self.rx_if, "gro", "on"],
-                       check=True, stdout=subprocess.DEVNULL)
+        ns_run(self.rx_ns, "ethtool", "-K", self.rx_if, "gro", "on")
         with ns_iproute(self.mid_ns) as ip:
             out_idx = ip.link_lookup(ifname=mid_out)[0]
         self.fwd = bcc.BPF(src_file=str(ROOT / "bench/redirect.bpf.c").encode(),

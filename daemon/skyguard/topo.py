@@ -69,6 +69,12 @@ def make_veth(a: str, ns_a: str, b: str, ns_b: str) -> None:
         ip.link("set", index=ip.link_lookup(ifname=a)[0], net_ns_fd=ns_a)
 
 
+def ns_run(ns_name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A command inside a network namespace, without remounting /sys (so bpffs stays visible)."""
+    return subprocess.run(["nsenter", f"--net=/var/run/netns/{ns_name}", *cmd], check=check,
+                          capture_output=True, text=True)
+
+
 def remove_namespaces(created: list[str]) -> None:
     """Remove the namespaces in `created` (newest first, ignoring ones already gone) and empty the list."""
     for ns in reversed(created):
@@ -166,9 +172,7 @@ class Topology:
         return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
 
     def sh(self, ns_name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        """A command inside a namespace, without remounting /sys (so bpffs stays visible)."""
-        return subprocess.run(["nsenter", f"--net=/var/run/netns/{ns_name}", *cmd], check=check,
-                              capture_output=True, text=True)
+        return ns_run(ns_name, *cmd, check=check)
 
     def packet_socket(self, ns_name: str, ifname: str) -> socket.socket:
         """An AF_PACKET socket bound to an interface inside a namespace (send and receive raw frames)."""
