@@ -96,7 +96,7 @@ def generated(k: Kernel, seeds: list[int]) -> dict:
 
 
 def measure(seeds: list[int], cdir: Path = CAPTURES) -> dict:
-    with Kernel() as k:
+    with Kernel(replay=True) as k:
         out = {"generated": generated(k, seeds)}
         if (cdir / "labels.csv").exists():
             out["captures"] = shared_captures(k, cdir)

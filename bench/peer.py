@@ -56,7 +56,7 @@ def skyguard_run(k: Kernel, path: Path) -> dict:
 
 def measure(cdir: Path = CAPTURES) -> dict:
     rows = {}
-    with tempfile.TemporaryDirectory(prefix="sg-peer-") as td, Kernel() as k:
+    with tempfile.TemporaryDirectory(prefix="sg-peer-") as td, Kernel(replay=True) as k:
         gen.generate(11, td, calls=5)
         paths = sorted(p for p in cdir.glob("*.pcap*")) + sorted(Path(td).glob("*.pcap"))
         for p in paths:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
+import functools
 import ipaddress
 import os
 import struct
@@ -203,6 +204,80 @@ def _release_compiler_memory() -> None:
         pass
 
 
+def _prog_test_run(fd: int, data: bytes, meta_len: int = 0, repeat: int = 1) -> RunResult:
+    """One BPF_PROG_TEST_RUN of program `fd` on `data`, whose first `meta_len` bytes are XDP metadata."""
+    din = ct.create_string_buffer(data, len(data))
+    dout = ct.create_string_buffer(len(data) + 256)
+    opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts), repeat=max(1, repeat))
+    opts.data_in = ct.cast(din, ct.c_void_p)
+    opts.data_size_in = len(data)
+    opts.data_out = ct.cast(dout, ct.c_void_p)
+    opts.data_size_out = len(dout)
+    ctx = None
+    if meta_len:
+        ctx = ct.create_string_buffer(struct.pack(_XDP_MD_FMT, meta_len, len(data), 0, 0, 0, 0), 24)
+        opts.ctx_in = ct.cast(ctx, ct.c_void_p)
+        opts.ctx_size_in = 24
+    rc = _test_run(fd, ct.byref(opts))
+    if rc != 0:
+        err = ct.get_errno() or -rc
+        raise OSError(err, f"bpf_prog_test_run_opts failed: {os.strerror(abs(err))}")
+    out = dout.raw[: opts.data_size_out]
+    return RunResult(verdict=opts.retval, data=out[meta_len:], duration_ns=opts.duration)
+
+
+# -- the flow clock --------------------------------------------------------------------------------------------------
+HZ_CHOICES = (100, 250, 300, 1000)  # the kernel's CONFIG_HZ choices
+
+
+@dataclass(frozen=True, slots=True)
+class ClockModel:
+    """CLOCK_MONOTONIC ns = jiffies * tick_ns + off_ns (to within one tick): the XDP program's flow clock."""
+
+    tick_ns: int
+    off_ns: int
+
+    def cflags(self) -> list[str]:
+        return [f"-DSG_TICK_NS={self.tick_ns}ULL", f"-DSG_CLOCK_OFF=({self.off_ns}LL)"]
+
+
+def clock_model_from(samples: Sequence[tuple[int, int]]) -> ClockModel:
+    """The model from (jiffies, coarse monotonic ns) samples taken in order. The tick is snapped to the nominal
+    TICK_NSEC of the nearest CONFIG_HZ choice when it is within 0.5% of it; the offset is the median over samples."""
+    (j1, c1), (j2, c2) = samples[0], samples[-1]
+    if j2 <= j1:
+        raise ValueError(f"jiffies did not advance over {len(samples)} clock samples")
+    tick = (c2 - c1) / (j2 - j1)
+    hz = min(HZ_CHOICES, key=lambda h: abs(1e9 / h - tick))
+    nominal = (1_000_000_000 + hz // 2) // hz
+    tick_ns = nominal if abs(nominal - tick) <= 0.005 * nominal else round(tick)
+    offs = sorted(c - j * tick_ns for j, c in samples)
+    return ClockModel(tick_ns, offs[len(offs) // 2])
+
+
+@functools.lru_cache(maxsize=1)
+def clock_model(ticks: int = 4, timeout_s: float = 1.0) -> ClockModel:
+    """Measure the jiffies -> monotonic ns model with bpf/clock.bpf.c (once per process: it is fixed per boot)."""
+    b = bcc.BPF(src_file=str(wire.bpf_dir() / "clock.bpf.c").encode())
+    try:
+        fd = b.load_func(b"xdp_clock", bcc.BPF.XDP).fd
+        frame = bytes(64)
+
+        def sample() -> tuple[int, int]:
+            j, c = struct.unpack_from("<QQ", _prog_test_run(fd, frame).data)
+            return j, c
+
+        samples = [sample()]
+        deadline = time.monotonic() + timeout_s
+        while samples[-1][0] - samples[0][0] < ticks and time.monotonic() < deadline:
+            time.sleep(0.002)
+            samples.append(sample())
+    finally:
+        b.cleanup()
+        _release_compiler_memory()
+    return clock_model_from(samples)
+
+
 def _as_network(network: str | Network) -> Network:
     return ipaddress.ip_network(network, strict=False) if isinstance(network, str) else network
 
@@ -219,8 +294,11 @@ class Kernel:
         lpm_max: int = 131072,
         ringbuf_bytes: int = 1 << 22,
         pin_path: str | None = None,
+        replay: bool = False,
         extra_cflags: Sequence[str] = (),
     ):
+        """`replay`: build the program that takes each packet's time from the XDP metadata a replay hands over
+        (test_run with ts_ns); the live program (the daemon's) has no metadata check on its fast path."""
         bpf_dir = wire.bpf_dir()
         cflags = [
             f"-I{bpf_dir}",
@@ -230,12 +308,16 @@ class Kernel:
             f"-DSG_LPM_MAX={lpm_max}",
             f"-DSG_RINGBUF_BYTES={ringbuf_bytes}",
             "-Wno-unused-function",
+            *clock_model().cflags(),
         ]
+        if replay:
+            cflags.append("-DSG_META_CLOCK")
         if pin_path:
             Path(pin_path).mkdir(parents=True, exist_ok=True)
             cflags.append(f'-DSG_PIN_PATH="{pin_path}"')
         cflags += list(extra_cflags)
         self.pin_path = pin_path
+        self.replay = replay
         self.bpf = bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
         self.fn = self.bpf.load_func(b"xdp_skyguard", bcc.BPF.XDP)
         self.prog_fd: int = self.fn.fd
@@ -276,26 +358,13 @@ class Kernel:
 
     # -- test run ----------------------------------------------------------------------------------------------------
     def test_run(self, frame: bytes, ts_ns: int | None = None, repeat: int = 1) -> RunResult:
-        meta = b"" if ts_ns is None else wire.META_FMT.pack(wire.META_MAGIC, 0, ts_ns)
-        data = meta + frame
-        din = ct.create_string_buffer(data, len(data))
-        dout = ct.create_string_buffer(len(data) + 256)
-        opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts), repeat=max(1, repeat))
-        opts.data_in = ct.cast(din, ct.c_void_p)
-        opts.data_size_in = len(data)
-        opts.data_out = ct.cast(dout, ct.c_void_p)
-        opts.data_size_out = len(dout)
-        ctx = None
-        if meta:
-            ctx = ct.create_string_buffer(struct.pack(_XDP_MD_FMT, len(meta), len(data), 0, 0, 0, 0), 24)
-            opts.ctx_in = ct.cast(ctx, ct.c_void_p)
-            opts.ctx_size_in = 24
-        rc = _test_run(self.prog_fd, ct.byref(opts))
-        if rc != 0:
-            err = ct.get_errno() or -rc
-            raise OSError(err, f"bpf_prog_test_run_opts failed: {os.strerror(abs(err))}")
-        out = dout.raw[: opts.data_size_out]
-        return RunResult(verdict=opts.retval, data=out[len(meta) :], duration_ns=opts.duration)
+        """Run the program on `frame`; `ts_ns` (replay build only) is the packet's time, handed over as metadata."""
+        if ts_ns is None:
+            return _prog_test_run(self.prog_fd, frame, 0, repeat)
+        if not self.replay:
+            raise ValueError("ts_ns needs Kernel(replay=True): the live program has no metadata clock")
+        meta = wire.META_FMT.pack(wire.META_MAGIC, 0, ts_ns)
+        return _prog_test_run(self.prog_fd, meta + frame, len(meta), repeat)
 
     # -- events ------------------------------------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, size: int) -> int:

@@ -96,7 +96,9 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     if kernel is None:
         from .kernel import Kernel
 
-        kernel = Kernel()
+        kernel = Kernel(replay=True)
+    elif not kernel.replay:
+        raise ValueError("replay needs a Kernel(replay=True): the live program ignores capture timestamps")
     runs: list[CaptureRun] = []
     rows: list[dict] = []
     decisions: list[dict] = []

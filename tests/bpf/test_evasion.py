@@ -51,7 +51,7 @@ def policy():
 def kern(bpf_ok):
     from skyguard.kernel import Kernel
 
-    with Kernel(flows_max=8192, lpm_max=4096, ringbuf_bytes=1 << 20) as k:
+    with Kernel(flows_max=8192, lpm_max=4096, ringbuf_bytes=1 << 20, replay=True) as k:
         yield k
 
 

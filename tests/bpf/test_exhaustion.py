@@ -70,7 +70,7 @@ def flood(k, n: int, start: int = 0, check_every: int = 0, probe=None) -> None:
 def small(bpf_ok):
     from skyguard.kernel import Kernel
 
-    with Kernel(flows_max=4096, lpm_max=1024, ringbuf_bytes=1 << 20) as k:
+    with Kernel(flows_max=4096, lpm_max=1024, ringbuf_bytes=1 << 20, replay=True) as k:
         yield k
 
 
@@ -123,7 +123,7 @@ def test_lru_eviction_forgets_a_daemon_decision(small):
 def test_full_ring_buffer_counts_losses_and_never_stalls(bpf_ok):
     from skyguard.kernel import Kernel
 
-    with Kernel(flows_max=4096, lpm_max=1024, ringbuf_bytes=4096) as k:
+    with Kernel(flows_max=4096, lpm_max=1024, ringbuf_bytes=4096, replay=True) as k:
         k.load_policy(block_policy())
         k.poll_events()
         before = k.stats()
@@ -175,7 +175,7 @@ def test_dns_learner_stays_bounded_under_100k_answers():
 def test_default_size_flooded_with_5m_flows(bpf_ok):
     from skyguard.kernel import Kernel
 
-    with Kernel(lpm_max=1024) as k:  # default SG_FLOWS_MAX
+    with Kernel(lpm_max=1024, replay=True) as k:  # default SG_FLOWS_MAX
         k.load_policy(block_policy())
         before = k.stats()
         assert k.test_run(call_packet(0), ts_ns=1).verdict == DROP
@@ -197,7 +197,7 @@ def test_drain_hands_events_over_in_bounded_batches(bpf_ok):
     failing handler surfaces after the batch without losing the events behind it."""
     from skyguard.kernel import Kernel
 
-    with Kernel(flows_max=8192, lpm_max=1024, ringbuf_bytes=1 << 20) as k:
+    with Kernel(flows_max=8192, lpm_max=1024, ringbuf_bytes=1 << 20, replay=True) as k:
         k.load_policy(block_policy())
         k.poll_events()
         n = 1500

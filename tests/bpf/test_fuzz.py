@@ -434,7 +434,7 @@ def measure_linear(k) -> int:
 def kern(bpf_ok):
     from skyguard.kernel import Kernel
 
-    with Kernel(flows_max=65536, lpm_max=1024, ringbuf_bytes=1 << 20) as k:
+    with Kernel(flows_max=65536, lpm_max=1024, ringbuf_bytes=1 << 20, replay=True) as k:
         yield k
 
 

@@ -1,0 +1,95 @@
+"""The flow clock: the jiffies -> CLOCK_MONOTONIC model the loader measures, and what the live build writes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from skyguard import wire
+
+from .packets import udp4
+
+pytestmark = pytest.mark.bpf
+
+
+def _model_from(samples):
+    from skyguard.kernel import clock_model_from
+
+    return clock_model_from(samples)
+
+
+@pytest.mark.parametrize("hz", [100, 250, 300, 1000])
+def test_model_snaps_to_the_nominal_tick(bpf_ok, hz):
+    tick = (1_000_000_000 + hz // 2) // hz
+    off = -17_179_869_184_000_000 + 123_456_789
+    j0 = 4_294_892_296 + 1000
+    # coarse time lags the tick by a few µs of interrupt latency, differently at every sample
+    samples = [(j0 + i, (j0 + i) * tick + off + jitter) for i, jitter in enumerate((3000, 900, 7000, 1500, 2500))]
+    m = _model_from(samples)
+    assert m.tick_ns == tick
+    assert m.off_ns == off + 2500  # the median lag
+    assert m.cflags() == [f"-DSG_TICK_NS={tick}ULL", f"-DSG_CLOCK_OFF=({off + 2500}LL)"]
+
+
+def test_model_keeps_a_tick_that_is_no_config_hz(bpf_ok):
+    tick = 976_562  # HZ=1024 (some architectures)
+    m = _model_from([(10, 10 * tick), (14, 14 * tick + 2)])
+    assert m.tick_ns == tick and m.off_ns == 2  # the upper median of the two offsets, 0 and 2
+
+
+def test_model_needs_the_jiffies_to_move(bpf_ok):
+    with pytest.raises(ValueError, match="did not advance"):
+        _model_from([(5, 100), (5, 100)])
+
+
+def test_measured_model_tracks_the_monotonic_clock(bpf_ok):
+    from skyguard.kernel import clock_model
+
+    m = clock_model()
+    assert 1_000_000 <= m.tick_ns <= 10_000_000  # CONFIG_HZ 100..1000
+    assert m.tick_ns in {(1_000_000_000 + hz // 2) // hz for hz in (100, 250, 300, 1000)}
+
+
+@pytest.fixture(scope="module")
+def live(bpf_ok):
+    from skyguard.kernel import Kernel
+
+    with Kernel(flows_max=1024, lpm_max=64, ringbuf_bytes=1 << 16) as k:
+        yield k
+
+
+def _flow(k, sport: int) -> wire.Flow:
+    for key, f in k.flows():
+        if sport in (key.lo_port, key.hi_port):
+            return f
+    raise AssertionError(f"no flow with port {sport}")
+
+
+def test_live_build_stamps_flows_with_monotonic_ns(live):
+    from skyguard.kernel import clock_model
+
+    tick = clock_model().tick_ns
+    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    live.test_run(udp4("192.0.2.61", 41001, "198.51.100.61", 9, b"a" * 20))
+    t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    first = _flow(live, 41001).first_ns
+    # the jiffies clock is the last tick's time: behind by up to a tick, plus the model's own error
+    assert t0 - 3 * tick <= first <= t1 + tick, (t0, first, t1)
+    time.sleep(4 * tick / 1e9)
+    live.test_run(udp4("198.51.100.61", 9, "192.0.2.61", 41001, b"b" * 20))
+    f = _flow(live, 41001)
+    assert f.first_ns == first and f.last_ns - first >= 2 * tick
+
+
+def test_live_build_ignores_metadata(live):
+    """A timestamp in the XDP metadata is the replay build's clock only: the live program takes its own."""
+    from skyguard.kernel import _prog_test_run
+
+    meta = wire.META_FMT.pack(wire.META_MAGIC, 0, 123_456_789)
+    before = live.stats()["meta_ts"]
+    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    res = _prog_test_run(live.prog_fd, meta + udp4("192.0.2.62", 41002, "198.51.100.62", 9, b"c" * 20), len(meta))
+    assert res.verdict == 2
+    assert live.stats()["meta_ts"] == before
+    assert _flow(live, 41002).first_ns > t0 - 10**9
