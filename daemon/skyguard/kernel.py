@@ -204,7 +204,7 @@ def _release_compiler_memory() -> None:
         pass
 
 
-def _prog_test_run(fd: int, data: bytes, meta_len: int = 0, repeat: int = 1) -> RunResult:
+def prog_test_run(fd: int, data: bytes, meta_len: int = 0, repeat: int = 1) -> RunResult:
     """One BPF_PROG_TEST_RUN of program `fd` on `data`, whose first `meta_len` bytes are XDP metadata."""
     din = ct.create_string_buffer(data, len(data))
     dout = ct.create_string_buffer(len(data) + 256)
@@ -264,7 +264,7 @@ def clock_model(ticks: int = 4, timeout_s: float = 1.0) -> ClockModel:
         frame = bytes(64)
 
         def sample() -> tuple[int, int]:
-            j, c = struct.unpack_from("<QQ", _prog_test_run(fd, frame).data)
+            j, c = struct.unpack_from("<QQ", prog_test_run(fd, frame).data)
             return j, c
 
         samples = [sample()]
@@ -360,11 +360,11 @@ class Kernel:
     def test_run(self, frame: bytes, ts_ns: int | None = None, repeat: int = 1) -> RunResult:
         """Run the program on `frame`; `ts_ns` (replay build only) is the packet's time, handed over as metadata."""
         if ts_ns is None:
-            return _prog_test_run(self.prog_fd, frame, 0, repeat)
+            return prog_test_run(self.prog_fd, frame, 0, repeat)
         if not self.replay:
             raise ValueError("ts_ns needs Kernel(replay=True): the live program has no metadata clock")
         meta = wire.META_FMT.pack(wire.META_MAGIC, 0, ts_ns)
-        return _prog_test_run(self.prog_fd, meta + frame, len(meta), repeat)
+        return prog_test_run(self.prog_fd, meta + frame, len(meta), repeat)
 
     # -- events ------------------------------------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, size: int) -> int:

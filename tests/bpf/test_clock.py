@@ -84,12 +84,12 @@ def test_live_build_stamps_flows_with_monotonic_ns(live):
 
 def test_live_build_ignores_metadata(live):
     """A timestamp in the XDP metadata is the replay build's clock only: the live program takes its own."""
-    from skyguard.kernel import _prog_test_run
+    from skyguard.kernel import prog_test_run
 
     meta = wire.META_FMT.pack(wire.META_MAGIC, 0, 123_456_789)
     before = live.stats()["meta_ts"]
     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    res = _prog_test_run(live.prog_fd, meta + udp4("192.0.2.62", 41002, "198.51.100.62", 9, b"c" * 20), len(meta))
+    res = prog_test_run(live.prog_fd, meta + udp4("192.0.2.62", 41002, "198.51.100.62", 9, b"c" * 20), len(meta))
     assert res.verdict == 2
     assert live.stats()["meta_ts"] == before
     assert _flow(live, 41002).first_ns > t0 - 10**9
