@@ -80,12 +80,12 @@
 #define SG_S_TCP_PAYLOAD 0x40 /* TCP: this direction's first payload was seen */
 
 /* ---- flow.flags ---- */
-#define SG_F_SEEN     0x01 /* set on every packet, cleared by the daemon's ageing sweep */
 #define SG_F_DAEMON   0x02 /* class written by the daemon: the kernel no longer re-classifies */
 #define SG_F_DONE     0x04 /* inspection finished: fast path only */
 #define SG_F_LOGGED   0x08 /* a classified event was emitted */
 #define SG_F_BLOCKED  0x10 /* an endpoint is in block_v4/6 (set at flow creation; the daemon re-syncs on block/unblock) */
 #define SG_F_EXEMPT   0x20 /* an endpoint is in exempt_v4/6 (set at flow creation; re-synced on reload) */
+#define SG_F_DNS      0x40 /* UDP port 53 on either end (set at creation): its responses go to the daemon as events */
 
 /* ---- per-CPU counters (stats map index). Outcomes: every packet lands in exactly one SG_ST_OUT_* ---- */
 #define SG_ST_PACKETS          0

@@ -41,7 +41,7 @@ MSMEDIA = (ipaddress.ip_network("52.112.0.0/14"), ipaddress.ip_network("2603:106
 ADDRS4 = ("10.1.2.3", "192.168.1.7", "10.66.0.9", "10.77.3.4", "195.215.8.140", "52.114.250.5", "8.8.8.8", "1.2.3.4")
 ADDRS6 = ("fd00::1", "2001:db8::2", "2001:db8:66::5", "2001:db8:77::9", "2603:1063::7", "2a00:1450::1")
 PORTS = (53, 443, 3478, 5060, 12340, 50010, 40000, 1, 65535)
-KNOWN_FLAGS = 0x3F
+KNOWN_FLAGS = sum(v for k, v in wire.C.items() if k.startswith("SG_F_"))
 KNOWN_REASONS = sum(wire.REASONS)
 KNOWN_EVIDENCE = sum(v for k, v in wire.C.items() if k.startswith("SG_E_") and k != "SG_E_DECISIVE")
 FUZZ_CASES = int(os.environ.get("SKYGUARD_FUZZ_CASES", "1500"))
@@ -220,6 +220,8 @@ class Harness:
             assert not f.evidence & ~KNOWN_EVIDENCE, ctx
             assert bool(f.flags & wire.C["SG_F_EXEMPT"]) == (m.outcome == "out_exempt"), ctx
             assert bool(f.flags & wire.C["SG_F_BLOCKED"]) == (m.outcome == "out_blocked"), ctx
+            dns = key.proto == 17 and 53 in (key.lo_port, key.hi_port) and m.outcome != "out_exempt"
+            assert bool(f.flags & wire.C["SG_F_DNS"]) == dns, ctx  # DNS flows never take the fast path
             if m.outcome != "out_flow":
                 assert f.inspected == 0, ctx  # exempt and blocked flows never run the signatures
             if m.outcome == "out_exempt":

@@ -344,6 +344,19 @@ def test_dns_and_tls_events(k):
     assert flow_of(k, "192.168.5.11", 40100, "52.113.194.132", 443, 6).evidence & wire.C["SG_E_TLS"]
 
 
+def test_dns_responses_of_a_decided_flow_still_reach_the_daemon(k):
+    """A DNS flow is decided at its first packet (service port), but every response goes out as an event: the flow
+    carries SG_F_DNS and never takes the fast path. Queries (sport != 53) do not."""
+    k.poll_events()
+    for i in range(3):
+        run(k, udp4("192.168.5.21", 40053, "9.9.9.9", 53, b"\xab\xcd\x01\x00" + bytes(20)))
+        run(k, udp4("9.9.9.9", 53, "192.168.5.21", 40053, bytes([0xab, 0xcd, 0x81, 0x80, i]) + bytes(40)))
+    f = flow_of(k, "192.168.5.21", 40053, "9.9.9.9", 53)
+    assert f.cls == wire.OTHER and f.flags & wire.C["SG_F_DONE"] and f.flags & wire.C["SG_F_DNS"]
+    d = [e for e in k.poll_events() if e.name == "dns"]
+    assert [e.data[4] for e in d] == [0, 1, 2]
+
+
 def test_exempt_and_block(k):
     k.add_prefix("exempt", "10.66.0.0/16", wire.SRC_POLICY)
     k.add_prefix("block", "10.77.0.1/32", wire.SRC_MANUAL)
