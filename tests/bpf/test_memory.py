@@ -1,0 +1,70 @@
+"""After a compile the loader gives back what only the compiler needed: its freed heap and its clean pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .packets import udp4
+
+pytestmark = pytest.mark.bpf
+
+SMAPS = """\
+7f0000000000-7f0000100000 r--p 00000000 fe:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1
+Rss:                 512 kB
+Anonymous:             0 kB
+7f0000100000-7f0000900000 r-xp 00100000 fe:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1
+Rss:               40000 kB
+Anonymous:             0 kB
+7f0000900000-7f0000a00000 r--p 00900000 fe:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1
+Rss:                7000 kB
+Anonymous:          7000 kB
+7f0000a00000-7f0000a10000 rw-p 00a00000 fe:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1
+Rss:                  64 kB
+Anonymous:            64 kB
+7f0001000000-7f0001800000 r-xp 00000000 fe:01 2 /usr/lib/llvm-14/lib/libclang-cpp.so.14
+Rss:               20000 kB
+Anonymous:             0 kB
+7f0002000000-7f0002100000 r-xp 00000000 fe:01 3 /usr/lib/x86_64-linux-gnu/libbcc.so.0.26.0
+Rss:                1500 kB
+Anonymous:             0 kB
+7f0003000000-7f0003001000 rw-p 00000000 00:00 0
+Rss:                   4 kB
+Anonymous:             4 kB
+"""
+
+
+def test_only_clean_compiler_mappings_are_dropped(bpf_ok):
+    from skyguard.kernel import compiler_pages
+
+    assert compiler_pages(SMAPS) == [
+        (0x7F0000000000, 0x7F0000100000),  # headers and constants
+        (0x7F0000100000, 0x7F0000900000),  # code
+        (0x7F0001000000, 0x7F0001800000),  # clang's code
+    ]  # not LLVM's RELRO (relocated: anonymous pages), not its globals, not libbcc (used at run time), not anon
+
+
+def _compiler_rss_kib() -> int:
+    from skyguard.kernel import compiler_pages
+
+    smaps = Path("/proc/self/smaps").read_text()
+    clean = set(compiler_pages(smaps))
+    total, cur = 0, None
+    for line in smaps.splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and not parts[0].endswith(":"):
+            lo, _, hi = parts[0].partition("-")
+            cur = (int(lo, 16), int(hi, 16)) if (int(lo, 16), int(hi, 16)) in clean else None
+        elif parts and parts[0] == "Rss:" and cur is not None:
+            total += int(parts[1])
+    return total
+
+
+def test_compile_leaves_no_compiler_code_resident_and_compiles_again(bpf_ok):
+    from skyguard.kernel import Kernel
+
+    for i in range(2):  # the second compile faults the dropped pages back in from the page cache
+        with Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16) as k:
+            assert _compiler_rss_kib() < 4096  # it was ~75 MiB of LLVM and clang code before they were dropped
+            assert k.test_run(udp4("192.0.2.90", 1000 + i, "198.51.100.90", 53, b"q" * 20)).verdict == 2
