@@ -138,6 +138,7 @@ class ControlServer:
         self.clock = clock
         self._sel = selectors.EpollSelector()
         self._conns: dict[int, _Conn] = {}  # fd -> connection
+        self._nsub = 0  # connections subscribed to events
         self._next_cid = 0
         self._listener = self._bind()
         self._sel.register(self._listener, selectors.EVENT_READ, None)
@@ -216,7 +217,7 @@ class ControlServer:
 
     @property
     def subscribers(self) -> int:
-        return sum(1 for c in self._conns.values() if c.subscribed)
+        return self._nsub  # kept as clients subscribe and leave: the engine asks once per event
 
     def poll(self, timeout: float | None = 0.0) -> None:
         """Handle whatever is ready (waiting up to `timeout` seconds), then expire clients past their deadlines."""
@@ -374,6 +375,8 @@ class ControlServer:
             self._reply(conn, error_reply(rid, UNKNOWN_COMMAND, f"unknown command {cmd!r}"))
             return
         if cmd == "events":
+            if not conn.subscribed:
+                self._nsub += 1
             conn.subscribed = True
             self.log.info("control: client %d subscribed to events", conn.cid)
             self._reply(conn, {"v": PROTO_VERSION, "id": rid, "ok": True, "result": {"subscribed": True}})
@@ -463,6 +466,8 @@ class ControlServer:
         if not self._alive(conn):
             return
         del self._conns[conn.fd]
+        if conn.subscribed:
+            self._nsub -= 1
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.sock)
         conn.sock.close()

@@ -73,7 +73,7 @@ class Daemon:
         for ifname in cfg.interfaces:
             self._attach(ifname)
         self.control = ControlServer(cfg.socket, self.handle, mode=cfg.socket_mode, group=cfg.socket_group)
-        self.engine.subscribe(self.control.publish)
+        self.engine.subscribe(self.control.publish, lambda: self.control.subscribers > 0)
         self.links = LinkWatcher()
         self.sel.register(self.control, selectors.EVENT_READ, "control")
         self.sel.register(self.links, selectors.EVENT_READ, "links")
