@@ -87,6 +87,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         modes = ", ".join(f"{a.ifname} {a.mode}" for a in self.attached.values())
         self.log.info("skyguardd ready", version=__version__, interfaces=modes, policy=policy.name,
+                      flow_clock=self.kernel.clock_note,
                       prog_id=self.prog_id(), socket=str(cfg.socket))
         self.notify.ready(f"enforcing {policy.name} on {modes}")
 

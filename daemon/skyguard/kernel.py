@@ -344,8 +344,14 @@ class Kernel:
             f"-DSG_LPM_MAX={lpm_max}",
             f"-DSG_RINGBUF_BYTES={ringbuf_bytes}",
             "-Wno-unused-function",
-            *clock_model().cflags(),
         ]
+        self.clock: ClockModel | None = None  # None: the program reads bpf_ktime_get_coarse_ns instead
+        try:
+            self.clock = clock_model()
+            cflags += self.clock.cflags()
+            self.clock_note = f"jiffies x {self.clock.tick_ns} ns"
+        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception when the probe does not compile or load
+            self.clock_note = f"bpf_ktime_get_coarse_ns (jiffies clock probe failed: {e})"
         if replay:
             cflags.append("-DSG_META_CLOCK")
         if pin_path:

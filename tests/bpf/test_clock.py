@@ -93,3 +93,22 @@ def test_live_build_ignores_metadata(live):
     assert res.verdict == 2
     assert live.stats()["meta_ts"] == before
     assert _flow(live, 41002).first_ns > t0 - 10**9
+
+
+def test_a_failed_probe_falls_back_to_the_coarse_clock(bpf_ok, monkeypatch):
+    from skyguard import kernel
+
+    def broken(*_a, **_kw):
+        raise Exception("Failed to load BPF program b'xdp_clock': Invalid argument")
+
+    monkeypatch.setattr(kernel, "clock_model", broken)
+    with kernel.Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16) as k:
+        assert k.clock is None and "probe failed" in k.clock_note
+        t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        k.test_run(udp4("192.0.2.63", 41003, "198.51.100.63", 9, b"d" * 20))
+        t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert t0 - 50_000_000 <= _flow(k, 41003).first_ns <= t1  # bpf_ktime_get_coarse_ns: the last tick's time
+
+
+def test_live_kernel_says_which_clock_it_uses(live):
+    assert live.clock is not None and live.clock_note == f"jiffies x {live.clock.tick_ns} ns"
