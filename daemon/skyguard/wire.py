@@ -158,8 +158,8 @@ class FlowKey(NamedTuple):
     FMT = struct.Struct("<16s16sHHHBx")
 
     @classmethod
-    def unpack(cls, raw: bytes | bytearray | memoryview) -> FlowKey:
-        return cls._make(cls.FMT.unpack_from(raw))
+    def unpack(cls, raw: bytes | bytearray | memoryview, offset: int = 0) -> FlowKey:
+        return cls._make(cls.FMT.unpack_from(raw, offset))
 
     def pack(self) -> bytes:
         return self.FMT.pack(self.lo_addr, self.hi_addr, self.lo_port, self.hi_port, self.vlan, self.proto)
@@ -313,7 +313,7 @@ class Event:
         if len(raw) < EV_HDR_SIZE:
             raise ValueError(f"event of {len(raw)} bytes is shorter than its {EV_HDR_SIZE}-byte header")
         typ, d, _p, _p2, ts = EV_HDR_FMT.unpack_from(raw, 0)
-        key = FlowKey._make(FlowKey.FMT.unpack_from(raw, EV_HDR_FMT.size))
+        key = FlowKey.unpack(raw, EV_HDR_FMT.size)
         ev = cls(typ, d, ts, key)
         if typ == EV_CLASSIFIED:
             ev.old_cls, ev.new_cls, _, ev.reason, ev.pkts = EV_CLASSIFIED_FMT.unpack_from(raw, EV_HDR_SIZE)
