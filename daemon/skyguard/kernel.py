@@ -200,26 +200,38 @@ _COMPILER_LIBS = ("/libLLVM", "/libclang")  # the compiler bcc embeds: used only
 _MADV_DONTNEED = 4
 
 
-def compiler_pages(smaps: str) -> list[tuple[int, int]]:
-    """(start, end) of the compiler libraries' mappings in a /proc/PID/smaps text that hold only clean file pages:
-    read-only and with no anonymous (copied-on-write) page. That leaves out the libraries' globals and their RELRO
-    segment (relocated by the dynamic linker, then made read-only), whose content is not the file's."""
-    out = []
-    cur: tuple[int, int] | None = None
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One mapping of a /proc/PID/smaps text: address range, permissions, path and its kB fields (Rss, Anonymous...)."""
+
+    lo: int
+    hi: int
+    perms: str
+    path: str
+    kib: dict[str, int]
+
+
+def smaps_mappings(smaps: str) -> list[Mapping]:
+    out: list[Mapping] = []
     for line in smaps.splitlines():
         parts = line.split()
         if not parts:
             continue
-        if "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
-            cur = None
-            if len(parts) >= 6 and "w" not in parts[1] and any(n in parts[5] for n in _COMPILER_LIBS):
-                lo, hi = parts[0].split("-")
-                cur = (int(lo, 16), int(hi, 16))
-        elif parts[0] == "Anonymous:" and cur is not None:
-            if parts[1] == "0":
-                out.append(cur)
-            cur = None
+        if parts[0].endswith(":"):
+            if out and len(parts) >= 2 and parts[1].isdigit():
+                out[-1].kib[parts[0][:-1]] = int(parts[1])
+        elif "-" in parts[0] and len(parts) >= 5:
+            lo, hi = parts[0].split("-")
+            out.append(Mapping(int(lo, 16), int(hi, 16), parts[1], parts[5] if len(parts) >= 6 else "", {}))
     return out
+
+
+def compiler_pages(smaps: str) -> list[Mapping]:
+    """The compiler libraries' mappings in a /proc/PID/smaps text that hold only clean file pages: read-only and with
+    no anonymous (copied-on-write) page. That leaves out the libraries' globals and their RELRO segment (relocated by
+    the dynamic linker, then made read-only), whose content is not the file's."""
+    return [m for m in smaps_mappings(smaps) if "w" not in m.perms and any(n in m.path for n in _COMPILER_LIBS)
+            and m.kib.get("Anonymous", 1) == 0]
 
 
 def _release_compiler_memory() -> int:
@@ -232,9 +244,9 @@ def _release_compiler_memory() -> int:
         libc = ct.CDLL("libc.so.6", use_errno=True)
         libc.malloc_trim(0)
         libc.madvise.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int]
-        for lo, hi in compiler_pages(Path("/proc/self/smaps").read_text()):
-            if libc.madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
-                dropped += hi - lo
+        for m in compiler_pages(Path("/proc/self/smaps").read_text()):
+            if libc.madvise(m.lo, m.hi - m.lo, _MADV_DONTNEED) == 0:
+                dropped += m.hi - m.lo
     except (OSError, AttributeError):
         pass
     return dropped

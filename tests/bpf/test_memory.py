@@ -38,7 +38,7 @@ Anonymous:             4 kB
 def test_only_clean_compiler_mappings_are_dropped(bpf_ok):
     from skyguard.kernel import compiler_pages
 
-    assert compiler_pages(SMAPS) == [
+    assert [(m.lo, m.hi) for m in compiler_pages(SMAPS)] == [
         (0x7F0000000000, 0x7F0000100000),  # headers and constants
         (0x7F0000100000, 0x7F0000900000),  # code
         (0x7F0001000000, 0x7F0001800000),  # clang's code
@@ -48,17 +48,7 @@ def test_only_clean_compiler_mappings_are_dropped(bpf_ok):
 def _compiler_rss_kib() -> int:
     from skyguard.kernel import compiler_pages
 
-    smaps = Path("/proc/self/smaps").read_text()
-    clean = set(compiler_pages(smaps))
-    total, cur = 0, None
-    for line in smaps.splitlines():
-        parts = line.split()
-        if parts and "-" in parts[0] and not parts[0].endswith(":"):
-            lo, _, hi = parts[0].partition("-")
-            cur = (int(lo, 16), int(hi, 16)) if (int(lo, 16), int(hi, 16)) in clean else None
-        elif parts and parts[0] == "Rss:" and cur is not None:
-            total += int(parts[1])
-    return total
+    return sum(m.kib["Rss"] for m in compiler_pages(Path("/proc/self/smaps").read_text()))
 
 
 def test_compile_leaves_no_compiler_code_resident_and_compiles_again(bpf_ok):
