@@ -73,6 +73,32 @@ def interleaved(runs: dict[str, tuple[int, bytes]], repeat: int, rounds: int = 5
     return best
 
 
+@dataclass
+class Baseline:
+    """A baseline XDP program of bench/, compiled and loaded: `bpf` (its maps), `fd`; close() unloads it."""
+
+    bpf: object
+    fd: int
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def load_baseline(name: str, flows_max: int | None = None) -> Baseline:
+    """bench/noop.bpf.c (`noop`) or bench/floor.bpf.c (`floor`: skyguard's parsing and a flow table of `flows_max`)."""
+    import bcc
+
+    from skyguard import wire
+
+    cflags = [] if flows_max is None else [f"-I{wire.bpf_dir()}", f"-DSG_FLOWS_MAX={flows_max}"]
+    b = bcc.BPF(src_file=str(ROOT / f"bench/{name}.bpf.c").encode(), cflags=cflags)
+    try:
+        return Baseline(b, b.load_func(f"xdp_{name}".encode(), bcc.BPF.XDP).fd)
+    except BaseException:
+        b.cleanup()
+        raise
+
+
 def machine() -> dict:
     cpu = ""
     try:

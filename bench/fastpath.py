@@ -16,9 +16,8 @@ import json
 import statistics
 import sys
 
-import bcc  # noqa: E402
 import common
-from common import ROOT, Frames, interleaved, ratio
+from common import Frames, interleaved, load_baseline, ratio
 
 from skyguard import kernel, wire  # noqa: E402
 from skyguard.policy import parse_policy  # noqa: E402
@@ -40,14 +39,12 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
     """Every case is timed in turn with the floor and the no-op on the same frame, `rounds` times (min of each)."""
     fr = Frames()
     flows_max = 65536
-    noop = bcc.BPF(src_file=str(ROOT / "bench/noop.bpf.c").encode())
-    floor = bcc.BPF(src_file=str(ROOT / "bench/floor.bpf.c").encode(),
-                    cflags=[f"-I{wire.bpf_dir()}", f"-DSG_FLOWS_MAX={flows_max}"])
+    noop = load_baseline("noop")
+    floor = load_baseline("floor", flows_max)
+    noop_fd, floor_fd = noop.fd, floor.fd
     cases: dict[str, dict[str, float]] = {}
     attrs: dict[str, str] = {}
     try:
-        noop_fd = noop.load_func(b"xdp_noop", bcc.BPF.XDP).fd
-        floor_fd = floor.load_func(b"xdp_floor", bcc.BPF.XDP).fd
 
         def timed(name: str, fd: int, attr: str, n: int = repeat) -> None:
             frame = getattr(fr, attr)
@@ -76,8 +73,8 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
         with kernel.Kernel(flows_max=flows_max, window=window, ringbuf_bytes=65536) as k:
             timed("stun_window", k.prog_fd, "stun", stun_repeat)
     finally:
-        noop.cleanup()
-        floor.cleanup()
+        noop.close()
+        floor.close()
     out = {"noop_ns": min(c["noop"] for c in cases.values()),
            "floor_ns": {attrs[n]: c["floor"] for n, c in cases.items()}, "repeat": repeat, "rounds": rounds,
            "dscp_rewrite_delta_ns": marked - passed, "cases": {}}

@@ -20,8 +20,7 @@ import statistics
 import struct
 import sys
 
-import bcc  # noqa: E402
-from common import ROOT, Frames, best_of, ratio, test_run_ns, udp4_frame
+from common import Frames, best_of, load_baseline, ratio, test_run_ns, udp4_frame
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
@@ -53,16 +52,15 @@ def flow_fill(sizes: list[int], repeat: int, spread: int = 2000) -> dict:
     fr = Frames()
     rng = random.Random(11)
     out = {}
-    noop = bcc.BPF(src_file=str(ROOT / "bench/noop.bpf.c").encode())
+    noop = load_baseline("noop")
     try:
-        noop_fd = noop.load_func(b"xdp_noop", bcc.BPF.XDP).fd
+        noop_fd = noop.fd
         for n in sizes:
             fmax = max(65536, n + n // 4)
-            floor = bcc.BPF(src_file=str(ROOT / "bench/floor.bpf.c").encode(),
-                            cflags=[f"-I{wire.bpf_dir()}", f"-DSG_FLOWS_MAX={fmax}"])
+            floor = load_baseline("floor", fmax)
             try:
-                floor_fd = floor.load_func(b"xdp_floor", bcc.BPF.XDP).fd
-                fmap = kernel._RawMap(floor[b"flows"].map_fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
+                floor_fd = floor.fd
+                fmap = kernel._RawMap(floor.bpf[b"flows"].map_fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
                 with kernel.Kernel(flows_max=fmax) as k:
                     fill_flows(k, n)
                     fmap.update_batch(_fill_keys(n), _FILL_VALUE * n)
@@ -75,13 +73,13 @@ def flow_fill(sizes: list[int], repeat: int, spread: int = 2000) -> dict:
                         for arm, fd in (("skyguard", k.prog_fd), ("floor", floor_fd), ("noop", noop_fd)):
                             runs[arm].append(test_run_ns(fd, f, 1))
             finally:
-                floor.cleanup()
+                floor.close()
             med = {arm: statistics.median(v) for arm, v in runs.items()}
             out[n] = {"ns": hot, "spread_ns": med["skyguard"], "spread_floor_ns": med["floor"],
                       "spread_noop_ns": med["noop"], "spread_x_floor": ratio(med["skyguard"], med["floor"]),
                       "spread_over_noop_x_floor": ratio(med["skyguard"] - med["noop"], med["floor"] - med["noop"])}
     finally:
-        noop.cleanup()
+        noop.close()
     return out
 
 

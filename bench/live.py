@@ -41,10 +41,10 @@ from pathlib import Path
 
 import bcc  # noqa: E402
 import common
-from common import ROOT, ratio
+from common import ROOT, load_baseline, ratio
 from pyroute2 import netns
 
-from skyguard import ifaces, wire  # noqa: E402
+from skyguard import ifaces  # noqa: E402
 from skyguard.kernel import Kernel  # noqa: E402
 from skyguard.topo import in_netns, make_veth, ns_iproute, ns_run, remove_namespaces  # noqa: E402
 
@@ -218,11 +218,9 @@ class Arms:
     def __init__(self, pair: VethPair, mode: str) -> None:
         self.pair = pair
         self.kernel = Kernel()
-        self.noop = bcc.BPF(src_file=str(ROOT / "bench/noop.bpf.c").encode())
-        self.floor = bcc.BPF(src_file=str(ROOT / "bench/floor.bpf.c").encode(),
-                             cflags=[f"-I{wire.bpf_dir()}", f"-DSG_FLOWS_MAX={FLOOR_FLOWS_MAX}"])
-        self.fds = {"noop": self.noop.load_func(b"xdp_noop", bcc.BPF.XDP).fd,
-                    "floor": self.floor.load_func(b"xdp_floor", bcc.BPF.XDP).fd, "skyguard": self.kernel.prog_fd}
+        self.noop = load_baseline("noop")
+        self.floor = load_baseline("floor", FLOOR_FLOWS_MAX)
+        self.fds = {"noop": self.noop.fd, "floor": self.floor.fd, "skyguard": self.kernel.prog_fd}
         self.mode = self._pick_mode(mode)
 
     def _pick_mode(self, mode: str) -> str:
@@ -246,8 +244,8 @@ class Arms:
         return self.kernel.stats().get("packets", 0)
 
     def close(self) -> None:
-        self.noop.cleanup()
-        self.floor.cleanup()
+        self.noop.close()
+        self.floor.close()
         self.kernel.close()
 
 
