@@ -75,7 +75,7 @@ def flow_fill(sizes: list[int], repeat: int, spread: int = 2000) -> dict:
             finally:
                 floor.close()
             med = {arm: statistics.median(v) for arm, v in runs.items()}
-            out[n] = {"ns": hot, "spread_ns": med["skyguard"], "spread_floor_ns": med["floor"],
+            out[n] = {"ns": hot, "spread_flows": spread, "spread_ns": med["skyguard"], "spread_floor_ns": med["floor"],
                       "spread_noop_ns": med["noop"], "spread_x_floor": ratio(med["skyguard"], med["floor"]),
                       "spread_over_noop_x_floor": ratio(med["skyguard"] - med["noop"], med["floor"] - med["noop"])}
     finally:
@@ -111,8 +111,9 @@ def measure(quick: bool = False) -> dict:
 
 
 def format_table(res: dict) -> str:
-    lines = ["established flow, ns/packet by flow-map fill: one flow repeated (cached) | one run each on 2000 filled"
-             " flows, median (skyguard, floor, no-op; x floor above the no-op's single-run cost)"]
+    spread = next(iter(res["flow_fill"].values()))["spread_flows"]
+    lines = [f"established flow, ns/packet by flow-map fill: one flow repeated (cached) | one run each on {spread} "
+             "filled flows, median (skyguard, floor, no-op; x floor above the no-op's single-run cost)"]
     lines += [f"  {n:>9} flows  {c['ns']:6.1f} ns  x{c['x_smallest']:.2f} | {c['spread_ns']:6.0f} "
               f"{c['spread_floor_ns']:6.0f} {c['spread_noop_ns']:5.0f} ns  x{c['spread_x_smallest']:.2f}  "
               f"x floor {c['spread_over_noop_x_floor']:.2f}" for n, c in res["flow_fill"].items()]
