@@ -15,8 +15,12 @@ from pathlib import Path
 
 from common import ROOT
 
-from skyguard import gen, replay, score  # noqa: E402
-from skyguard.kernel import Kernel  # noqa: E402
+from skyguard.kernel.loader import Kernel  # noqa: E402
+from skyguard.lab import (
+    gen,
+    score,  # noqa: E402
+)
+from skyguard.offline import replay
 
 CAPTURES = ROOT.parent / "shared" / "captures"
 PHONE_KINDS = ("legacy-e2o", "modern-sbc", "dns-pstn")

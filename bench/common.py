@@ -53,7 +53,7 @@ def test_run_ns(fd: int, frame: bytes, repeat: int) -> float:
     """Mean ns per run of the program on `frame` as the kernel reports it (one BPF_PROG_TEST_RUN, `repeat` runs).
     The kernel's figure is an integer mean; timing the syscall from here instead would add a fixed ~16 ms per call
     with repeat > 1 (measured on this kernel), so the kernel's own timer is the one used."""
-    from skyguard.kernel import prog_test_run
+    from skyguard.kernel.bpfsys import prog_test_run
 
     return float(prog_test_run(fd, frame, repeat=repeat).duration_ns)
 

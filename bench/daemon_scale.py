@@ -36,11 +36,11 @@ import numpy as np
 from common import ratio
 
 from skyguard import wire  # noqa: E402
-from skyguard.client import Client  # noqa: E402
-from skyguard.flowtable import FLOW_DTYPE, KEY_DTYPE, FlowTable  # noqa: E402
-from skyguard.kernel import _RawMap  # noqa: E402  (raw fd map access, batch update)
-from skyguard.lab import spawn_daemon, stop_daemon, wait_ready  # noqa: E402
-from skyguard.topo import Topology  # noqa: E402
+from skyguard.cli.client import Client  # noqa: E402
+from skyguard.kernel.bpfsys import RawMap  # noqa: E402
+from skyguard.kernel.flowtable import FLOW_DTYPE, KEY_DTYPE, FlowTable  # noqa: E402
+from skyguard.lab.demo import spawn_daemon, stop_daemon, wait_ready  # noqa: E402
+from skyguard.lab.topo import Topology  # noqa: E402
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 BPF_MAP_TYPE_LRU_HASH = 9
@@ -183,7 +183,7 @@ class _PinnedFlows:
     """Just enough of Kernel for FlowTable: the pinned flow map read in batches."""
 
     def __init__(self, fd: int) -> None:
-        self.map = _RawMap(fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
+        self.map = RawMap(fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
 
     def flows_raw(self):
         return self.map.iter_batches()
@@ -197,7 +197,7 @@ def measure_table(d: DaemonUnderTest, n: int, requests: int, spread_s: float) ->
         t = time.perf_counter()
         keys, vals = packed_flows(n, time.monotonic_ns())
         out["pack_s"] = time.perf_counter() - t
-        m = _RawMap(fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
+        m = RawMap(fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
         t = time.perf_counter()
         out["written"] = m.update_batch(keys, vals)
         out["fill_s"] = time.perf_counter() - t

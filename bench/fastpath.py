@@ -19,7 +19,8 @@ import sys
 import common
 from common import Frames, interleaved, load_baseline, ratio
 
-from skyguard import kernel, wire  # noqa: E402
+from skyguard import wire
+from skyguard.kernel import loader as kernel  # noqa: E402
 from skyguard.policy import parse_policy  # noqa: E402
 
 MARK = 'name = "bench-mark"\n[class.other]\naction = "mark"\ndscp = 46\n'

@@ -24,7 +24,9 @@ from common import Frames, best_of, load_baseline, ratio, test_run_ns, udp4_fram
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
-from skyguard import kernel, wire  # noqa: E402
+from skyguard import wire
+from skyguard.kernel import loader as kernel  # noqa: E402
+from skyguard.kernel.bpfsys import RawMap  # noqa: E402
 from skyguard.policy import parse_policy  # noqa: E402
 
 
@@ -60,7 +62,7 @@ def flow_fill(sizes: list[int], repeat: int, spread: int = 2000) -> dict:
             floor = load_baseline("floor", fmax)
             try:
                 floor_fd = floor.fd
-                fmap = kernel._RawMap(floor.bpf[b"flows"].map_fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
+                fmap = RawMap(floor.bpf[b"flows"].map_fd, wire.FlowKey.FMT.size, wire.Flow.FMT.size)
                 with kernel.Kernel(flows_max=fmax) as k:
                     fill_flows(k, n)
                     fmap.update_batch(_fill_keys(n), _FILL_VALUE * n)

@@ -44,9 +44,9 @@ import common
 from common import ROOT, load_baseline, ratio
 from pyroute2 import netns
 
-from skyguard import ifaces  # noqa: E402
-from skyguard.kernel import Kernel  # noqa: E402
-from skyguard.topo import in_netns, make_veth, ns_iproute, ns_run, remove_namespaces  # noqa: E402
+from skyguard.kernel import ifaces  # noqa: E402
+from skyguard.kernel.loader import Kernel  # noqa: E402
+from skyguard.lab.topo import in_netns, make_veth, ns_iproute, ns_run, remove_namespaces  # noqa: E402
 
 SIZES = (64, 1400)
 FLOWS = (1, 10_000)

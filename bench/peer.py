@@ -17,8 +17,9 @@ from pathlib import Path
 
 from common import ROOT
 
-from skyguard import gen, replay  # noqa: E402
-from skyguard.kernel import Kernel  # noqa: E402
+from skyguard.kernel.loader import Kernel  # noqa: E402
+from skyguard.lab import gen
+from skyguard.offline import replay  # noqa: E402
 
 CAPTURES = ROOT.parent / "shared" / "captures"
 _PPS = re.compile(r"nDPI throughput:\s+([\d.]+)\s*([KM]?) pps")

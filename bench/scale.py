@@ -18,8 +18,9 @@ import time
 
 from growth import fill_flows
 
-from skyguard import kernel, wire  # noqa: E402
-from skyguard.flowtable import FlowTable  # noqa: E402
+from skyguard import wire
+from skyguard.kernel import loader as kernel  # noqa: E402
+from skyguard.kernel.flowtable import FlowTable  # noqa: E402
 
 
 def memlock(fd: int) -> int:

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import names as names_mod
-from . import wire
+from skyguard import names as names_mod
+from skyguard import wire
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

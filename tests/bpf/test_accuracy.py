@@ -12,10 +12,10 @@ import json
 
 import pytest
 
-from skyguard import gen
+from skyguard.lab import gen
+from skyguard.lab.score import read_gen_labels, read_labels, score_generated, score_ndpi
+from skyguard.offline.replay import replay
 from skyguard.policy import load_policy
-from skyguard.replay import replay
-from skyguard.score import read_gen_labels, read_labels, score_generated, score_ndpi
 from tests.conftest import ROOT
 
 NOT_SKYPE = ["dnscrypt_skype_false_positive.pcapng", "whatsapp_voice_and_message.pcap", "wa_video.pcap",

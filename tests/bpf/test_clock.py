@@ -14,7 +14,7 @@ pytestmark = pytest.mark.bpf
 
 
 def _model_from(samples):
-    from skyguard.kernel import clock_model_from
+    from skyguard.kernel.clock import clock_model_from
 
     return clock_model_from(samples)
 
@@ -44,7 +44,7 @@ def test_model_needs_the_jiffies_to_move(bpf_ok):
 
 
 def test_measured_model_tracks_the_monotonic_clock(bpf_ok):
-    from skyguard.kernel import clock_model
+    from skyguard.kernel.clock import clock_model
 
     m = clock_model()
     assert 1_000_000 <= m.tick_ns <= 10_000_000  # CONFIG_HZ 100..1000
@@ -53,7 +53,7 @@ def test_measured_model_tracks_the_monotonic_clock(bpf_ok):
 
 @pytest.fixture(scope="module")
 def live(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=1024, lpm_max=64, ringbuf_bytes=1 << 16) as k:
         yield k
@@ -67,7 +67,7 @@ def _flow(k, sport: int) -> wire.Flow:
 
 
 def test_live_build_stamps_flows_with_monotonic_ns(live):
-    from skyguard.kernel import clock_model
+    from skyguard.kernel.clock import clock_model
 
     tick = clock_model().tick_ns
     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -84,7 +84,7 @@ def test_live_build_stamps_flows_with_monotonic_ns(live):
 
 def test_live_build_ignores_metadata(live):
     """A timestamp in the XDP metadata is the replay build's clock only: the live program takes its own."""
-    from skyguard.kernel import prog_test_run
+    from skyguard.kernel.bpfsys import prog_test_run
 
     meta = wire.META_FMT.pack(wire.META_MAGIC, 0, 123_456_789)
     before = live.stats()["meta_ts"]
@@ -96,7 +96,7 @@ def test_live_build_ignores_metadata(live):
 
 
 def test_a_failed_probe_falls_back_to_the_coarse_clock(bpf_ok, monkeypatch):
-    from skyguard import kernel
+    from skyguard.kernel import loader as kernel
 
     def broken(*_a, **_kw):
         raise Exception("Failed to load BPF program b'xdp_clock': Invalid argument")

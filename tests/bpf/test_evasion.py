@@ -25,11 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from skyguard import gen, wire
-from skyguard import packet as P
-from skyguard.pcap import write_pcap
+from skyguard import wire
+from skyguard.lab import gen
+from skyguard.lab import packet as P
+from skyguard.offline.pcap import write_pcap
+from skyguard.offline.replay import replay
 from skyguard.policy import load_policy
-from skyguard.replay import replay
 
 from .packets import rtp, stun
 
@@ -49,7 +50,7 @@ def policy():
 
 @pytest.fixture(scope="module")
 def kern(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=8192, lpm_max=4096, ringbuf_bytes=1 << 20, replay=True) as k:
         yield k

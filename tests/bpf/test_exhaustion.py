@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from skyguard import gen, wire
-from skyguard import packet as P
-from skyguard.classify import SlowPath
+from skyguard import wire
+from skyguard.lab import packet as P
+from skyguard.lab import payloads
 from skyguard.policy import Policy
+from skyguard.slowpath.classify import SlowPath
 
 pytestmark = pytest.mark.bpf
 
@@ -68,7 +69,7 @@ def flood(k, n: int, start: int = 0, check_every: int = 0, probe=None) -> None:
 
 @pytest.fixture(scope="module")
 def small(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=4096, lpm_max=1024, ringbuf_bytes=1 << 20, replay=True) as k:
         yield k
@@ -121,7 +122,7 @@ def test_lru_eviction_forgets_a_daemon_decision(small):
 
 
 def test_full_ring_buffer_counts_losses_and_never_stalls(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=4096, lpm_max=1024, ringbuf_bytes=4096, replay=True) as k:
         k.load_policy(block_policy())
@@ -159,7 +160,7 @@ def test_dns_learner_stays_bounded_under_100k_answers():
     n = 100_000
     for i in range(n):
         addr = str(ipaddress.IPv4Address(0x0B000000 + i))  # 11.0.0.0/8: global
-        msg = gen.dns_response(i & 0xFFFF, "sip.pstnhub.microsoft.com", 1, [addr])
+        msg = payloads.dns_response(i & 0xFFFF, "sip.pstnhub.microsoft.com", 1, [addr])
         slow.on_event(wire.Event(type=wire.EV_DNS, dir=1, ts_ns=i * 1000, key=key, data=msg))
         for pc in slow.take_prefix_changes():
             added += pc.add
@@ -173,7 +174,7 @@ def test_dns_learner_stays_bounded_under_100k_answers():
 
 @pytest.mark.slow
 def test_default_size_flooded_with_5m_flows(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(lpm_max=1024, replay=True) as k:  # default SG_FLOWS_MAX
         k.load_policy(block_policy())
@@ -195,7 +196,7 @@ def test_drain_hands_events_over_in_bounded_batches(bpf_ok):
     """The daemon's pump: events go to the handler as they are read, at most max_events per call (a flood must not
     keep ring_buffer__consume, and so the daemon's loop, busy forever); nothing is lost or handed over twice, and a
     failing handler surfaces after the batch without losing the events behind it."""
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=8192, lpm_max=1024, ringbuf_bytes=1 << 20, replay=True) as k:
         k.load_policy(block_policy())

@@ -8,12 +8,12 @@ import random
 import pytest
 
 from skyguard import wire
-from skyguard.flowtable import FlowTable, addr_mask
+from skyguard.kernel.flowtable import FlowTable, addr_mask
 
 
 @pytest.fixture
 def filled(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     rng = random.Random(3)
     k = Kernel(flows_max=4096)
@@ -45,7 +45,7 @@ def test_select_matches_full_decode(filled):
     assert total == len(want) and [snap.flow(int(i)).last_ns for i in idx] == want
     net = ipaddress.ip_network("10.3.0.0/16")
     snap, idx, total = t.select(net=net, limit=0)
-    from skyguard.engine import addr_in
+    from skyguard.slowpath.engine import addr_in
 
     assert total == sum(1 for key, _f in truth if addr_in(key.lo_addr, net) or addr_in(key.hi_addr, net))
     v6 = ipaddress.ip_network("2001:db8::/32")

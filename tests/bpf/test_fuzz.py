@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skyguard import gen, wire
-from skyguard import packet as P
+from skyguard import wire
+from skyguard.lab import gen
+from skyguard.lab import packet as P
 from skyguard.policy import Policy
 
 from .refparse import Prediction, flow_outcome, predict
@@ -434,7 +435,7 @@ def measure_linear(k) -> int:
 # ---- fixtures and tests ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kern(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=65536, lpm_max=1024, ringbuf_bytes=1 << 20, replay=True) as k:
         yield k

@@ -45,7 +45,7 @@ PASS, DROP, ABORTED = 2, 1, 0
 @pytest.fixture(scope="module", params=[False, True], ids=["live", "replay"])
 def kern(bpf_ok, request):
     """Every golden packet runs through both builds: the daemon's (jiffies clock) and the replay one (metadata)."""
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=4096, lpm_max=1024, ringbuf_bytes=1 << 20, replay=request.param) as k:
         yield k
@@ -381,7 +381,7 @@ def test_meta_timestamp_is_the_clock(k):
 # ---- real captures -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["skype.pcap", "teams.pcap"])
 def test_replay_capture(kern, captures, name):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=8192, lpm_max=1024, replay=True) as k:
         k.load_policy(policy())

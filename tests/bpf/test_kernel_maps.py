@@ -16,7 +16,7 @@ pytestmark = pytest.mark.bpf
 
 @pytest.fixture(scope="module")
 def k(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     with Kernel(flows_max=1024, lpm_max=256, ringbuf_bytes=1 << 16) as kern:
         yield kern
@@ -99,7 +99,7 @@ def test_flow_iteration_decodes_keys(k):
 def test_pinned_maps_are_adopted(bpf_ok, tmp_path):
     import secrets
 
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     pin = f"/sys/fs/bpf/skyguard-test-{secrets.token_hex(4)}"  # unique: a leftover or a parallel run must not count
     try:

@@ -36,7 +36,7 @@ Anonymous:             4 kB
 
 
 def test_only_clean_compiler_mappings_are_dropped(bpf_ok):
-    from skyguard.kernel import compiler_pages
+    from skyguard.kernel.memory import compiler_pages
 
     assert [(m.lo, m.hi) for m in compiler_pages(SMAPS)] == [
         (0x7F0000000000, 0x7F0000100000),  # headers and constants
@@ -46,13 +46,13 @@ def test_only_clean_compiler_mappings_are_dropped(bpf_ok):
 
 
 def _compiler_rss_kib() -> int:
-    from skyguard.kernel import compiler_pages
+    from skyguard.kernel.memory import compiler_pages
 
     return sum(m.kib["Rss"] for m in compiler_pages(Path("/proc/self/smaps").read_text()))
 
 
 def test_compile_leaves_no_compiler_code_resident_and_compiles_again(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     for i in range(2):  # the second compile faults the dropped pages back in from the page cache
         with Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16) as k:

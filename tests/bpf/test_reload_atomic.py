@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from skyguard import packet as pk
 from skyguard import wire
+from skyguard.lab import packet as pk
 from skyguard.policy import parse_policy
 
 POL_A = """
@@ -56,7 +56,7 @@ def _expected(pol) -> tuple:
 
 @pytest.fixture
 def kern(bpf_ok):
-    from skyguard.kernel import Kernel
+    from skyguard.kernel.loader import Kernel
 
     k = Kernel(flows_max=65536)
     yield k

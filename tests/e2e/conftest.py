@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from skyguard import lab
-from skyguard.client import Client
-from skyguard.topo import Topology, leftover_namespaces
+from skyguard.cli.client import Client
+from skyguard.lab import demo as lab
+from skyguard.lab.topo import Topology, leftover_namespaces
 
 _OURS: list[str] = []  # namespaces made by this session
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from skyguard import lab
+from skyguard.lab import demo as lab
 
 pytestmark = pytest.mark.e2e
 

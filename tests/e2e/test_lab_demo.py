@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from skyguard.topo import leftover_namespaces
+from skyguard.lab.topo import leftover_namespaces
 
 pytestmark = pytest.mark.e2e
 

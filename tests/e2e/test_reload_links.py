@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from skyguard import lab
-from skyguard.client import ClientError
+from skyguard.cli.client import ClientError
+from skyguard.lab import demo as lab
 
 pytestmark = pytest.mark.e2e
 

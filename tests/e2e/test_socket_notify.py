@@ -13,10 +13,10 @@ import time
 import msgpack
 import pytest
 
-from skyguard import lab
-from skyguard.client import ClientError
-from skyguard.ifaces import xdp_prog_id
-from skyguard.topo import PEER, in_netns
+from skyguard.cli.client import ClientError
+from skyguard.kernel.ifaces import xdp_prog_id
+from skyguard.lab import demo as lab
+from skyguard.lab.topo import PEER, in_netns
 
 pytestmark = pytest.mark.e2e
 
@@ -185,7 +185,7 @@ def test_socket_abuse_and_manual_block(rig):
 
 
 def _udp_frame(rig, src: str, sport: int, dst: str, dport: int) -> bytes:
-    from skyguard import packet as pk
+    from skyguard.lab import packet as pk
 
     macs = lab.lab_macs(rig.topo)
     return pk.udp(src, sport, dst, dport, b"manual-block-probe" * 4, src_mac=macs["client"],

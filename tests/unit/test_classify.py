@@ -9,8 +9,8 @@ import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
 from skyguard import wire
-from skyguard.classify import Decision, PrefixChange, SlowPath
 from skyguard.policy import Policy
+from skyguard.slowpath.classify import Decision, PrefixChange, SlowPath
 
 from .test_e2o import e2e_flow, e2o_flow, game_flow, random_flow, wireguard_flow
 

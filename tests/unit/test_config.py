@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from skyguard import logs
-from skyguard.config import Config, ConfigError, IdleTimeouts, load_config, parse_daemon_args
+from skyguard.daemon.config import Config, ConfigError, IdleTimeouts, load_config, parse_daemon_args
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "systemd" / "skyguard.toml"

@@ -19,8 +19,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from skyguard.client import Client, ClientError, ConnectError
-from skyguard.control import COMMANDS, MAX_FRAME, ControlError, ControlServer
+from skyguard.cli.client import Client, ClientError, ConnectError
+from skyguard.daemon.control import COMMANDS, MAX_FRAME, ControlError, ControlServer
 
 FLOWS = [
     {"proto": "udp", "a": "192.168.1.6:50010", "b": "52.114.250.5:3478", "vlan": 0, "class": "skype-relay",

@@ -13,7 +13,7 @@ from scapy.layers.inet import UDP
 from scapy.utils import rdpcap
 
 from skyguard import wire
-from skyguard.dnslearn import (
+from skyguard.slowpath.dnslearn import (
     TTL_MAX_S,
     TTL_MIN_S,
     DnsError,

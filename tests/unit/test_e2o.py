@@ -7,7 +7,7 @@ import random
 import pytest
 
 from skyguard import wire
-from skyguard.e2o import MAX_SAMPLES, Chi2, E2OTracker
+from skyguard.slowpath.e2o import MAX_SAMPLES, Chi2, E2OTracker
 
 MS = 1_000_000
 Sample = tuple[int, int, int, bytes]  # ts_ns, dir, payload_len, first <= 64 bytes

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from skyguard import wire
-from skyguard.engine import Engine
 from skyguard.policy import parse_policy
+from skyguard.slowpath.engine import Engine
 
 KEY = wire.FlowKey.make("192.0.2.7", 40000, "198.51.100.9", 3478, 17)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from skyguard import gen
-from skyguard import packet as pk
-from skyguard.pcap import read_packets
+from skyguard.lab import gen, kinds, payloads, traffic
+from skyguard.lab import packet as pk
+from skyguard.offline.pcap import read_packets
 
 CONFTEST_CAPTURES = Path(__file__).resolve().parents[2].parent / "shared" / "captures"
 
@@ -201,8 +201,8 @@ def test_legacy_e2o() -> None:
             # Bonfiglio: (rate x interval + 8) x redundancy + 4 with 8 kbit/s and 10/20/30 ms
             modes = {(i + 8) * r + 4 for i in (10, 20, 30) for r in (1, 2)}
             assert statistics.mode(len(x) for x in body) in modes
-    assert gen.E2O_PORT in ports and len(ports) > 1  # sometimes 12340, sometimes not
-    assert len(gateways - set(gen.E2O_GATEWAYS)) > 1
+    assert traffic.E2O_PORT in ports and len(ports) > 1  # sometimes 12340, sometimes not
+    assert len(gateways - set(traffic.E2O_GATEWAYS)) > 1
 
 
 def test_modern_p2p(out: Path) -> None:
@@ -223,7 +223,7 @@ def test_modern_sbc(out: Path) -> None:
         stun_pkts = [(d, p) for d, p in flow if is_stun(p.payload)]
         assert {(d, p.payload[:2]) for d, p in stun_pkts} == {(0, b"\0\x01"), (1, b"\x01\x01")}  # SBC is ICE-lite
         sbc = ipaddress.ip_address(flow[0][1].dst)
-        assert sbc.is_global and not any(sbc in n for n in gen.MS_AVOID if n.version == 4)
+        assert sbc.is_global and not any(sbc in n for n in traffic.MS_AVOID if n.version == 4)
         rtp = [p for _, p in flow if not is_stun(p.payload)]
         assert len({p.payload[1] & 0x7F for p in rtp}) == 1 and rtp[0].payload[1] & 0x7F in (0, 8)
         assert {len(p.payload) for p in rtp} == {172}
@@ -310,7 +310,7 @@ def test_tshark_decodes_stun_with_ms_attributes(out: Path) -> None:
 def test_tshark_decodes_dns_sip_and_tls(out: Path) -> None:
     names = tshark(out / "dns-pstn.pcap", "-Y", "dns.flags.response==1", "-T", "fields", "-e", "dns.qry.name", "-e",
                    "dns.a").split("\n")
-    assert names[0].split("\t")[0] in gen.PSTN_NAMES and names[0].split("\t")[1]
+    assert names[0].split("\t")[0] in kinds.PSTN_NAMES and names[0].split("\t")[1]
     methods = tshark(out / "sip-rtp.pcap", "-Y", "sip", "-T", "fields", "-e", "sip.Method", "-e", "sip.Status-Code")
     assert {"INVITE", "ACK", "BYE"} <= set(methods.split()) and "200" in methods.split()
     assert "audio" in tshark(out / "sip-rtp.pcap", "-Y", "sdp", "-T", "fields", "-e", "sdp.media")
@@ -325,9 +325,9 @@ def test_tshark_decodes_dns_sip_and_tls(out: Path) -> None:
 
 
 def test_dns_response_with_a_cname_chain_resolves_through_the_chain() -> None:
-    from skyguard.dnslearn import parse_response, resolve_chain
+    from skyguard.slowpath.dnslearn import parse_response, resolve_chain
 
-    msg = gen.dns_response(7, "api.microsoftstream.com", 1, ["104.40.187.151"],
+    msg = payloads.dns_response(7, "api.microsoftstream.com", 1, ["104.40.187.151"],
                            cnames=["api.stream.trafficmanager.net", "x-1.cloudapp.net"])
     chain, addrs = resolve_chain(parse_response(msg))
     assert chain == ["api.microsoftstream.com", "api.stream.trafficmanager.net", "x-1.cloudapp.net"]

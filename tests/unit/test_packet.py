@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skyguard import packet as pk
+from skyguard.lab import packet as pk
 
 scapy_all = pytest.importorskip("scapy.all")
 Ether, Dot1Q, Dot1AD = scapy_all.Ether, scapy_all.Dot1Q, scapy_all.Dot1AD

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from skyguard.pcap import CaptureError, Packet, count_packets, read_packets, write_pcap
+from skyguard.offline.pcap import CaptureError, Packet, count_packets, read_packets, write_pcap
 
 MAC_HDR = bytes.fromhex("020000000002" "020000000001")
 IP4 = bytes.fromhex("4500001c0001000040110000c0a80001c0a80002") + bytes.fromhex("0035003500080000")

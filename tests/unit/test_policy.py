@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from skyguard import names, wire
-from skyguard.policy import (
-    DEFAULT_MSMEDIA_PREFIXES,
-    PolicyError,
-    default_policy,
-    load_policy,
-    parse_policy,
-)
+from skyguard.policy import DEFAULT_MSMEDIA_PREFIXES, PolicyError, default_policy, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skyguard.sdnotify import Notifier
+from skyguard.daemon.sdnotify import Notifier
 
 
 @pytest.fixture

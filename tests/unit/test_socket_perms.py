@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from skyguard.config import Config
-from skyguard.control import ControlError, ControlServer
+from skyguard.daemon.config import Config
+from skyguard.daemon.control import ControlError, ControlServer
 from tests.conftest import skip_or_fail
 
 CONNECT = """
@@ -71,7 +71,7 @@ def test_socket_only_root_and_group(sockdir, group, expect):
 
 
 def test_policy_reload_refuses_other_paths(tmp_path):
-    from skyguard.daemon import Daemon
+    from skyguard.daemon.main import Daemon
     from skyguard.logs import get_logger
 
     d = Daemon(Config(interfaces=("lo",), policy=str(tmp_path / "policy.toml")), get_logger("test"))

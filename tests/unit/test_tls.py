@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from skyguard.tls import client_hello_sni, handshake_bytes
+from skyguard.slowpath.tls import client_hello_sni, handshake_bytes
 
 
 def ssl_hello(host: str | None, *, tls13_only: bool = False) -> bytes:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from skyguard import packet as pk
 from skyguard import wire
-from skyguard.classify import SlowPath
-from skyguard.pcap import read_packets
+from skyguard.lab import packet as pk
+from skyguard.offline.pcap import read_packets
 from skyguard.policy import default_policy
-from skyguard.tls import certificate_common_names
+from skyguard.slowpath.classify import SlowPath
+from skyguard.slowpath.tls import certificate_common_names
 
 
 def _first_payloads(path, port):

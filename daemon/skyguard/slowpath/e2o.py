@@ -21,7 +21,7 @@ import struct
 from array import array
 from dataclasses import dataclass, field
 
-from . import wire
+from skyguard import wire
 
 R_E2O_STATS = wire.C["SG_R_E2O_STATS"]
 R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]

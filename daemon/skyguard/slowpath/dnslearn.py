@@ -26,8 +26,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import wire
-from .names import match_suffix, normalize
+from skyguard import wire
+from skyguard.names import match_suffix, normalize
 
 TTL_MIN_S = 30
 TTL_MAX_S = 86400

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from skyguard import __version__
 
 DEFAULT_CONFIG = "/etc/skyguard/skyguard.toml"
 DEFAULT_SOCKET = "/run/skyguard/skyguard.sock"

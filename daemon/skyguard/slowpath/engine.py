@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from . import wire
-from .classify import Decision, PrefixChange, SlowPath
-from .logs import RateLimiter
-from .policy import Policy
+from skyguard import wire
+from skyguard.logs import RateLimiter
+from skyguard.policy import Policy
+from skyguard.slowpath.classify import Decision, PrefixChange, SlowPath
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -94,7 +94,7 @@ class Engine:
                 if any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets):
                     yield key, flow
             return
-        from .flowtable import addr_mask
+        from skyguard.kernel.flowtable import addr_mask
 
         s = self.table.current()  # flows created since are checked by the kernel against the new prefix
         mask = None

@@ -29,11 +29,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from . import names, wire
-from .dnslearn import MEDIA_NAMES, DnsLearner, PrefixChange
-from .e2o import E2OTracker
-from .policy import Policy
-from .tls import certificate_common_names, client_hello_sni
+from skyguard import names, wire
+from skyguard.policy import Policy
+from skyguard.slowpath.dnslearn import MEDIA_NAMES, DnsLearner, PrefixChange
+from skyguard.slowpath.e2o import E2OTracker
+from skyguard.slowpath.tls import certificate_common_names, client_hello_sni
 
 __all__ = ["Decision", "PrefixChange", "SlowPath"]
 

@@ -16,15 +16,24 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, wire
-from .config import Config, ConfigError, parse_daemon_args
-from .control import ControlError, ControlServer
-from .engine import Engine
-from .flowtable import SORTS, FlowTable
-from .ifaces import Attached, InterfaceError, LinkWatcher, attach, detach, ensure_bpffs, ifindex, xdp_prog_id
-from .logs import configure, get_logger
-from .policy import Policy, PolicyError, load_policy
-from .sdnotify import Notifier
+from skyguard import __version__, wire
+from skyguard.daemon.config import Config, ConfigError, parse_daemon_args
+from skyguard.daemon.control import ControlError, ControlServer
+from skyguard.daemon.sdnotify import Notifier
+from skyguard.kernel.flowtable import SORTS, FlowTable
+from skyguard.kernel.ifaces import (
+    Attached,
+    InterfaceError,
+    LinkWatcher,
+    attach,
+    detach,
+    ensure_bpffs,
+    ifindex,
+    xdp_prog_id,
+)
+from skyguard.logs import configure, get_logger
+from skyguard.policy import Policy, PolicyError, load_policy
+from skyguard.slowpath.engine import Engine
 
 TICK_S = 1.0  # housekeeping period (expiry, watchdog, status)
 
@@ -50,7 +59,7 @@ class Daemon:
     # ---- start ------------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from .kernel import Kernel
+        from skyguard.kernel.loader import Kernel
 
         cfg = self.cfg
         missing = [i for i in cfg.interfaces if ifindex(i) is None]
@@ -420,6 +429,3 @@ def main(argv: list[str] | None = None) -> int:
         d.stop()
         log.info("skyguardd stopped")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import wire
-from .pcap import CaptureError, read_packets
+from skyguard import wire
+from skyguard.offline.pcap import CaptureError, read_packets
 
 XDP_VERDICTS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 
@@ -87,14 +87,14 @@ class Progress:
 def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, progress: bool = False,
            on_packet: Callable[[int, int], None] | None = None, log_all: bool = False) -> ReplayResult:
     """Run captures through the program. Flows and slow-path state start fresh for every capture."""
-    from .classify import SlowPath
-    from .engine import Engine
-    from .policy import default_policy
+    from skyguard.policy import default_policy
+    from skyguard.slowpath.classify import SlowPath
+    from skyguard.slowpath.engine import Engine
 
     policy = policy or default_policy()
     own_kernel = kernel is None
     if kernel is None:
-        from .kernel import Kernel
+        from skyguard.kernel.loader import Kernel
 
         kernel = Kernel(replay=True)
     elif not kernel.replay:
@@ -158,7 +158,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
 
 
 def _count(path) -> int:
-    from .pcap import count_packets
+    from skyguard.offline.pcap import count_packets
 
     try:
         return count_packets(path)
@@ -177,7 +177,7 @@ def _quiet_logger():
 
 
 def format_table(result: ReplayResult) -> str:
-    from .fmt import table
+    from skyguard.cli.fmt import table
 
     cols = ["capture", "proto", "a", "b", "class", "reason", "action", "packets", "bytes", "dropped"]
     body = table(result.flows, [(c, c) for c in cols])
@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
-    from .policy import PolicyError, load_policy
+    from skyguard.policy import PolicyError, load_policy
 
     try:
         policy = load_policy(args.policy) if args.policy else None

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from . import wire
+from skyguard import wire
 
 FLOW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("proto", "PROTO"),

@@ -1,340 +1,59 @@
-"""Synthetic traffic generator: Skype calls of every class and look-alike decoys, following SIGNATURES.md.
-
-`python -m skyguard.gen --seed N --out DIR [--calls K] [--kinds a,b] [--ipv6] [--vlan ID] [--json]` writes one pcap
-per kind (DIR/<kind>.pcap) and DIR/labels.csv (capture,proto,endpoint_a,endpoint_b,label,packets,bytes,class), where
-`label` is the generator's kind and `class` the skyguard class the flow should get. Everything random comes from the
-seed: the same seed gives the same bytes.
-
-Python API: `generate(seed, out_dir, ...)` for files, `kind_flows(kind, rng, ...)` / `kind_packets(kind, rng, ...)`
-for one call (the lab plays single calls).
-"""
+"""The generator's kinds of traffic: legacy Skype, modern Skype/Teams, DNS and TLS names, and the decoys that share one
+trait with Skype but lack the rest. Each kind builds the flows of one call from a Ctx."""
 
 from __future__ import annotations
 
-import argparse
-import csv
-import hashlib
-import hmac
-import ipaddress
-import json
 import random
 import struct
-import sys
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-from skyguard import packet as pk
-from skyguard.pcap import write_pcap
-
-MS = 1_000_000  # nanoseconds per millisecond
-SEC = 1_000_000_000
-BASE_NS = 1_700_000_000 * SEC  # 2023-11-14: all generated captures start near here
-
-LABEL_FIELDS = ("capture", "proto", "endpoint_a", "endpoint_b", "label", "packets", "bytes", "class")
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Addresses and ports
-
-# Microsoft media prefixes (SIGNATURES.md, "Modern Skype/Teams media": endpoint set 11, incl. the 2022 52.120.0.0/14 and
-# the older 13.107.64.0/18), used for the relay kind and kept out of every other kind's peers.
-MS_MEDIA_V4 = (ipaddress.ip_network("52.112.0.0/14"), ipaddress.ip_network("52.122.0.0/15"))
-MS_MEDIA_V6 = (ipaddress.ip_network("2603:1063::/38"),)
-MS_AVOID = (*MS_MEDIA_V4, ipaddress.ip_network("52.120.0.0/14"), ipaddress.ip_network("13.107.64.0/18"), *MS_MEDIA_V6)
-# SkypeOut gateways named in the literature (SIGNATURES.md, "Legacy SkypeOut": Ehlert 2006)
-E2O_GATEWAYS = ("195.215.8.140", "212.72.49.155")
-E2O_PORT = 12340  # the legacy PSTN gateway's UDP port (Bonfiglio 2007)
-# ports that mean something to a classifier: random ports avoid them
-RESERVED_PORTS = frozenset({53, 443, 3478, 3479, 3480, 3481, 5060, 5061, 8801, E2O_PORT, 51820, *range(50000, 50060)})
-
-
-@dataclass(slots=True)
-class Ctx:
-    """One call's randomness and options."""
-
-    rng: random.Random
-    ipv6: bool = False
-    vlan: int | None = None
-
-    def client(self) -> str:
-        r = self.rng
-        if self.ipv6:
-            return str(ipaddress.IPv6Address((0xFD << 120) | r.getrandbits(56) << 64 | r.randrange(2, 1 << 16)))
-        if r.random() < 0.5:
-            return f"10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(2, 255)}"
-        return f"192.168.{r.randrange(256)}.{r.randrange(2, 255)}"
-
-    def public(self) -> str:
-        """A random globally routable address outside Microsoft's media prefixes and the known PSTN gateways."""
-        r = self.rng
-        while True:
-            if self.ipv6:
-                ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
-                    (0x2 << 125) | r.getrandbits(125))
-            else:
-                ip = ipaddress.IPv4Address(r.randrange(0x01000000, 0xE0000000))
-            if ip.is_global and not any(ip in n for n in MS_AVOID if n.version == ip.version) and str(
-                    ip) not in E2O_GATEWAYS:
-                return str(ip)
-
-    def ms_media(self) -> str:
-        nets = MS_MEDIA_V6 if self.ipv6 else MS_MEDIA_V4
-        net = self.rng.choice(nets)
-        host = self.rng.randrange(1, net.num_addresses - 1)
-        return str(net.network_address + host)
-
-    def port(self) -> int:
-        while True:
-            p = self.rng.randrange(1024, 65536)
-            if p not in RESERVED_PORTS:
-                return p
-
-    def client_media_port(self) -> int:
-        return self.rng.randrange(50000, 50020)  # Microsoft QoS guidance: client audio ports 50000-50019
-
-    def mac(self) -> bytes:
-        return bytes([0x02, *self.rng.randbytes(5)])
-
-    def leg(self, a: str, ap: int, b: str, bp: int) -> Leg:
-        return Leg(a, ap, b, bp, self.vlan, self.mac(), self.mac(), [self.rng.randrange(65536) for _ in range(2)],
-                   self.rng.randrange(40, 60))
-
-    def jitter(self, sigma_ms: float, limit_ms: float) -> int:
-        return int(max(-limit_ms, min(limit_ms, self.rng.gauss(0.0, sigma_ms))) * MS)
-
-
-@dataclass(slots=True)
-class Leg:
-    """Two endpoints and the frames between them; direction 0 is a -> b (a = client side)."""
-
-    a: str
-    ap: int
-    b: str
-    bp: int
-    vlan: int | None
-    a_mac: bytes
-    b_mac: bytes
-    ip_id: list[int]
-    b_ttl: int
-
-    def _ends(self, d: int) -> tuple[str, int, str, int, bytes, bytes, int]:
-        if d == 0:
-            return self.a, self.ap, self.b, self.bp, self.a_mac, self.b_mac, 64
-        return self.b, self.bp, self.a, self.ap, self.b_mac, self.a_mac, self.b_ttl
-
-    def _next_id(self, d: int) -> int:
-        self.ip_id[d] = (self.ip_id[d] + 1) & 0xFFFF
-        return self.ip_id[d]
-
-    def udp(self, d: int, payload: bytes) -> bytes:
-        s, sp, t, tp, smac, dmac, ttl = self._ends(d)
-        return pk.udp(s, sp, t, tp, payload, vlan=self.vlan, ttl=ttl, ip_id=self._next_id(d), src_mac=smac,
-                      dst_mac=dmac)
-
-    def tcp(self, d: int, payload: bytes, flags: str, seq: int, ack: int, options: bytes = b"") -> bytes:
-        s, sp, t, tp, smac, dmac, ttl = self._ends(d)
-        return pk.tcp(s, sp, t, tp, payload, flags=flags, seq=seq, ack=ack, window=64240, options=options,
-                      vlan=self.vlan, ttl=ttl, ip_id=self._next_id(d), src_mac=smac, dst_mac=dmac)
-
-
-@dataclass(slots=True)
-class Flow:
-    """One generated flow (one 5-tuple) and the class skyguard should give it."""
-
-    cls: str
-    pkts: list[tuple[int, bytes]] = field(default_factory=list)
-
-    def add(self, ts: int, frame: bytes) -> None:
-        self.pkts.append((ts, frame))
-
-
-@dataclass(frozen=True, slots=True)
-class LabelRow:
-    capture: str
-    proto: str
-    endpoint_a: str
-    endpoint_b: str
-    label: str
-    packets: int
-    bytes: int
-    cls: str
-
-    def as_csv(self) -> dict[str, str | int]:
-        d: dict[str, str | int] = asdict(self)
-        d["class"] = d.pop("cls")
-        return d
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Payload builders: STUN, RTP, DNS, TLS, SIP
-
-STUN_COOKIE = 0x2112A442
-BINDING_REQ, BINDING_OK, ALLOCATE_REQ, ALLOCATE_OK, ALLOCATE_ERR = 0x0001, 0x0101, 0x0003, 0x0103, 0x0113
-A_MAPPED, A_USERNAME, A_INTEGRITY, A_ERROR, A_LIFETIME, A_BANDWIDTH = 0x0001, 0x0006, 0x0008, 0x0009, 0x000D, 0x0010
-A_REALM, A_NONCE, A_XOR_MAPPED, A_PRIORITY, A_USE_CAND = 0x0014, 0x0015, 0x0020, 0x0024, 0x0025
-A_SOFTWARE, A_FINGERPRINT, A_CONTROLLING = 0x8022, 0x8028, 0x802A
-# Microsoft attributes (SIGNATURES.md, "Modern Skype/Teams media"; MS-TURN / MS-ICE2)
-A_MS_MAGIC, A_MS_VERSION, A_MS_APP_ID, A_MS_SEQ = 0x000F, 0x8008, 0x8037, 0x8050
-A_MS_CAND_ID, A_MS_QUALITY, A_MS_IMPL, A_MS_MUX_ID = 0x8054, 0x8055, 0x8070, 0x8095
-A_MS_XOR_MAPPED, A_MS_8006 = 0x8020, 0x8006
-MS_MAGIC_VALUE = 0x72C64BC6
-GOOG_NETWORK_INFO = 0xC057
-
-
-def stun(mtype: int, txid: bytes, attrs: Sequence[tuple[int, bytes]], *, key: bytes | None = None,
-         fingerprint: bool = True) -> bytes:
-    """A STUN message (RFC 5389) with optional MESSAGE-INTEGRITY (HMAC-SHA1 with `key`) and FINGERPRINT."""
-    body = b"".join(struct.pack("!HH", t, len(v)) + v + b"\0" * (-len(v) % 4) for t, v in attrs)
-
-    def hdr(extra: int) -> bytes:
-        return struct.pack("!HHI", mtype, len(body) + extra, STUN_COOKIE) + txid
-
-    if key is not None:  # the length field covers MESSAGE-INTEGRITY while it is computed (RFC 5389 15.4)
-        mac = hmac.new(key, hdr(24) + body, hashlib.sha1).digest()
-        body += struct.pack("!HH", A_INTEGRITY, 20) + mac
-    if fingerprint:  # CRC-32 XOR 0x5354554e with the length covering FINGERPRINT (15.5)
-        crc = (zlib.crc32(hdr(8) + body) ^ 0x5354554E) & 0xFFFFFFFF
-        body += struct.pack("!HHI", A_FINGERPRINT, 4, crc)
-    return hdr(0) + body
-
-
-def xor_address(addr: str, port: int, txid: bytes) -> bytes:
-    ip = ipaddress.ip_address(addr)
-    xport = port ^ (STUN_COOKIE >> 16)
-    if ip.version == 4:
-        return struct.pack("!BBHI", 0, 1, xport, int(ip) ^ STUN_COOKIE)
-    mask = int.from_bytes(struct.pack("!I", STUN_COOKIE) + txid, "big")
-    return struct.pack("!BBH", 0, 2, xport) + (int(ip) ^ mask).to_bytes(16, "big")
-
-
-def plain_address(addr: str, port: int) -> bytes:
-    ip = ipaddress.ip_address(addr)
-    return struct.pack("!BBH", 0, 1 if ip.version == 4 else 2, port) + ip.packed
-
-
-def u32(v: int) -> bytes:
-    return struct.pack("!I", v)
-
-
-def rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
-    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
-
-
-def dns_name(name: str) -> bytes:
-    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p) + b"\0"
-
-
-def dns_query(txid: int, name: str, qtype: int) -> bytes:
-    return struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0) + dns_name(name) + struct.pack("!HH", qtype, 1)
-
-
-def dns_response(txid: int, name: str, qtype: int, answers: Sequence[str], ttl: int = 300,
-                 cnames: Sequence[str] = ()) -> bytes:
-    """A standard response (RD, RA) echoing the question. With `cnames` the question is an alias: a CNAME chain
-    name -> cnames[0] -> ... and the addresses owned by the last name; else the addresses point at the question with a
-    compression pointer."""
-    n = len(cnames) + len(answers)
-    out = struct.pack("!HHHHHH", txid, 0x8180, 1, n, 0, 0) + dns_name(name) + struct.pack("!HH", qtype, 1)
-    owner = b"\xc0\x0c"
-    for target in cnames:
-        rdata = dns_name(target)
-        out += owner + struct.pack("!HHIH", 5, 1, ttl, len(rdata)) + rdata
-        owner = dns_name(target)
-    for a in answers:
-        rdata = ipaddress.ip_address(a).packed
-        out += owner + struct.pack("!HHIH", qtype, 1, ttl, len(rdata)) + rdata
-    return out
-
-
-def _ext(t: int, body: bytes) -> bytes:
-    return struct.pack("!HH", t, len(body)) + body
-
-
-def _vec(n: int, body: bytes) -> bytes:
-    return len(body).to_bytes(n, "big") + body
-
-
-def _tls_record(ctype: int, body: bytes, version: int = 0x0303) -> bytes:
-    return struct.pack("!BHH", ctype, version, len(body)) + body
-
-
-def _handshake(htype: int, body: bytes) -> bytes:
-    return bytes([htype]) + len(body).to_bytes(3, "big") + body
-
-
-def client_hello(rng: random.Random, sni: str, tls13: bool) -> bytes:
-    """A TLS ClientHello record with server_name (RFC 6066), groups, signature algorithms and ALPN; for TLS 1.3 also
-    supported_versions, key_share (x25519) and psk_key_exchange_modes (RFC 8446)."""
-    suites = [0x1301, 0x1302, 0x1303] if tls13 else []
-    suites += [0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013, 0xC014, 0x009C, 0x009D, 0x002F, 0x0035]
-    host = sni.encode()
-    exts = [
-        _ext(0x0000, _vec(2, b"\x00" + _vec(2, host))),
-        _ext(0x0017, b""),  # extended_master_secret
-        _ext(0xFF01, b"\x00"),  # renegotiation_info
-        _ext(0x000A, _vec(2, struct.pack("!4H", 0x001D, 0x0017, 0x0018, 0x0019))),
-        _ext(0x000B, _vec(1, b"\x00")),
-        _ext(0x0010, _vec(2, _vec(1, b"h2") + _vec(1, b"http/1.1"))),
-        _ext(0x000D, _vec(2, struct.pack("!8H", 0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601))),
-    ]
-    if tls13:
-        exts += [
-            _ext(0x002B, _vec(1, struct.pack("!HH", 0x0304, 0x0303))),
-            _ext(0x0033, _vec(2, struct.pack("!HH", 0x001D, 32) + rng.randbytes(32))),
-            _ext(0x002D, _vec(1, b"\x01")),
-        ]
-    body = (struct.pack("!H", 0x0303) + rng.randbytes(32) + _vec(1, rng.randbytes(32))
-            + _vec(2, b"".join(struct.pack("!H", s) for s in suites)) + _vec(1, b"\x00") + _vec(2, b"".join(exts)))
-    return _tls_record(0x16, _handshake(0x01, body), 0x0301)
-
-
-def server_hello(rng: random.Random, tls13: bool) -> bytes:
-    if tls13:
-        key_share = struct.pack("!HH", 0x001D, 32) + rng.randbytes(32)
-        exts = _ext(0x002B, struct.pack("!H", 0x0304)) + _ext(0x0033, key_share)
-        suite = 0x1301
-    else:
-        exts = _ext(0x0017, b"") + _ext(0xFF01, b"\x00")
-        suite = 0xC02F
-    body = struct.pack("!H", 0x0303) + rng.randbytes(32) + _vec(1, rng.randbytes(32)) + struct.pack("!HB", suite, 0)
-    rec = _tls_record(0x16, _handshake(0x02, body + _vec(2, exts)))
-    if tls13:
-        rec += _tls_record(0x14, b"\x01")  # middlebox-compatibility change_cipher_spec
-    return rec
-
-
-def app_data(rng: random.Random, n: int) -> bytes:
-    return _tls_record(0x17, rng.randbytes(n))
-
-
-def sip_message(first: str, headers: Sequence[tuple[str, str]], body: str = "") -> bytes:
-    lines = [first, *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body.encode())}", "", ""]
-    return "\r\n".join(lines).encode() + body.encode()
-
-
-def sdp(addr: str, port: int, sess: int, pts: Sequence[int]) -> str:
-    fam = "IP6" if ":" in addr else "IP4"
-    names = {0: "PCMU/8000", 8: "PCMA/8000", 101: "telephone-event/8000"}
-    return "".join(f"{line}\r\n" for line in [
-        "v=0", f"o=- {sess} {sess} IN {fam} {addr}", "s=call", f"c=IN {fam} {addr}", "t=0 0",
-        f"m=audio {port} RTP/AVP {' '.join(map(str, pts))}", *(f"a=rtpmap:{p} {names[p]}" for p in pts),
-        "a=sendrecv"])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Timing helpers
-
-
-def periodic(c: Ctx, t0: int, interval_ms: float, duration_ns: int, jitter_ms: float) -> list[int]:
-    """Send times every interval_ms for duration_ns with Gaussian jitter (kept under a third of the interval)."""
-    n = max(1, int(duration_ns // int(interval_ms * MS)))
-    return [max(t0, t0 + int(i * interval_ms * MS) + c.jitter(jitter_ms, interval_ms / 3)) for i in range(n)]
-
-
-def duration(c: Ctx, lo_s: float, hi_s: float) -> int:
-    return int(c.rng.uniform(lo_s, hi_s) * SEC)
-
+from dataclasses import dataclass
+
+from skyguard.lab import packet as pk
+from skyguard.lab.payloads import (
+    A_BANDWIDTH,
+    A_CONTROLLING,
+    A_ERROR,
+    A_LIFETIME,
+    A_MAPPED,
+    A_MS_8006,
+    A_MS_APP_ID,
+    A_MS_CAND_ID,
+    A_MS_IMPL,
+    A_MS_MAGIC,
+    A_MS_MUX_ID,
+    A_MS_QUALITY,
+    A_MS_SEQ,
+    A_MS_VERSION,
+    A_MS_XOR_MAPPED,
+    A_NONCE,
+    A_PRIORITY,
+    A_REALM,
+    A_SOFTWARE,
+    A_USE_CAND,
+    A_USERNAME,
+    A_XOR_MAPPED,
+    ALLOCATE_ERR,
+    ALLOCATE_OK,
+    ALLOCATE_REQ,
+    BINDING_OK,
+    BINDING_REQ,
+    GOOG_NETWORK_INFO,
+    MS_MAGIC_VALUE,
+    _tls_record,
+    app_data,
+    client_hello,
+    dns_query,
+    dns_response,
+    plain_address,
+    rtp,
+    sdp,
+    server_hello,
+    sip_message,
+    stun,
+    u32,
+    xor_address,
+)
+from skyguard.lab.traffic import E2O_GATEWAYS, E2O_PORT, MS, Ctx, Flow, Leg, duration, periodic
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Legacy Skype (SIGNATURES.md, "Legacy Skype over UDP" and "Legacy SkypeOut")
@@ -769,137 +488,3 @@ def game(c: Ctx, t0: int) -> list[Flow]:
 def dns_kind(c: Ctx, t0: int) -> list[Flow]:
     name = c.rng.choice(OTHER_SNI)
     return [_dns_flow(c, t0, name, [c.public() for _ in range(c.rng.randrange(1, 4))], "other")]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Registry and drivers
-
-Builder = Callable[[Ctx, int], list[Flow]]
-KINDS: dict[str, Builder] = {
-    "legacy-e2e": legacy_e2e,
-    "legacy-e2o": legacy_e2o,
-    "modern-p2p": modern_p2p,
-    "modern-sbc": modern_sbc,
-    "modern-relay": modern_relay,
-    "dns-pstn": dns_pstn,
-    "tls-skype": tls_skype,
-    "tls-other": tls_other,
-    "teams-azure": teams_azure,
-    "azure-web": azure_web,
-    "sip-rtp": sip_rtp,
-    "webrtc-stun": webrtc_stun,
-    "random-udp": random_udp,
-    "wireguard": wireguard,
-    "game": game,
-    "dns": dns_kind,
-}
-# the class of each kind's main flow (dns-pstn's DNS lookup and sip-rtp's signalling flow are `other`)
-KIND_CLASS = {
-    "legacy-e2e": "skype-p2p", "legacy-e2o": "skype-out", "modern-p2p": "skype-p2p", "modern-sbc": "skype-out",
-    "modern-relay": "skype-relay", "dns-pstn": "skype-out", "tls-skype": "skype-signaling", "tls-other": "other",
-    "teams-azure": "skype-signaling", "azure-web": "other",
-    "sip-rtp": "other", "webrtc-stun": "other", "random-udp": "other", "wireguard": "other", "game": "other",
-    "dns": "other",
-}
-
-
-def kind_flows(kind: str, rng: random.Random, *, start_ns: int = BASE_NS, ipv6: bool = False,
-               vlan: int | None = None) -> list[Flow]:
-    """One call (or exchange) of `kind`: its flows, each with its expected class, packets in time order."""
-    try:
-        builder = KINDS[kind]
-    except KeyError:
-        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}") from None
-    flows = builder(Ctx(rng, ipv6, vlan), start_ns)
-    for f in flows:
-        f.pkts.sort(key=lambda p: p[0])
-    return flows
-
-
-def kind_packets(kind: str, rng: random.Random, *, start_ns: int = BASE_NS, ipv6: bool = False,
-                 vlan: int | None = None) -> list[tuple[int, bytes]]:
-    """All packets of one call of `kind`, merged in time order: (ts_ns, Ethernet frame)."""
-    flows = kind_flows(kind, rng, start_ns=start_ns, ipv6=ipv6, vlan=vlan)
-    return sorted((p for f in flows for p in f.pkts), key=lambda p: p[0])
-
-
-def _flow_key(frame: bytes) -> tuple[str, int, str, int, int, int]:
-    p = pk.parse(frame)
-    assert p is not None, "generated a frame that is not UDP/TCP"
-    a, b = (p.src, p.sport), (p.dst, p.dport)
-    lo, hi = (a, b) if a <= b else (b, a)
-    return (*lo, *hi, p.proto, p.vlan)
-
-
-def label_row(capture: str, kind: str, flow: Flow) -> LabelRow:
-    p = pk.parse(flow.pkts[0][1])
-    assert p is not None
-    a, b = p.endpoints
-    return LabelRow(capture, pk_proto(p.proto), a, b, kind, len(flow.pkts), sum(len(f) for _, f in flow.pkts),
-                    flow.cls)
-
-
-def pk_proto(proto: int) -> str:
-    return {6: "tcp", 17: "udp"}.get(proto, str(proto))
-
-
-def generate(seed: int, out_dir: str | Path, kinds: Sequence[str] | None = None, calls: int = 3, *,
-             ipv6: bool = False, vlan: int | None = None) -> list[LabelRow]:
-    """Write DIR/<kind>.pcap for each kind (`calls` calls each, overlapping in time) and DIR/labels.csv."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[LabelRow] = []
-    for kind in kinds or list(KINDS):
-        if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-        rng = random.Random(f"skyguard-gen:{seed}:{kind}:{int(ipv6)}:{vlan}")  # str seeds hash with SHA-512: stable
-        capture = f"{kind}.pcap"
-        start = BASE_NS + rng.randrange(0, 10 * SEC)
-        used: set[tuple[str, int, str, int, int, int]] = set()
-        flows: list[Flow] = []
-        for _ in range(calls):
-            while True:  # a (very unlikely) repeated 5-tuple would merge two flows: draw that call again
-                call = kind_flows(kind, rng, start_ns=start, ipv6=ipv6, vlan=vlan)
-                keys = [_flow_key(f.pkts[0][1]) for f in call]
-                if not used.intersection(keys) and len(set(keys)) == len(keys):
-                    break
-            used.update(keys)
-            flows += call
-            start += rng.randrange(SEC // 2, 3 * SEC)
-        write_pcap(out / capture, sorted((p for f in flows for p in f.pkts), key=lambda p: p[0]))
-        rows += [label_row(capture, kind, f) for f in sorted(flows, key=lambda f: f.pkts[0][0])]
-    with open(out / "labels.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=LABEL_FIELDS)
-        w.writeheader()
-        for row in rows:
-            w.writerow(row.as_csv())
-    return rows
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m skyguard.gen", description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--calls", type=int, default=3, help="calls per kind (default 3)")
-    ap.add_argument("--kinds", default="", help=f"comma-separated subset of: {', '.join(KINDS)}")
-    ap.add_argument("--ipv6", action="store_true", help="IPv6 addresses instead of IPv4")
-    ap.add_argument("--vlan", type=int, default=None, help="802.1Q VLAN id on every frame")
-    ap.add_argument("--json", action="store_true", help="print the label rows as JSON")
-    args = ap.parse_args(argv)
-    kinds = [k for k in args.kinds.split(",") if k] or None
-    try:
-        rows = generate(args.seed, args.out, kinds, args.calls, ipv6=args.ipv6, vlan=args.vlan)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"out": str(args.out), "labels": [r.as_csv() for r in rows]}, indent=1))
-    else:
-        for r in rows:
-            print(f"{r.capture:18} {r.proto} {r.endpoint_a:>42} -> {r.endpoint_b:<42} {r.cls:16} {r.packets:6}")
-        print(f"{len(rows)} flows written to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

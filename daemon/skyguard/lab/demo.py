@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import gen
-from . import packet as pk
-from .client import Client, ClientError
-from .topo import CLIENT, CLIENT2, PEER, PSTN_GW, RELAY, SBC, Topology
+from skyguard.cli.client import Client, ClientError
+from skyguard.lab import gen
+from skyguard.lab import packet as pk
+from skyguard.lab.topo import CLIENT, CLIENT2, PEER, PSTN_GW, RELAY, SBC, Topology
 
 PACKET_OUTGOING = 4
 DNS_SERVER = "192.0.2.11"
@@ -268,7 +268,7 @@ class Lab:
     def view(self, elapsed: float) -> None:
         if self.args.json:
             return
-        from .fmt import table
+        from skyguard.cli.fmt import table
 
         rows = sorted(self.flows(), key=lambda r: r["first_ns"])
         cols = ["proto", "a", "b", "class", "reason", "action", "packets", "dropped"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import ipaddress
 import json
 import os
@@ -16,8 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from . import fmt, wire
-from .client import DEFAULT_SOCKET, Client, ClientError, ConnectError
+from skyguard import wire
+from skyguard.cli import fmt
+from skyguard.cli.client import DEFAULT_SOCKET, Client, ClientError, ConnectError
+from skyguard.policy import PolicyError, load_policy
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 SORT_KEYS = ("packets", "bytes", "last", "first")
@@ -158,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("captures", nargs="+", metavar="CAPTURE")
     rp.add_argument("--policy", metavar="FILE")
 
-    # everything after `lab` belongs to skyguard.lab (split off in main(): argparse's REMAINDER drops leading options)
-    sub.add_parser("lab", help="namespace lab: daemon + simulated calls (the demo); options go to skyguard.lab")
+    # everything after `lab` belongs to the lab (split off in main(): argparse's REMAINDER drops leading options)
+    sub.add_parser("lab", help="namespace lab: daemon + simulated calls (the demo); its options follow `lab`")
     return p
 
 
@@ -270,15 +271,8 @@ def cmd_policy(client_factory: Callable[[], Client], args: argparse.Namespace, o
 
 def policy_check_offline(path: str, out: Out) -> int:
     try:
-        policy_mod = importlib.import_module("skyguard.policy")
-        load_policy = policy_mod.load_policy
-        policy_error = getattr(policy_mod, "PolicyError", ValueError)
-    except (ImportError, AttributeError) as e:
-        out.error(f"policy check is not available in this installation ({e}); try `policy check --daemon FILE`")
-        return EXIT_ERROR
-    try:
         pol = load_policy(path)
-    except policy_error as e:
+    except PolicyError as e:
         if out.json:
             out.print(json.dumps({"file": path, "ok": False, "error": str(e)}))
         else:
@@ -308,19 +302,17 @@ def cmd_unblock(client: Client, args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
-def run_module(module: str, argv: list[str], out: Out) -> int:
-    """`replay` and `lab` live in their own modules: main(argv: list[str]) -> int, imported only when used."""
-    try:
-        mod = importlib.import_module(f"skyguard.{module}")
-        entry = mod.main
-    except ImportError as e:
-        out.error(f"`{module}` is not available in this installation: cannot import skyguard.{module} ({e})")
-        return EXIT_ERROR
-    except AttributeError:
-        out.error(f"`{module}` is not available in this installation: skyguard.{module} has no main()")
-        return EXIT_ERROR
-    rc = entry(argv)
-    return EXIT_OK if rc is None else int(rc)
+def run_replay(argv: list[str]) -> int:
+    # imported when used: replay compiles the XDP program through bcc, which `skyguard status` never needs
+    from skyguard.offline.replay import main as replay_main
+
+    return replay_main(argv)
+
+
+def run_lab(argv: list[str]) -> int:
+    from skyguard.lab.demo import main as lab_main
+
+    return lab_main(argv)
 
 
 def _replay_argv(args: argparse.Namespace) -> list[str]:
@@ -349,9 +341,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
 
     try:
         if args.command == "replay":
-            return run_module("replay", _replay_argv(args), out)
+            return run_replay(_replay_argv(args))
         if args.command == "lab":
-            return run_module("lab", lab_args or [], out)
+            return run_lab(lab_args or [])
         if args.command == "policy":
             return cmd_policy(connect, args, out)
         if args.command == "flow":
@@ -380,6 +372,3 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from .control import MAX_FRAME, PROTO_VERSION
+from skyguard.daemon.control import MAX_FRAME, PROTO_VERSION
 
 DEFAULT_SOCKET = "/run/skyguard/skyguard.sock"
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from . import __version__
+from skyguard import __version__
 
 PROTO_VERSION = 1
 MAX_FRAME = 1 << 20  # 1 MiB: the largest request the server unpacks

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import wire
+from skyguard import wire
 
 KEY_DTYPE = np.dtype([("lo_addr", "S16"), ("hi_addr", "S16"), ("lo_port", "<u2"), ("hi_port", "<u2"),
                       ("vlan", "<u2"), ("proto", "u1"), ("_pad", "u1")])

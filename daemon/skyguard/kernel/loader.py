@@ -1,329 +1,29 @@
 """The XDP program and its maps: compile (bcc), BPF_PROG_TEST_RUN, ring buffer, flow/policy/prefix maps.
 
-The only module that imports bcc. Map values are read and written as raw bytes through the map fds (libbcc's
+Map values are read and written as raw bytes through the map fds (libbcc's
 bpf_lookup_elem & co.) and decoded with `wire`'s struct formats, so the byte layout has one definition.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
-import errno
-import functools
 import ipaddress
-import os
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcc
-from bcc import libbcc
 
-from . import wire
-from .policy import Network, Policy
+from skyguard import wire
+from skyguard.kernel.bpfsys import RawMap, RunResult, prog_test_run
+from skyguard.kernel.clock import ClockModel, clock_model
+from skyguard.kernel.memory import release_compiler_memory
+from skyguard.policy import Network, Policy
 
-XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block")
 _LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
-_BPF_NOEXIST = 1
-_STATS_SIZE = wire.C["SG_ST_MAX"] * 8
-_XDP_MD_FMT = "<6I"  # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-
-
-class _TestRunOpts(ct.Structure):
-    """struct bpf_test_run_opts (libbpf)."""
-
-    _fields_ = [
-        ("sz", ct.c_size_t),
-        ("data_in", ct.c_void_p),
-        ("data_out", ct.c_void_p),
-        ("data_size_in", ct.c_uint32),
-        ("data_size_out", ct.c_uint32),
-        ("ctx_in", ct.c_void_p),
-        ("ctx_out", ct.c_void_p),
-        ("ctx_size_in", ct.c_uint32),
-        ("ctx_size_out", ct.c_uint32),
-        ("retval", ct.c_uint32),
-        ("repeat", ct.c_int),
-        ("duration", ct.c_uint32),
-        ("flags", ct.c_uint32),
-        ("cpu", ct.c_uint32),
-        ("batch_size", ct.c_uint32),
-    ]
-
-
-_test_run = libbcc.lib.bpf_prog_test_run_opts
-_test_run.restype = ct.c_int
-_test_run.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
-
-_ENOTSUPP = 524  # the kernel-internal "not supported" that BPF syscalls leak to userspace
-BATCH = 8192  # entries per bpf_map_{lookup,update}_batch call
 RELOAD_GRACE_S = 0.01  # between flipping the policy generation and deleting the old one
-
-
-class _BatchOpts(ct.Structure):
-    """struct bpf_map_batch_opts (libbpf)."""
-
-    _fields_ = [("sz", ct.c_size_t), ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
-
-
-def _batch_fns() -> tuple[Callable | None, Callable | None]:
-    """libbpf's bpf_map_lookup_batch / bpf_map_update_batch (one syscall per BATCH entries), None when missing."""
-    try:
-        lib = ct.CDLL("libbpf.so.1", use_errno=True)
-        look, upd = lib.bpf_map_lookup_batch, lib.bpf_map_update_batch
-    except (OSError, AttributeError):
-        return None, None
-    look.restype = ct.c_int
-    look.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32),
-                     ct.POINTER(_BatchOpts)]
-    upd.restype = ct.c_int
-    upd.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32), ct.POINTER(_BatchOpts)]
-    return look, upd
-
-
-_lookup_batch, _update_batch = _batch_fns()
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    verdict: int  # XDP_ABORTED=0, DROP=1, PASS=2, TX=3, REDIRECT=4
-    data: bytes
-    duration_ns: int
-
-
-class _RawMap:
-    """A BPF map accessed by fd with raw key/value bytes."""
-
-    def __init__(self, fd: int, key_size: int, value_size: int, percpu: bool = False):
-        self.fd, self.key_size, self.value_size = fd, key_size, value_size
-        self.ncpus = len(bcc.utils.get_possible_cpus()) if percpu else 1
-        self.slot = (value_size + 7) & ~7 if percpu else value_size
-
-    def lookup(self, key: bytes) -> bytes | None:
-        kb = ct.create_string_buffer(key, self.key_size)
-        vb = ct.create_string_buffer(self.slot * self.ncpus)
-        if libbcc.lib.bpf_lookup_elem(self.fd, kb, vb) != 0:
-            return None
-        return vb.raw
-
-    def update(self, key: bytes, value: bytes, flags: int = 0) -> bool:
-        kb = ct.create_string_buffer(key, self.key_size)
-        vb = ct.create_string_buffer(value, len(value))
-        return libbcc.lib.bpf_update_elem(self.fd, kb, vb, flags) == 0
-
-    def delete(self, key: bytes) -> bool:
-        kb = ct.create_string_buffer(key, self.key_size)
-        return libbcc.lib.bpf_delete_elem(self.fd, kb) == 0
-
-    def iter_batches(self, batch: int = BATCH) -> Iterator[tuple[bytes, bytes, int]]:
-        """(keys, values, n): the map in chunks of up to `batch` entries, keys and values packed back to back.
-        Falls back to one lookup per key where the map type or libbpf has no batch operations."""
-        if _lookup_batch is None or self.ncpus != 1:
-            yield from self._iter_batches_slow(batch)
-            return
-        tok_in = ct.create_string_buffer(max(self.key_size, 8))
-        tok_out = ct.create_string_buffer(max(self.key_size, 8))
-        keys = ct.create_string_buffer(self.key_size * batch)
-        vals = ct.create_string_buffer(self.value_size * batch)
-        opts = _BatchOpts(sz=ct.sizeof(_BatchOpts))
-        first = True
-        while True:
-            count = ct.c_uint32(batch)
-            rc = _lookup_batch(self.fd, None if first else tok_in, tok_out, keys, vals, ct.byref(count),
-                               ct.byref(opts))
-            err = ct.get_errno() if rc != 0 else 0
-            if rc != 0 and err != errno.ENOENT:
-                if first and err in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP):
-                    yield from self._iter_batches_slow(batch)
-                    return
-                raise OSError(err, f"bpf_map_lookup_batch: {os.strerror(err)}")
-            n = count.value
-            if n:
-                yield keys.raw[: n * self.key_size], vals.raw[: n * self.value_size], n
-            if rc != 0:  # ENOENT: that was the last chunk
-                return
-            ct.memmove(tok_in, tok_out, len(tok_in))
-            first = False
-
-    def _iter_batches_slow(self, batch: int) -> Iterator[tuple[bytes, bytes, int]]:
-        ks, vs = bytearray(), bytearray()
-        n = 0
-        for k in list(self.iter_keys()):
-            v = self.lookup(k)
-            if v is None:
-                continue
-            ks += k
-            vs += v[: self.value_size]
-            n += 1
-            if n == batch:
-                yield bytes(ks), bytes(vs), n
-                ks, vs, n = bytearray(), bytearray(), 0
-        if n:
-            yield bytes(ks), bytes(vs), n
-
-    def update_batch(self, keys: bytes, values: bytes, flags: int = 0) -> int:
-        """Write len(keys) / key_size entries in chunks of BATCH; returns how many were written."""
-        total = len(keys) // self.key_size
-        if _update_batch is None:
-            return sum(self.update(keys[i * self.key_size:(i + 1) * self.key_size],
-                                   values[i * self.value_size:(i + 1) * self.value_size], flags)
-                       for i in range(total))
-        opts = _BatchOpts(sz=ct.sizeof(_BatchOpts), elem_flags=flags)
-        done = 0
-        while done < total:
-            n = min(BATCH, total - done)
-            kb = ct.create_string_buffer(keys[done * self.key_size:(done + n) * self.key_size], n * self.key_size)
-            vb = ct.create_string_buffer(values[done * self.value_size:(done + n) * self.value_size],
-                                         n * self.value_size)
-            count = ct.c_uint32(n)
-            rc = _update_batch(self.fd, kb, vb, ct.byref(count), ct.byref(opts))
-            done += count.value
-            if rc != 0:
-                err = ct.get_errno()
-                raise OSError(err, f"bpf_map_update_batch: {os.strerror(err)} after {done} entries")
-        return done
-
-    def iter_keys(self) -> Iterator[bytes]:
-        cur = None
-        nxt = ct.create_string_buffer(self.key_size)
-        while True:
-            kb = ct.create_string_buffer(cur, self.key_size) if cur is not None else None
-            if libbcc.lib.bpf_get_next_key(self.fd, kb, nxt) != 0:
-                return
-            cur = nxt.raw
-            yield cur
-
-
-_COMPILER_LIBS = ("/libLLVM", "/libclang")  # the compiler bcc embeds: used only while a program is compiled
-_MADV_DONTNEED = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Mapping:
-    """One mapping of a /proc/PID/smaps text: address range, permissions, path and its kB fields (Rss, Anonymous...)."""
-
-    lo: int
-    hi: int
-    perms: str
-    path: str
-    kib: dict[str, int]
-
-
-def smaps_mappings(smaps: str) -> list[Mapping]:
-    out: list[Mapping] = []
-    for line in smaps.splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0].endswith(":"):
-            if out and len(parts) >= 2 and parts[1].isdigit():
-                out[-1].kib[parts[0][:-1]] = int(parts[1])
-        elif "-" in parts[0] and len(parts) >= 5:
-            lo, hi = parts[0].split("-")
-            out.append(Mapping(int(lo, 16), int(hi, 16), parts[1], parts[5] if len(parts) >= 6 else "", {}))
-    return out
-
-
-def compiler_pages(smaps: str) -> list[Mapping]:
-    """The compiler libraries' mappings in a /proc/PID/smaps text that hold only clean file pages: read-only and with
-    no anonymous (copied-on-write) page. That leaves out the libraries' globals and their RELRO segment (relocated by
-    the dynamic linker, then made read-only), whose content is not the file's."""
-    return [m for m in smaps_mappings(smaps) if "w" not in m.perms and any(n in m.path for n in _COMPILER_LIBS)
-            and m.kib.get("Anonymous", 1) == 0]
-
-
-def _release_compiler_memory() -> int:
-    """After a compile: hand clang/LLVM's freed heap back (malloc_trim, about 80 MiB) and drop the compiler's code and
-    constants from this process's page tables (madvise DONTNEED on its clean mappings, about 80 MiB more). Those
-    pages stay in the page cache, shared and reclaimable, and fault back in if a program is compiled again; a daemon
-    compiles once. Returns the bytes of mappings dropped."""
-    dropped = 0
-    try:
-        libc = ct.CDLL("libc.so.6", use_errno=True)
-        libc.malloc_trim(0)
-        libc.madvise.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int]
-        for m in compiler_pages(Path("/proc/self/smaps").read_text()):
-            if libc.madvise(m.lo, m.hi - m.lo, _MADV_DONTNEED) == 0:
-                dropped += m.hi - m.lo
-    except (OSError, AttributeError):
-        pass
-    return dropped
-
-
-def prog_test_run(fd: int, data: bytes, meta_len: int = 0, repeat: int = 1) -> RunResult:
-    """One BPF_PROG_TEST_RUN of program `fd` on `data`, whose first `meta_len` bytes are XDP metadata."""
-    din = ct.create_string_buffer(data, len(data))
-    dout = ct.create_string_buffer(len(data) + 256)
-    opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts), repeat=max(1, repeat))
-    opts.data_in = ct.cast(din, ct.c_void_p)
-    opts.data_size_in = len(data)
-    opts.data_out = ct.cast(dout, ct.c_void_p)
-    opts.data_size_out = len(dout)
-    ctx = None
-    if meta_len:
-        ctx = ct.create_string_buffer(struct.pack(_XDP_MD_FMT, meta_len, len(data), 0, 0, 0, 0), 24)
-        opts.ctx_in = ct.cast(ctx, ct.c_void_p)
-        opts.ctx_size_in = 24
-    rc = _test_run(fd, ct.byref(opts))
-    if rc != 0:
-        err = ct.get_errno() or -rc
-        raise OSError(err, f"bpf_prog_test_run_opts failed: {os.strerror(abs(err))}")
-    out = dout.raw[: opts.data_size_out]
-    return RunResult(verdict=opts.retval, data=out[meta_len:], duration_ns=opts.duration)
-
-
-# -- the flow clock --------------------------------------------------------------------------------------------------
-HZ_CHOICES = (100, 250, 300, 1000)  # the kernel's CONFIG_HZ choices
-
-
-@dataclass(frozen=True, slots=True)
-class ClockModel:
-    """CLOCK_MONOTONIC ns = jiffies * tick_ns + off_ns (to within one tick): the XDP program's flow clock."""
-
-    tick_ns: int
-    off_ns: int
-
-    def cflags(self) -> list[str]:
-        return [f"-DSG_TICK_NS={self.tick_ns}ULL", f"-DSG_CLOCK_OFF=({self.off_ns}LL)"]
-
-
-def clock_model_from(samples: Sequence[tuple[int, int]]) -> ClockModel:
-    """The model from (jiffies, coarse monotonic ns) samples taken in order. The tick is snapped to the nominal
-    TICK_NSEC of the nearest CONFIG_HZ choice when it is within 0.5% of it; the offset is the median over samples."""
-    (j1, c1), (j2, c2) = samples[0], samples[-1]
-    if j2 <= j1:
-        raise ValueError(f"jiffies did not advance over {len(samples)} clock samples")
-    tick = (c2 - c1) / (j2 - j1)
-    hz = min(HZ_CHOICES, key=lambda h: abs(1e9 / h - tick))
-    nominal = (1_000_000_000 + hz // 2) // hz
-    tick_ns = nominal if abs(nominal - tick) <= 0.005 * nominal else round(tick)
-    offs = sorted(c - j * tick_ns for j, c in samples)
-    return ClockModel(tick_ns, offs[len(offs) // 2])
-
-
-@functools.lru_cache(maxsize=1)
-def clock_model(ticks: int = 4, timeout_s: float = 1.0) -> ClockModel:
-    """Measure the jiffies -> monotonic ns model with bpf/clock.bpf.c (once per process: it is fixed per boot)."""
-    b = bcc.BPF(src_file=str(wire.bpf_dir() / "clock.bpf.c").encode())
-    try:
-        fd = b.load_func(b"xdp_clock", bcc.BPF.XDP).fd
-        frame = bytes(64)
-
-        def sample() -> tuple[int, int]:
-            j, c = struct.unpack_from("<QQ", prog_test_run(fd, frame).data)
-            return j, c
-
-        samples = [sample()]
-        deadline = time.monotonic() + timeout_s
-        while samples[-1][0] - samples[0][0] < ticks and time.monotonic() < deadline:
-            time.sleep(0.002)
-            samples.append(sample())
-    finally:
-        b.cleanup()
-        _release_compiler_memory()
-    return clock_model_from(samples)
+_STATS_SIZE = wire.C["SG_ST_MAX"] * 8
 
 
 def _as_network(network: str | Network) -> Network:
@@ -375,7 +75,7 @@ class Kernel:
         self.bpf = bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
         self.fn = self.bpf.load_func(b"xdp_skyguard", bcc.BPF.XDP)
         self.prog_fd: int = self.fn.fd
-        _release_compiler_memory()
+        release_compiler_memory()
         self._events: list[wire.Event] = []
         self._sink: Callable[[wire.Event], None] | None = None  # set while drain_events runs
         self._sink_error: BaseException | None = None
@@ -387,7 +87,7 @@ class Kernel:
         self._policy = self._raw("policy", 4, wire.PolicySlot.FMT.size)
         self._config = self._raw("config", 4, wire.CONFIG_FMT.size)
         self._stats = self._raw("stats", 4, _STATS_SIZE, percpu=True)
-        self._lpm: dict[str, tuple[_RawMap, _RawMap]] = {
+        self._lpm: dict[str, tuple[RawMap, RawMap]] = {
             kind: (
                 self._raw(m4, wire.LPM4_FMT.size, wire.PREFIX_FMT.size),
                 self._raw(m6, wire.LPM6_FMT.size, wire.PREFIX_FMT.size),
@@ -395,8 +95,8 @@ class Kernel:
             for kind, (m4, m6) in _LPM_MAPS.items()
         }
 
-    def _raw(self, name: str, ks: int, vs: int, percpu: bool = False) -> _RawMap:
-        return _RawMap(self.bpf[name.encode()].map_fd, ks, vs, percpu)
+    def _raw(self, name: str, ks: int, vs: int, percpu: bool = False) -> RawMap:
+        return RawMap(self.bpf[name.encode()].map_fd, ks, vs, percpu)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from skyguard.daemon.main import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The flow clock: the XDP program reads jiffies (inlined by the verifier, cheaper than a clock helper) and scales them
+to CLOCK_MONOTONIC ns with a tick and offset that bpf/clock.bpf.c measures once per process."""
+
+from __future__ import annotations
+
+import functools
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import bcc
+
+from skyguard import wire
+from skyguard.kernel.bpfsys import prog_test_run
+from skyguard.kernel.memory import release_compiler_memory
+
+# -- the flow clock --------------------------------------------------------------------------------------------------
+HZ_CHOICES = (100, 250, 300, 1000)  # the kernel's CONFIG_HZ choices
+
+
+@dataclass(frozen=True, slots=True)
+class ClockModel:
+    """CLOCK_MONOTONIC ns = jiffies * tick_ns + off_ns (to within one tick): the XDP program's flow clock."""
+
+    tick_ns: int
+    off_ns: int
+
+    def cflags(self) -> list[str]:
+        return [f"-DSG_TICK_NS={self.tick_ns}ULL", f"-DSG_CLOCK_OFF=({self.off_ns}LL)"]
+
+
+def clock_model_from(samples: Sequence[tuple[int, int]]) -> ClockModel:
+    """The model from (jiffies, coarse monotonic ns) samples taken in order. The tick is snapped to the nominal
+    TICK_NSEC of the nearest CONFIG_HZ choice when it is within 0.5% of it; the offset is the median over samples."""
+    (j1, c1), (j2, c2) = samples[0], samples[-1]
+    if j2 <= j1:
+        raise ValueError(f"jiffies did not advance over {len(samples)} clock samples")
+    tick = (c2 - c1) / (j2 - j1)
+    hz = min(HZ_CHOICES, key=lambda h: abs(1e9 / h - tick))
+    nominal = (1_000_000_000 + hz // 2) // hz
+    tick_ns = nominal if abs(nominal - tick) <= 0.005 * nominal else round(tick)
+    offs = sorted(c - j * tick_ns for j, c in samples)
+    return ClockModel(tick_ns, offs[len(offs) // 2])
+
+
+@functools.lru_cache(maxsize=1)
+def clock_model(ticks: int = 4, timeout_s: float = 1.0) -> ClockModel:
+    """Measure the jiffies -> monotonic ns model with bpf/clock.bpf.c (once per process: it is fixed per boot)."""
+    b = bcc.BPF(src_file=str(wire.bpf_dir() / "clock.bpf.c").encode())
+    try:
+        fd = b.load_func(b"xdp_clock", bcc.BPF.XDP).fd
+        frame = bytes(64)
+
+        def sample() -> tuple[int, int]:
+            j, c = struct.unpack_from("<QQ", prog_test_run(fd, frame).data)
+            return j, c
+
+        samples = [sample()]
+        deadline = time.monotonic() + timeout_s
+        while samples[-1][0] - samples[0][0] < ticks and time.monotonic() < deadline:
+            time.sleep(0.002)
+            samples.append(sample())
+    finally:
+        b.cleanup()
+        release_compiler_memory()
+    return clock_model_from(samples)
