@@ -10,7 +10,7 @@ documented limitation (so a change in behaviour fails here and gets noticed).
 |                                                           | non-first fragments pass (no ports, no flow)    |
 | VLAN-tagged / QinQ SBC call                               | caught (skype-out, dropped)                     |
 | IPv6 SBC call                                             | caught (skype-out, dropped)                     |
-| media over TCP to a PSTN-prefix gateway                   | NOT caught: PSTN prefixes apply to UDP only     |
+| media over TCP to a PSTN-prefix gateway                   | caught: PSTN prefixes hold for TCP too          |
 | media over TCP 443 to a Microsoft relay                   | skype-relay (passes: leg unknown)               |
 | SoM-looking first packet, then random bytes               | not fooled: other (contradicted)                |
 | STUN with a fake MS attribute to a non-Microsoft address  | fooled: skype-relay (passes, logged)            |
