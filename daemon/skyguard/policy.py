@@ -21,13 +21,15 @@ File format (see policies/*.toml for commented examples)::
 Decision on `dscp`: it is only meaningful when the action rewrites DSCP, so it is refused with "pass" and "drop".
 A `dscp` written under a class whose action was forgotten would otherwise silently do nothing.
 
-Every refusal is a PolicyError whose str() is "file:line: reason". Lines are counted by "\\n" (as tomllib does),
-starting at 1; 0 means unknown. Semantic errors point at the offending key, table header or array element.
-Unknown keys and tables are errors. No other exception escapes parse_policy/load_policy.
+A refused file raises one PolicyError that lists every refusal found (up to MAX_ERRORS), one "file:line: reason" per
+line of its str(). Lines are counted by "\\n" (as tomllib does), starting at 1; 0 means unknown and is left out
+("file: reason"). Semantic errors point at the offending key, table header or array element. Unknown keys and tables
+are errors. No other exception escapes parse_policy/load_policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -35,12 +37,15 @@ import ipaddress
 import re
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from skyguard import names as names_mod
 from skyguard import wire
+from skyguard.endpoints import parse_prefix
+from skyguard.tomlpos import KeyPath, Locator, syntax_error_position
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -78,196 +83,34 @@ class Policy:
 
 
 class PolicyError(Exception):
-    """A refused policy: str(e) == f"{path}:{line}: {reason}" (line 0 when unknown)."""
+    """A refused policy: one or more (line, reason), each written "file:line: reason" (line 0, unknown: "file: reason").
 
-    def __init__(self, path: str, line: int, reason: str) -> None:
-        super().__init__(path, line, reason)
+    `line` and `reason` are the first error's; `errors` lists them all (at most MAX_ERRORS, in file order), so an
+    operator fixes a file in one pass instead of one run per mistake.
+    """
+
+    def __init__(self, path: str, line: int, reason: str, more: tuple[tuple[int, str], ...] = ()) -> None:
+        super().__init__(path, line, reason, more)
         self.path = path
         self.line = line
         self.reason = reason
+        self.more = tuple(more)
+
+    @property
+    def errors(self) -> list[tuple[int, str]]:
+        return [(self.line, self.reason), *self.more]
+
+    def lines(self) -> list[str]:
+        return [f"{self.path}:{ln}: {r}" if ln else f"{self.path}: {r}" for ln, r in self.errors]
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
+        return "\n".join(self.lines())
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Locating keys in the text (tomllib gives no positions)
+MAX_ERRORS = 20  # a file with more mistakes than this is most likely not a policy at all
 
-Path_ = tuple[str | int, ...]
-
-
-class _Locator:
-    """Maps key paths (("class", "skype-out", "action"), ("pstn", "prefixes", 2), ...) to 1-based line numbers.
-
-    Runs only on text tomllib already accepted, so it can be a small, forgiving scanner: tables, dotted and quoted
-    keys, strings of all four kinds, arrays (element by element, across lines) and inline tables. Anything it cannot
-    follow stops the scan; unknown paths fall back to their closest recorded parent, then to 0.
-    """
-
-    _BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-    def __init__(self, text: str) -> None:
-        self.s = text
-        self.i = 0
-        self.where: dict[Path_, int] = {}
-        self._aot: dict[Path_, int] = {}
-        try:
-            self._document()
-        except (IndexError, ValueError, tomllib.TOMLDecodeError, RecursionError):
-            pass  # keep what was found
-
-    # -- public
-    def line(self, path: Path_) -> int:
-        for k in range(len(path), 0, -1):
-            if path[:k] in self.where:
-                return self.where[path[:k]]
-        return 0
-
-    # -- scanner
-    def _lineno(self) -> int:
-        return self.s.count("\n", 0, self.i) + 1
-
-    def _record(self, path: Path_, line: int) -> None:
-        for k in range(1, len(path) + 1):
-            self.where.setdefault(path[:k], line)
-
-    def _peek(self, n: int = 1) -> str:
-        return self.s[self.i : self.i + n]
-
-    def _skip_blank(self, newlines: bool) -> None:
-        while self.i < len(self.s):
-            c = self.s[self.i]
-            if c in " \t" or (newlines and c in "\r\n"):
-                self.i += 1
-            elif c == "#":
-                while self.i < len(self.s) and self.s[self.i] != "\n":
-                    self.i += 1
-            else:
-                return
-
-    def _document(self) -> None:
-        table: Path_ = ()
-        while True:
-            self._skip_blank(newlines=True)
-            if self.i >= len(self.s):
-                return
-            line = self._lineno()
-            if self._peek(2) == "[[":
-                self.i += 2
-                path = self._key()
-                self._expect("]]")
-                idx = self._aot.get(path, 0)
-                self._aot[path] = idx + 1
-                table = path + (idx,)
-                self._record(table, line)
-            elif self._peek() == "[":
-                self.i += 1
-                table = self._key()
-                self._expect("]")
-                self._record(table, line)
-            else:
-                key = self._key()
-                self._record(table + key, line)
-                self._expect("=")
-                self._value(table + key)
-
-    def _expect(self, tok: str) -> None:
-        self._skip_blank(newlines=False)
-        if not self.s.startswith(tok, self.i):
-            raise ValueError(f"expected {tok!r}")
-        self.i += len(tok)
-
-    def _key(self) -> tuple[str, ...]:
-        parts: list[str] = []
-        while True:
-            self._skip_blank(newlines=False)
-            c = self._peek()
-            if c in "\"'":
-                start = self.i
-                self._string()
-                parts.append(tomllib.loads("k = " + self.s[start : self.i])["k"])
-            else:
-                m = self._BARE.match(self.s, self.i)
-                if not m:
-                    raise ValueError("expected a key")
-                parts.append(m.group())
-                self.i = m.end()
-            self._skip_blank(newlines=False)
-            if self._peek() != ".":
-                return tuple(parts)
-            self.i += 1
-
-    def _string(self) -> None:
-        for quote in ('"""', "'''"):
-            if self.s.startswith(quote, self.i):
-                end = self.i + 3
-                while True:
-                    end = self.s.index(quote, end)
-                    if quote == '"""' and self._escaped(end):
-                        end += 1
-                        continue
-                    break
-                # the delimiter is the last three of a run of up to five quotes (content may end with one or two)
-                run = 3
-                while run < 5 and end + run < len(self.s) and self.s[end + run] == quote[0]:
-                    run += 1
-                self.i = end + run
-                return
-        q = self.s[self.i]
-        end = self.i + 1
-        while True:
-            end = self.s.index(q, end)
-            if q == '"' and self._escaped(end):
-                end += 1
-                continue
-            break
-        self.i = end + 1
-
-    def _escaped(self, pos: int) -> bool:
-        n = 0
-        while pos - 1 - n >= 0 and self.s[pos - 1 - n] == "\\":
-            n += 1
-        return n % 2 == 1
-
-    def _value(self, path: Path_) -> None:
-        self._skip_blank(newlines=False)
-        c = self._peek()
-        if c in "\"'":
-            self._string()
-        elif c == "[":
-            self.i += 1
-            idx = 0
-            while True:
-                self._skip_blank(newlines=True)
-                if self._peek() == "]":
-                    self.i += 1
-                    return
-                self._record(path + (idx,), self._lineno())
-                self._value(path + (idx,))
-                idx += 1
-                self._skip_blank(newlines=True)
-                if self._peek() == ",":
-                    self.i += 1
-        elif c == "{":
-            self.i += 1
-            while True:
-                self._skip_blank(newlines=False)
-                if self._peek() == "}":
-                    self.i += 1
-                    return
-                line = self._lineno()
-                key = self._key()
-                self._record(path + key, line)
-                self._expect("=")
-                self._value(path + key)
-                self._skip_blank(newlines=False)
-                if self._peek() == ",":
-                    self.i += 1
-        else:
-            m = re.compile(r"[^,\]}\n#]+").match(self.s, self.i)
-            if not m:
-                raise ValueError("expected a value")
-            self.i = m.end()
+# Keys of skyguardd's own config file (daemon/config.py): a policy check that meets them says which file it was given.
+DAEMON_CONFIG_KEYS = ("interfaces", "xdp_mode", "pin_path", "socket", "flows_max", "log_format", "on_stop")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -277,7 +120,6 @@ _TOP_KEYS = ("name", "class", "malformed", "blocked", "pstn", "microsoft_media",
 _CLASS_KEYS = ("action", "dscp", "log")
 _MALFORMED_KEYS = ("action", "log")
 _BLOCKED_KEYS = ("action", "dscp", "log")
-_TOML_ERR_POS = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
 
 
 def _type_name(v: object) -> str:
@@ -291,23 +133,43 @@ def _hint(word: str, choices: tuple[str, ...] | list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _dotted(path: Path_) -> str:
+def _dotted(path: KeyPath) -> str:
     out = ""
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out
 
 
+class _TooMany(Exception):
+    """MAX_ERRORS reached: stop checking."""
+
+
 class _Checker:
+    """Checks a parsed document and collects every refusal. Each check raises PolicyError for its own item;
+    `part()` records it and lets the checks of the other items run, so one bad key does not hide the next."""
+
     def __init__(self, text: str, path: str) -> None:
         self.text = text
         self.path = path
-        self.loc = _Locator(text)
+        self.loc = Locator(text)
+        self.errors: list[tuple[int, str]] = []
 
-    def fail(self, where: Path_, reason: str, line: int | None = None) -> PolicyError:
+    def fail(self, where: KeyPath, reason: str, line: int | None = None) -> PolicyError:
         return PolicyError(self.path, self.loc.line(where) if line is None else line, reason)
 
-    def table(self, doc: dict, key: str, allowed: tuple[str, ...], where: Path_) -> dict | None:
+    def note(self, e: PolicyError) -> None:
+        self.errors.append((e.line, e.reason))
+        if len(self.errors) >= MAX_ERRORS:
+            raise _TooMany
+
+    @contextlib.contextmanager
+    def part(self) -> Iterator[None]:
+        try:
+            yield
+        except PolicyError as e:
+            self.note(e)
+
+    def table(self, doc: dict, key: str, allowed: tuple[str, ...], where: KeyPath) -> dict | None:
         if key not in doc:
             return None
         val = doc[key]
@@ -315,14 +177,14 @@ class _Checker:
             raise self.fail(where, f"{_dotted(where)} must be a table, not {_type_name(val)}")
         for k in val:
             if k not in allowed:
-                raise self.fail(
+                self.note(self.fail(
                     where + (k,),
                     f"unknown key {_dotted(where + (k,))!r} (allowed in [{_dotted(where)}]: {', '.join(allowed)})"
                     + _hint(k, allowed),
-                )
-        return val
+                ))
+        return {k: v for k, v in val.items() if k in allowed}
 
-    def action(self, tbl: dict, where: Path_, allowed: tuple[str, ...], default: str) -> str:
+    def action(self, tbl: dict, where: KeyPath, allowed: tuple[str, ...], default: str) -> str:
         a = tbl.get("action", default)
         w = where + ("action",)
         if not isinstance(a, str):
@@ -332,7 +194,7 @@ class _Checker:
             raise self.fail(w, f"{_dotted(w)}: unknown action {a!r} (expected {' | '.join(allowed)}){hint}")
         return a
 
-    def dscp(self, tbl: dict, where: Path_) -> int:
+    def dscp(self, tbl: dict, where: KeyPath) -> int:
         d = tbl["dscp"]
         w = where + ("dscp",)
         if not isinstance(d, int) or isinstance(d, bool):
@@ -341,7 +203,7 @@ class _Checker:
             raise self.fail(w, f"{_dotted(w)} = {d} is out of range (DSCP is 0..63)")
         return d
 
-    def window(self, tbl: dict | None, where: Path_, key: str, default: int, top: int) -> int:
+    def window(self, tbl: dict | None, where: KeyPath, key: str, default: int, top: int) -> int:
         if tbl is None or key not in tbl:
             return default
         v, w = tbl[key], where + (key,)
@@ -351,13 +213,13 @@ class _Checker:
             raise self.fail(w, f"{_dotted(w)} = {v} is out of range (0..{top} seconds, 0 = off)")
         return v
 
-    def log(self, tbl: dict, where: Path_) -> bool:
+    def log(self, tbl: dict, where: KeyPath) -> bool:
         v = tbl.get("log", False)
         if not isinstance(v, bool):
             raise self.fail(where + ("log",), f"{_dotted(where + ('log',))} must be true or false, not {_type_name(v)}")
         return v
 
-    def str_list(self, tbl: dict, key: str, where: Path_) -> list[tuple[str, Path_]] | None:
+    def str_list(self, tbl: dict, key: str, where: KeyPath) -> list[tuple[str, KeyPath]] | None:
         if key not in tbl:
             return None
         w = where + (key,)
@@ -367,110 +229,136 @@ class _Checker:
         out = []
         for i, item in enumerate(val):
             if not isinstance(item, str):
-                raise self.fail(w + (i,), f"{_dotted(w + (i,))} must be a string, not {_type_name(item)}")
+                self.note(self.fail(w + (i,), f"{_dotted(w + (i,))} must be a string, not {_type_name(item)}"))
+                continue
             out.append((item, w + (i,)))
         return out
 
-    def prefixes(self, tbl: dict | None, where: Path_) -> tuple[Network, ...] | None:
+    def prefixes(self, tbl: dict | None, where: KeyPath) -> tuple[Network, ...] | None:
         if tbl is None:
             return None
         items = self.str_list(tbl, "prefixes", where)
         if items is None:
             return None
-        seen: dict[Network, Path_] = {}
+        seen: dict[Network, KeyPath] = {}
         for raw, w in items:
-            s = raw.strip()
             try:
-                net = ipaddress.ip_network(s, strict=True)
+                net = parse_prefix(raw)
             except ValueError as e:
-                try:
-                    loose = ipaddress.ip_network(s, strict=False)
-                except ValueError:
-                    raise self.fail(w, f"{_dotted(w)}: {raw!r} is not a CIDR prefix ({e})") from None
-                raise self.fail(w, f"{_dotted(w)}: {raw!r} has host bits set; did you mean {str(loose)!r}?") from None
+                self.note(self.fail(w, f"{_dotted(w)}: {e}"))
+                continue
             if net in seen:
-                raise self.fail(
+                self.note(self.fail(
                     w, f"{_dotted(w)}: duplicate prefix {str(net)!r} (already at line {self.loc.line(seen[net])})"
-                )
+                ))
+                continue
             seen[net] = w
         return tuple(seen)
 
-    def dns_names(self, tbl: dict | None, where: Path_) -> tuple[str, ...] | None:
+    def dns_names(self, tbl: dict | None, where: KeyPath) -> tuple[str, ...] | None:
         if tbl is None:
             return None
         items = self.str_list(tbl, "names", where)
         if items is None:
             return None
-        seen: dict[str, Path_] = {}
+        seen: dict[str, KeyPath] = {}
         for raw, w in items:
             if not names_mod.valid_dns_name(raw):
-                raise self.fail(w, f"{_dotted(w)}: {raw!r} is not a valid DNS name")
+                self.note(self.fail(w, f"{_dotted(w)}: {raw!r} is not a valid DNS name"))
+                continue
             n = names_mod.normalize(raw)
             if n in seen:
-                raise self.fail(w, f"{_dotted(w)}: duplicate name {n!r} (already at line {self.loc.line(seen[n])})")
+                self.note(self.fail(
+                    w, f"{_dotted(w)}: duplicate name {n!r} (already at line {self.loc.line(seen[n])})"))
+                continue
             seen[n] = w
         return tuple(seen)
 
     def check(self, doc: dict) -> dict[str, Any]:
+        """The Policy fields; raises PolicyError listing every refusal (in file order) if there was any."""
+        try:
+            fields = self._check(doc)
+        except _TooMany:
+            fields = None
+            self.errors.append((0, f"stopped after {MAX_ERRORS} errors"))
+        if self.errors:
+            errs = sorted(self.errors[:MAX_ERRORS], key=lambda e: e[0] or 1 << 30) + self.errors[MAX_ERRORS:]
+            raise PolicyError(self.path, errs[0][0], errs[0][1], tuple(errs[1:]))
+        assert fields is not None
+        return fields
+
+    def _check(self, doc: dict) -> dict[str, Any]:
+        config_keys = [k for k in doc if k in DAEMON_CONFIG_KEYS]
+        if config_keys:
+            # the likeliest mistake: the daemon's config passed where a policy was expected
+            self.note(self.fail((), f"this is skyguardd's config file (it sets {', '.join(config_keys)}), not a "
+                                "policy: skyguardd reads it with --config, and `skyguardd --config FILE --check` "
+                                "checks it (with the policy it names)", line=1))
         for k in doc:
-            if k not in _TOP_KEYS:
+            if k not in _TOP_KEYS and k not in config_keys:
                 hint = _hint(k, _TOP_KEYS)
-                raise self.fail((k,), f"unknown key or table {k!r} (allowed: {', '.join(_TOP_KEYS)}){hint}")
-        if "name" not in doc:
-            raise self.fail((), 'missing required top-level key name (e.g. name = "my-policy")', line=1)
-        nm = doc["name"]
-        if not isinstance(nm, str):
-            raise self.fail(("name",), f"name must be a string, not {_type_name(nm)}")
-        if not NAME_RE.fullmatch(nm):
-            raise self.fail(("name",), f"name {nm!r} must be 1..64 characters of a-z 0-9 . _ -")
+                self.note(self.fail((k,), f"unknown key or table {k!r} (allowed: {', '.join(_TOP_KEYS)}){hint}"))
+        nm = "x"
+        with self.part():
+            if "name" not in doc:
+                raise self.fail((), 'missing required top-level key name (e.g. name = "my-policy")', line=1)
+            nm = doc["name"]
+            if not isinstance(nm, str):
+                raise self.fail(("name",), f"name must be a string, not {_type_name(nm)}")
+            if not NAME_RE.fullmatch(nm):
+                raise self.fail(("name",), f"name {nm!r} must be 1..64 characters of a-z 0-9 . _ -")
 
         slots = [wire.PolicySlot() for _ in range(wire.POL_SLOTS)]
-        classes = self.table(doc, "class", wire.CLASS_NAMES, ("class",))
-        for cname, ctbl in (classes or {}).items():
-            where = ("class", cname)
-            ctbl = self.table(classes, cname, _CLASS_KEYS, where)
-            act = self.action(ctbl, where, wire.ACTION_NAMES, "pass")
-            if act == "mark" and "dscp" not in ctbl:
-                raise self.fail(where + ("action",), f'{_dotted(where)}: action = "mark" needs dscp = 0..63')
-            if act != "mark" and "dscp" in ctbl:
-                reason = f'{_dotted(where)}: dscp is only allowed with action = "mark" (action is {act!r})'
-                raise self.fail(where + ("dscp",), reason)
-            dscp = self.dscp(ctbl, where) if act == "mark" else 0
-            slots[wire.CLASS_IDS[cname]] = wire.PolicySlot(wire.ACTION_IDS[act], dscp, self.log(ctbl, where))
+        classes = None
+        with self.part():
+            classes = self.table(doc, "class", wire.CLASS_NAMES, ("class",))
+        for cname in classes or {}:
+            with self.part():
+                slots[wire.CLASS_IDS[cname]] = self._class(classes, cname)
 
-        mal = self.table(doc, "malformed", _MALFORMED_KEYS, ("malformed",))
-        if mal is not None:
-            w = ("malformed",)
-            if mal.get("action") == "mark":
-                raise self.fail(
-                    w + ("action",),
-                    'malformed.action cannot be "mark" (the packet\'s IP header did not parse); use pass or drop',
-                )
-            act = self.action(mal, w, ("pass", "drop"), "pass")
-            slots[wire.POL_MALFORMED] = wire.PolicySlot(wire.ACTION_IDS[act], 0, self.log(mal, w))
+        with self.part():
+            mal = self.table(doc, "malformed", _MALFORMED_KEYS, ("malformed",))
+            if mal is not None:
+                w = ("malformed",)
+                if mal.get("action") == "mark":
+                    raise self.fail(
+                        w + ("action",),
+                        'malformed.action cannot be "mark" (the packet\'s IP header did not parse); use pass or drop',
+                    )
+                act = self.action(mal, w, ("pass", "drop"), "pass")
+                slots[wire.POL_MALFORMED] = wire.PolicySlot(wire.ACTION_IDS[act], 0, self.log(mal, w))
 
-        blk = self.table(doc, "blocked", _BLOCKED_KEYS, ("blocked",))
         blocked = wire.PolicySlot(wire.DROP, 0, False)
-        if blk is not None:
-            w = ("blocked",)
-            self.action(blk, w, ("drop",), "drop")
-            dscp = self.dscp(blk, w) if "dscp" in blk else 0
-            blocked = wire.PolicySlot(wire.DROP, dscp, self.log(blk, w))
+        with self.part():
+            blk = self.table(doc, "blocked", _BLOCKED_KEYS, ("blocked",))
+            if blk is not None:
+                w = ("blocked",)
+                self.action(blk, w, ("drop",), "drop")
+                dscp = self.dscp(blk, w) if "dscp" in blk else 0
+                blocked = wire.PolicySlot(wire.DROP, dscp, self.log(blk, w))
         slots[wire.POL_BLOCKED] = blocked
 
-        pstn = self.table(doc, "pstn", ("prefixes", "names"), ("pstn",))
-        msm = self.table(doc, "microsoft_media", ("prefixes",), ("microsoft_media",))
-        exempt = self.table(doc, "exempt", ("prefixes",), ("exempt",))
-        skype = self.table(doc, "skype", ("names", "host_correlation_s"), ("skype",))
+        tables: dict[str, dict | None] = {}
+        for key, allowed in (("pstn", ("prefixes", "names")), ("microsoft_media", ("prefixes",)),
+                             ("exempt", ("prefixes",)), ("skype", ("names", "host_correlation_s"))):
+            tables[key] = None
+            with self.part():
+                tables[key] = self.table(doc, key, allowed, (key,))
 
-        pstn_prefixes = self.prefixes(pstn, ("pstn",)) or ()
-        pstn_names = self.dns_names(pstn, ("pstn",)) or ()
-        msmedia = self.prefixes(msm, ("microsoft_media",))
+        def each(fn, default):  # one guarded check, with the value to use when it was refused
+            with self.part():
+                return fn()
+            return default
+
+        pstn_prefixes = each(lambda: self.prefixes(tables["pstn"], ("pstn",)), None) or ()
+        pstn_names = each(lambda: self.dns_names(tables["pstn"], ("pstn",)), None) or ()
+        msmedia = each(lambda: self.prefixes(tables["microsoft_media"], ("microsoft_media",)), None)
         if msmedia is None:
             msmedia = tuple(ipaddress.ip_network(p) for p in DEFAULT_MSMEDIA_PREFIXES)
-        exempt_prefixes = self.prefixes(exempt, ("exempt",)) or ()
-        extra_names = self.dns_names(skype, ("skype",)) or ()
+        exempt_prefixes = each(lambda: self.prefixes(tables["exempt"], ("exempt",)), None) or ()
+        extra_names = each(lambda: self.dns_names(tables["skype"], ("skype",)), None) or ()
         skype_names = tuple(dict.fromkeys(names_mod.BUILTIN_SKYPE_NAMES + extra_names))
+        host_corr = each(lambda: self.window(tables["skype"], ("skype",), "host_correlation_s", 60, 3600), 60)
         return {
             "name": nm,
             "slots": tuple(slots),
@@ -479,8 +367,20 @@ class _Checker:
             "msmedia_prefixes": msmedia,
             "exempt_prefixes": exempt_prefixes,
             "skype_names": skype_names,
-            "host_corr_s": self.window(skype, ("skype",), "host_correlation_s", 60, 3600),
+            "host_corr_s": host_corr,
         }
+
+    def _class(self, classes: dict, cname: str) -> wire.PolicySlot:
+        where = ("class", cname)
+        ctbl = self.table(classes, cname, _CLASS_KEYS, where)
+        act = self.action(ctbl, where, wire.ACTION_NAMES, "pass")
+        if act == "mark" and "dscp" not in ctbl:
+            raise self.fail(where + ("action",), f'{_dotted(where)}: action = "mark" needs dscp = 0..63')
+        if act != "mark" and "dscp" in ctbl:
+            reason = f'{_dotted(where)}: dscp is only allowed with action = "mark" (action is {act!r})'
+            raise self.fail(where + ("dscp",), reason)
+        dscp = self.dscp(ctbl, where) if act == "mark" else 0
+        return wire.PolicySlot(wire.ACTION_IDS[act], dscp, self.log(ctbl, where))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -488,19 +388,16 @@ class _Checker:
 
 
 def _syntax_error(text: str, path: str, e: tomllib.TOMLDecodeError) -> PolicyError:
-    msg = str(e)
-    m = _TOML_ERR_POS.search(msg)
-    nlines = text.count("\n") + 1
-    if not m:
+    line, col, msg = syntax_error_position(text, e)
+    if not line:
         return PolicyError(path, 0, f"TOML syntax error: {msg}")
-    if m.group(1) is None:
-        return PolicyError(path, nlines, f"TOML syntax error: {msg[: m.start()]} (at end of file)")
-    line = min(max(int(m.group(1)), 0), nlines)
-    return PolicyError(path, line, f"TOML syntax error: {msg[: m.start()]} (column {m.group(2)})")
+    where = f"column {col}" if col is not None else "at end of file"
+    return PolicyError(path, line, f"TOML syntax error: {msg} ({where})")
 
 
 def parse_policy(text: str, path: str = "<string>") -> Policy:
-    """Validate a policy text; PolicyError (file:line: reason) on any refusal, never another exception."""
+    """Validate a policy text; PolicyError (every refusal, file:line: reason) on any refusal, never another
+    exception."""
     try:
         if not isinstance(text, str):
             raise PolicyError(path, 0, f"policy text must be a string, not {type(text).__name__}")
@@ -527,6 +424,8 @@ def load_policy(path: str | Path) -> Policy:
     try:
         with open(p, "rb") as f:
             data = f.read(MAX_POLICY_BYTES + 1)
+    except FileNotFoundError:
+        raise PolicyError(p, 0, "no such file: the policy file does not exist") from None
     except OSError as e:
         raise PolicyError(p, 0, f"cannot read policy file: {e.strerror or e}") from None
     if len(data) > MAX_POLICY_BYTES:

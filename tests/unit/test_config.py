@@ -84,6 +84,10 @@ other = 5.5
         ('[idle_timeout]\nudp = 120\ntcp = -1\n', 3, "idle_timeout.tcp must be a positive number"),
         ('# c\n[idle_timeout]\nicmp = 5\n', 3, "unknown key idle_timeout.icmp"),
         ('idle_timeout = 5\n', 1, "idle_timeout must be a table"),
+        # inside an inline table: the line that sets the key (the old line scanner found none)
+        ('window = 1\nidle_timeout = { udp = 120, tcp = -1 }\n', 2, "idle_timeout.tcp must be a positive number"),
+        ('interfaces = [\n "eth0",\n]\nidle_timeout = { udp = 1, other = "x" }\n', 4, "idle_timeout.other must be"),
+        ('idle_timeout.udp = 5\nidle_timeout.icmp = 5\n', 2, "unknown key idle_timeout.icmp"),
         ('interfaces = ["eth0"]\nwindow = 1\nwindow = 2\n', 3, "Cannot overwrite a value"),
         ('interfaces = ["eth0"\n\n', 2, "Unclosed array"),  # at the end of the file
         ('a = 1\nb = = 2\n', 2, "Invalid value"),

@@ -21,7 +21,7 @@ def refuse(text: str) -> str:
     with pytest.raises(PolicyError) as ei:
         parse_policy(text, "p.toml")
     e = ei.value
-    assert str(e) == f"{e.path}:{e.line}: {e.reason}"
+    assert str(e).splitlines()[0] == f"{e.path}:{e.line}: {e.reason}"
     return str(e)
 
 
@@ -142,7 +142,7 @@ def test_syntax_error_duplicate_key() -> None:
 
 
 def test_syntax_error_at_end_of_document() -> None:
-    assert refuse('name = "x"\nnames = [\n"a",\n').startswith("p.toml:4: TOML syntax error:")
+    assert refuse('name = "x"\nnames = [\n"a",\n').startswith("p.toml:3: TOML syntax error:")
 
 
 def test_missing_name() -> None:
@@ -284,7 +284,8 @@ def test_locator_not_fooled_by_strings_and_comments() -> None:
     )
     assert refuse(text).startswith("p.toml:2: unknown key or table 'x_doc'")
     text = "name = 'x'\n[pstn]\nnames = ['''a]b''', # ]\n  \"has space.example\"]\n"
-    assert refuse(text) == "p.toml:3: pstn.names[0]: 'a]b' is not a valid DNS name"
+    assert refuse(text).splitlines() == ["p.toml:3: pstn.names[0]: 'a]b' is not a valid DNS name",
+                                         "p.toml:4: pstn.names[1]: 'has space.example' is not a valid DNS name"]
 
 
 def test_quoted_keys_are_located() -> None:
@@ -297,10 +298,10 @@ def test_load_missing_and_unreadable(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(PolicyError) as ei:
         load_policy(missing)
-    assert str(ei.value) == f"{missing}:0: cannot read policy file: No such file or directory"
+    assert str(ei.value) == f"{missing}: no such file: the policy file does not exist"
     with pytest.raises(PolicyError) as ei:
         load_policy(tmp_path)
-    assert str(ei.value) == f"{tmp_path}:0: cannot read policy file: Is a directory"
+    assert str(ei.value) == f"{tmp_path}: cannot read policy file: Is a directory"
 
 
 def test_load_bad_utf8_points_at_line(tmp_path: Path) -> None:
@@ -314,7 +315,7 @@ def test_load_bad_utf8_points_at_line(tmp_path: Path) -> None:
 def test_non_string_text_is_a_policy_error() -> None:
     with pytest.raises(PolicyError) as ei:
         parse_policy(b'name = "x"', "p.toml")  # type: ignore[arg-type]
-    assert str(ei.value) == "p.toml:0: policy text must be a string, not bytes"
+    assert str(ei.value) == "p.toml: policy text must be a string, not bytes"
 
 
 def test_error_is_picklable_and_keeps_fields() -> None:
@@ -379,3 +380,46 @@ def test_valid_dns_name(name: object, ok: bool) -> None:
 def test_builtin_names_are_valid_and_unique() -> None:
     assert all(names.valid_dns_name(n) for n in names.BUILTIN_SKYPE_NAMES)
     assert len(set(names.BUILTIN_SKYPE_NAMES)) == len(names.BUILTIN_SKYPE_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every error at once
+
+
+def test_every_error_is_reported_in_file_order() -> None:
+    text = ('name = "x"\n[class.skype-out]\naction = "explode"\n[class.skype-p2p]\naction = "drop"\ndscp = 8\n'
+            '[exempt]\nprefixes = ["10.1.2.3/8", "nope", "192.0.2.0/24"]\n[pstn]\nnames = ["bad name"]\n')
+    with pytest.raises(PolicyError) as ei:
+        parse_policy(text, "p.toml")
+    assert [ln for ln, _ in ei.value.errors] == [3, 6, 8, 8, 10]
+    lines = str(ei.value).splitlines()
+    assert lines[0] == "p.toml:3: class.skype-out.action: unknown action 'explode' (expected pass | drop | mark)"
+    assert lines[2] == "p.toml:8: exempt.prefixes[0]: '10.1.2.3/8' has host bits set; did you mean '10.0.0.0/8'?"
+    assert lines[4] == "p.toml:10: pstn.names[0]: 'bad name' is not a valid DNS name"
+
+
+def test_errors_stop_at_the_cap() -> None:
+    from skyguard.policy import MAX_ERRORS
+
+    text = 'name = "x"\n' + "".join(f"typo{i} = 1\n" for i in range(MAX_ERRORS + 10))
+    with pytest.raises(PolicyError) as ei:
+        parse_policy(text, "p.toml")
+    errs = ei.value.errors
+    assert len(errs) == MAX_ERRORS + 1 and errs[-1] == (0, f"stopped after {MAX_ERRORS} errors")
+    assert errs[0][0] == 2 and str(ei.value).splitlines()[-1] == f"p.toml: stopped after {MAX_ERRORS} errors"
+
+
+def test_daemon_config_checked_as_a_policy_says_so() -> None:
+    text = 'interfaces = ["eth0", "eth1"]\nxdp_mode = "native"\npolicy = "/etc/skyguard/policy.toml"\n'
+    with pytest.raises(PolicyError) as ei:
+        parse_policy(text, "skyguard.toml")
+    first = str(ei.value).splitlines()[0]
+    assert first.startswith("skyguard.toml:1: this is skyguardd's config file (it sets interfaces, xdp_mode)")
+    assert "skyguardd --config FILE --check" in first
+
+
+def test_daemon_config_keys_are_the_configs_own() -> None:
+    from skyguard.daemon.config import CHECKS
+    from skyguard.policy import DAEMON_CONFIG_KEYS
+
+    assert set(DAEMON_CONFIG_KEYS) <= set(CHECKS)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from skyguard import wire
-from skyguard.policy import Policy, PolicyError, parse_policy
+from skyguard.policy import MAX_ERRORS, Policy, PolicyError, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [p.read_text() for p in sorted((ROOT / "policies").glob("*.toml"))]
@@ -144,9 +144,10 @@ def check_outcome(text: str) -> Policy | PolicyError:
     try:
         p = parse_policy(text, PATH)
     except PolicyError as e:
-        m = re.match(rf"^{re.escape(PATH)}:(\d+): \S", str(e))
+        m = re.match(rf"^{re.escape(PATH)}(?::(\d+))?: \S", str(e))  # line 0 (unknown) is left out
         assert m, str(e)
-        assert int(m.group(1)) == e.line and 0 <= e.line <= nlines, (e.line, nlines, str(e))
+        assert int(m.group(1) or 0) == e.line and 0 <= e.line <= nlines, (e.line, nlines, str(e))
+        assert len(e.errors) <= MAX_ERRORS + 1 and all(0 <= ln <= nlines for ln, _ in e.errors), str(e)
         assert e.path == PATH and e.reason
         return e
     assert isinstance(p, Policy)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from skyguard import __version__
+from skyguard.tomlpos import Locator, syntax_error_position
 
 DEFAULT_CONFIG = "/etc/skyguard/skyguard.toml"
 DEFAULT_SOCKET = "/run/skyguard/skyguard.sock"
@@ -152,23 +153,10 @@ IDLE_CHECKS = {f.name: _seconds(allow_zero=False) for f in fields(IdleTimeouts)}
 # Files
 
 
-def _key_line(text: str, table: str | None, key: str) -> int | None:
-    """The line where `key` is set inside `[table]` (None: top level): tomllib does not report positions."""
-    current: str | None = None
-    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"]+)\s*\]\s*(#.*)?$")
-    assign = re.compile(rf"^\s*(?:\"{re.escape(key)}\"|{re.escape(key)})\s*=")
-    for n, line in enumerate(text.splitlines(), 1):
-        m = header.match(line)
-        if m:
-            current = m.group(1).strip('"')
-            continue
-        if current == table and assign.match(line):
-            return n
-    return None
-
-
 def _error(path: str, text: str, table: str | None, key: str, reason: str) -> ConfigError:
-    line = _key_line(text, table, key)
+    """A ConfigError at the line where `key` is set (in `table`, or at the top level), found by the same locator the
+    policy checker uses: dotted keys and inline tables (`idle_timeout = { udp = -1 }`) included."""
+    line = Locator(text).line((table, key) if table else (key,))
     return ConfigError(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
 
 
@@ -184,10 +172,8 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
-        line = m.group(1) if m else max(1, len(text.splitlines()))  # "at end of document": the last line
-        reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
-        raise ConfigError(f"{path}:{line}: {reason}") from None
+        line, _col, reason = syntax_error_position(text, e)
+        raise ConfigError(f"{path}:{max(line, 1)}: {reason}") from None
     return _from_dict(data, path, text, base or Config())
 
 
@@ -235,6 +221,8 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-path", metavar="DIR", help=f"bpffs directory for pinned maps (default {DEFAULT_PIN_PATH})")
     p.add_argument("--xdp-mode", metavar="MODE", choices=XDP_MODES, help="native | generic | auto")
     p.add_argument("--log-format", metavar="FMT", choices=LOG_FORMATS, help="json | console | auto")
+    p.add_argument("--check", action="store_true",
+                   help="check the config and the policy it names, print the verdict and exit (nothing is attached)")
     p.add_argument("--version", action="version", version=f"skyguardd {__version__}")
     return p
 
