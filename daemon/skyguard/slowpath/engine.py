@@ -62,6 +62,8 @@ class EngineCounters:
     decisions: int = 0
     prefix_changes: int = 0
     expired_flows: int = 0
+    # (new class, reason bits) -> classifications seen (kernel events and the daemon's decisions): for metrics
+    classified: Counter = field(default_factory=Counter)
 
 
 class Engine:
@@ -201,6 +203,7 @@ class Engine:
 
     def _log_class(self, key: wire.FlowKey, old: int, new: int, reason: int, ts_ns: int, *, by: str,
                    detail: str = "") -> None:
+        self.counters.classified[(new, reason)] += 1
         slot = self.policy.slot(new) if new < wire.NCLASSES else wire.PolicySlot()
         logged = bool(slot.log or self.log_all or slot.action != wire.PASS)
         allowed = logged and self.limiter.allow(key)

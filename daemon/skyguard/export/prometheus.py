@@ -1,0 +1,287 @@
+"""Prometheus metrics of skyguardd: computed on the daemon's housekeeping tick, served from a thread.
+
+A scrape never touches the kernel or the flow table: the event loop builds an immutable `Sample` once a tick from
+what it already holds (the per-CPU `stats` map, the engine's counters, the flow-table snapshot's class column, the
+daemon's state), and the collector, running in prometheus_client's HTTP server thread, only formats the latest
+one. Replacing the reference is atomic, so a scrape sees one whole tick, never half of two.
+
+Every series has a bounded label set (classes, actions, outcomes, reasons, interfaces): nothing per flow.
+
+Compatible with prometheus_client 0.16 (Debian 12's python3-prometheus-client) and later: only the public
+collector/exposition API is used (the HTTP server is assembled from make_wsgi_app and ThreadingWSGIServer because
+0.16's start_http_server returns no handle to stop it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+from skyguard import wire
+
+# Packets that never reach a class get a pseudo-class naming why, so the series of skyguard_packets_total add up to
+# every packet the program saw: exempt prefixes (passed untouched), manual blocks (dropped whatever the class),
+# flowless traffic (non-IP, other L4, fragments, flow-insert failures: passed) and malformed packets (the policy's
+# [malformed] action).
+PSEUDO_CLASSES = ("exempt", "blocked", "none", "malformed")
+CLASS_LABELS = (*wire.CLASS_NAMES, *PSEUDO_CLASSES)
+XDP_MODES = ("native", "generic")
+RELOAD_RESULTS = ("ok", "refused")
+_FLOWLESS = ("out_non_ip", "out_other_l4", "out_fragment", "out_no_flow")
+
+
+def outcome_names() -> tuple[str, ...]:
+    """The kernel's outcome counters (every packet lands in exactly one), as `outcome` label values: the counter
+    names without the `out_` prefix (flow, non_ip, exempt, ...) and the parse errors as they are (err_eth, ...)."""
+    names = wire.stat_names()
+    first, last = wire.C["SG_ST_OUTCOME_FIRST"], wire.C["SG_ST_OUTCOME_LAST"]
+    return tuple(names[i] for i in range(first, last + 1))
+
+
+def _outcome_label(stat: str) -> str:
+    return stat[4:] if stat.startswith("out_") else stat
+
+
+class PacketAttribution:
+    """The kernel counts packets per class and per action, not per (class, action). Each tick attributes the packets
+    a class gained since the last tick to the action the policy in force gives that class, so the counters stay
+    monotonic and add up exactly to the kernel's packet count. A reload between two ticks attributes that tick's
+    packets to the new policy's action (at most one tick, one second, is misattributed). The first tick attributes
+    everything the kernel counted before (pinned maps outlive a daemon restart) to the policy loaded at start."""
+
+    def __init__(self) -> None:
+        self._prev: dict[str, int] = {}
+        self.totals: Counter[tuple[str, str]] = Counter()
+
+    def _delta(self, stats: Mapping[str, int], name: str) -> int:
+        now, before = stats.get(name, 0), self._prev.get(name, 0)
+        self._prev[name] = now
+        return now - before if now >= before else now  # smaller: the map was made anew (counter reset)
+
+    def update(self, stats: Mapping[str, int], policy_actions: Sequence[int]) -> Counter[tuple[str, str]]:
+        """`policy_actions`: action id per policy slot (class ids, then wire.POL_MALFORMED)."""
+        for cid, cname in enumerate(wire.CLASS_NAMES):
+            self.totals[(cname, wire.ACTION_NAMES[policy_actions[cid]])] += self._delta(stats, f"class_{cname}")
+        self.totals[("exempt", "pass")] += self._delta(stats, "out_exempt")
+        self.totals[("blocked", "drop")] += self._delta(stats, "out_blocked")
+        self.totals[("none", "pass")] += sum(self._delta(stats, n) for n in _FLOWLESS)
+        malformed = sum(self._delta(stats, n) for n in outcome_names() if n.startswith("err_"))
+        self.totals[("malformed", wire.ACTION_NAMES[policy_actions[wire.POL_MALFORMED]])] += malformed
+        return self.totals
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Everything one scrape reports, as of one housekeeping tick."""
+
+    packets: Mapping[tuple[str, str], int]
+    bytes_total: int
+    parse: Mapping[str, int]
+    classified: Mapping[tuple[str, str], int]
+    flows_active: Mapping[str, int] | None  # None until the first flow-table snapshot
+    capacity: int
+    events_lost: int
+    reloads: Mapping[str, int]
+    policy_loaded: float
+    xdp: Mapping[str, str | None]  # configured interface -> attached mode (None: not attached)
+    xdp_requested: str
+    version: str
+    policy: str
+    updated: float  # wall clock of the tick
+
+
+@dataclass(eq=False)  # a collector is registered by identity: it must stay hashable
+class Metrics:
+    """The daemon's metrics state and a prometheus_client collector over it (register it in a registry)."""
+
+    version: str
+    capacity: int
+    xdp_requested: str
+    reloads: Counter[str] = field(default_factory=Counter)
+    sample: Sample | None = None
+    _attribution: PacketAttribution = field(default_factory=PacketAttribution)
+    _flows_key: tuple | None = None
+    _flows_active: dict[str, int] | None = None
+
+    def note_reload(self, ok: bool) -> None:
+        self.reloads["ok" if ok else "refused"] += 1
+
+    def flows_by_class(self, snapshot) -> dict[str, int] | None:
+        """Active flows per class from the flow-table snapshot's class column: counted once per completed snapshot
+        (a numpy bincount, ~2 ms at a million flows), not once per tick, never per scrape."""
+        if snapshot is None:
+            return self._flows_active
+        key = (snapshot.taken_ns, snapshot.n)
+        if key != self._flows_key:
+            import numpy as np
+
+            counts = np.bincount(snapshot.cols.cls[: snapshot.n], minlength=wire.NCLASSES)
+            # a class id past the known ones cannot come from the kernel (it clamps); counted as unknown if it did
+            counts[0] += int(counts[wire.NCLASSES:].sum())
+            self._flows_active = {c: int(counts[i]) for i, c in enumerate(wire.CLASS_NAMES)}
+            self._flows_key = key
+        return self._flows_active
+
+    def tick(self, *, stats: Mapping[str, int], policy, classified: Mapping[tuple[int, int], int], snapshot,
+             attached: Mapping[str, str | None], policy_loaded: float, now: float | None = None) -> Sample:
+        """Build the sample scrapes will read. `classified`: (class id, reason bits) -> classifications the daemon
+        saw (kernel events and its own decisions); `attached`: configured interface -> XDP mode or None."""
+        actions = [policy.slot(i).action for i in range(wire.POL_SLOTS)]
+        packets = dict(self._attribution.update(stats, actions))
+        by_class: Counter[tuple[str, str]] = Counter()
+        for (cid, reason), n in classified.items():
+            cname = wire.CLASS_NAMES[cid] if 0 <= cid < wire.NCLASSES else "unknown"
+            by_class[(cname, wire.reason_name(reason) or "none")] += n
+        self.sample = Sample(
+            packets=packets, bytes_total=stats.get("bytes", 0),
+            parse={_outcome_label(n): stats.get(n, 0) for n in outcome_names()},
+            classified=dict(by_class), flows_active=self.flows_by_class(snapshot), capacity=self.capacity,
+            events_lost=stats.get("events_lost", 0), reloads=dict(self.reloads), policy_loaded=policy_loaded,
+            xdp=dict(attached), xdp_requested=self.xdp_requested, version=self.version, policy=policy.name,
+            updated=time.time() if now is None else now)
+        return self.sample
+
+    # ---- prometheus_client collector protocol -----------------------------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not call collect() before the first tick
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sample  # one reference read: the whole scrape reports this tick
+        if s is None:
+            return
+        yield from families(s)
+
+    def render(self) -> bytes:
+        """The text exposition of the latest sample (what a scrape returns; also the textfile collector's file)."""
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(self)
+        return generate_latest(reg)
+
+
+def families(s: Sample) -> Iterator[Metric]:
+    """The metric families of one sample; every label combination that can occur is present from the start (zero
+    when nothing happened), so rate() and alerts see a series before its first increment."""
+    pk = CounterMetricFamily("skyguard_packets_total", "Packets the XDP program saw, by flow class and action taken "
+                             "(pseudo-classes exempt, blocked, none, malformed for packets without a class).",
+                             labels=["class", "action"])
+    seen = dict.fromkeys(((c, a) for c in wire.CLASS_NAMES for a in wire.ACTION_NAMES), 0)
+    seen.update({("exempt", "pass"): 0, ("blocked", "drop"): 0, ("none", "pass"): 0})
+    seen.update(s.packets)
+    for (c, a), v in sorted(seen.items()):
+        pk.add_metric([c, a], v)
+    yield pk
+    by = CounterMetricFamily("skyguard_bytes_total", "Bytes the XDP program saw (frame length). The kernel counts "
+                             "bytes in total only, so class and action are \"all\".", labels=["class", "action"])
+    by.add_metric(["all", "all"], s.bytes_total)
+    yield by
+    po = CounterMetricFamily("skyguard_parse_total", "Packets by parse outcome (exactly one per packet): flow, "
+                             "non_ip, other_l4, fragment, exempt, blocked, no_flow, err_*.", labels=["outcome"])
+    for o, v in s.parse.items():
+        po.add_metric([o], v)
+    yield po
+    fc = CounterMetricFamily("skyguard_flows_classified_total", "Flow classifications the daemon saw (kernel events "
+                             "and its own decisions), by new class and deciding reason.", labels=["class", "reason"])
+    for (c, r), v in sorted(s.classified.items()):
+        fc.add_metric([c, r], v)
+    yield fc
+    if s.flows_active is not None:
+        fa = GaugeMetricFamily("skyguard_flows_active", "Flows in the kernel's flow table by class, as of the "
+                               "daemon's last flow-table snapshot.", labels=["class"])
+        for c, v in s.flows_active.items():
+            fa.add_metric([c], v)
+        yield fa
+    yield GaugeMetricFamily("skyguard_flow_table_capacity", "Size of the kernel's flow table (flows_max); the "
+                            "table is an LRU: when full, the least recently seen flow is evicted.", value=s.capacity)
+    yield CounterMetricFamily("skyguard_events_lost_total", "Ring-buffer events the kernel dropped because the "
+                              "buffer was full (the slow path missed them).", value=s.events_lost)
+    rl = CounterMetricFamily("skyguard_policy_reloads_total", "Policy reloads (SIGHUP, socket) by result; a refused "
+                             "reload keeps the running policy.", labels=["result"])
+    for r in RELOAD_RESULTS:
+        rl.add_metric([r], s.reloads.get(r, 0))
+    yield rl
+    yield GaugeMetricFamily("skyguard_policy_loaded_timestamp_seconds", "When the running policy was loaded "
+                            "(Unix time).", value=s.policy_loaded)
+    xa = GaugeMetricFamily("skyguard_xdp_attached", "1 if the program is attached to the interface in this XDP "
+                           "mode; every mode 0 when it is not attached.", labels=["interface", "mode"])
+    for ifname, mode in sorted(s.xdp.items()):
+        for m in XDP_MODES:
+            xa.add_metric([ifname, m], 1 if mode == m else 0)
+    yield xa
+    xr = GaugeMetricFamily("skyguard_xdp_requested_mode", "The configured XDP mode (auto: native, then generic).",
+                           labels=["mode"])
+    xr.add_metric([s.xdp_requested], 1)
+    yield xr
+    bi = GaugeMetricFamily("skyguard_build_info", "Always 1: the daemon's version and running policy's name.",
+                           labels=["version", "policy"])
+    bi.add_metric([s.version, s.policy], 1)
+    yield bi
+    yield GaugeMetricFamily("skyguard_last_update_timestamp_seconds", "When the daemon's event loop last computed "
+                            "these values (Unix time); scrapes are served from a thread, so a stalled loop shows "
+                            "here.", value=s.updated)
+
+
+# ---- listening ------------------------------------------------------------------------------------------------------
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`ADDR:PORT` -> (address, port); ADDR is an IP literal, IPv6 in brackets (`[::1]:9377`). Port 0 picks a free
+    one (tests). Raises ValueError(reason)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be ADDR:PORT (e.g. 127.0.0.1:9377 or [::1]:9377), not {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError(f"only IPv6 addresses go in brackets, not {value!r}")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"ADDR must be an IP address, not {host!r} (in {value!r})") from None
+    if addr.version == 6 and not value.startswith("["):
+        raise ValueError(f"write IPv6 addresses in brackets: [{host}]:{port}")
+    return str(addr), int(port)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass  # one line per scrape on stderr would flood the journal
+
+
+class MetricsServer:
+    """prometheus_client's WSGI app on a threading HTTP server in a daemon thread; `close()` stops it."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(metrics)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+
+        self._httpd = make_server(host, port, make_wsgi_app(self.registry), Server, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._httpd.server_address[:2]
+        return host, port
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
