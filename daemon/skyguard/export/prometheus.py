@@ -14,7 +14,6 @@ collector/exposition API is used (the HTTP server is assembled from make_wsgi_ap
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
@@ -28,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from skyguard import wire
+from skyguard.endpoints import parse_endpoint
 
 # Packets that never reach a class get a pseudo-class naming why, so the series of skyguard_packets_total add up to
 # every packet the program saw: exempt prefixes (passed untouched), manual blocks (dropped whatever the class),
@@ -235,22 +235,9 @@ def families(s: Sample) -> Iterator[Metric]:
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """`ADDR:PORT` -> (address, port); ADDR is an IP literal, IPv6 in brackets (`[::1]:9377`). Port 0 picks a free
-    one (tests). Raises ValueError(reason)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"must be ADDR:PORT (e.g. 127.0.0.1:9377 or [::1]:9377), not {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ipaddress.ip_address(host).version != 6:
-            raise ValueError(f"only IPv6 addresses go in brackets, not {value!r}")
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"ADDR must be an IP address, not {host!r} (in {value!r})") from None
-    if addr.version == 6 and not value.startswith("["):
-        raise ValueError(f"write IPv6 addresses in brackets: [{host}]:{port}")
-    return str(addr), int(port)
+    """`ADDR:PORT` -> (address, port), the same endpoint syntax as everywhere else (`[::1]:9377` for IPv6); port 0
+    picks a free one (tests). Raises ValueError(reason)."""
+    return parse_endpoint(value)
 
 
 class _QuietHandler(WSGIRequestHandler):
