@@ -11,6 +11,13 @@ from skyguard import wire
 from skyguard.kernel.flowtable import FlowTable, addr_mask
 
 
+def endpoints(i: int) -> tuple[str, str]:
+    """The addresses of the i-th flow: IPv4 from 10.0.0.0/13 (10.<i % 7>...) to one server, every fifth one IPv6."""
+    if i % 5:
+        return f"10.{i % 7}.{(i >> 8) & 255}.{i & 255}", "198.51.100.7"
+    return f"2001:db8::{i:x}", "2001:db8:ffff::1"
+
+
 @pytest.fixture
 def filled(bpf_ok):
     from skyguard.kernel.loader import Kernel
@@ -20,8 +27,7 @@ def filled(bpf_ok):
     keys, vals = bytearray(), bytearray()
     truth = []
     for i in range(3000):
-        src = f"10.{i % 7}.{(i >> 8) & 255}.{i & 255}" if i % 5 else f"2001:db8::{i:x}"
-        dst = "198.51.100.7" if i % 5 else "2001:db8:ffff::1"
+        src, dst = endpoints(i)
         key = wire.FlowKey.make(src, 1000 + i, dst, 443 if i % 3 else 3478, 6 if i % 3 else 17)
         f = wire.Flow(first_ns=i, last_ns=10_000_000_000 + i * 1_000_000, pkts=(rng.randrange(1000), i),
                       bytes_=(rng.randrange(10**6), 0), cls=i % 6)
@@ -45,14 +51,18 @@ def test_select_matches_full_decode(filled):
     assert total == len(want) and [snap.flow(int(i)).last_ns for i in idx] == want
     net = ipaddress.ip_network("10.3.0.0/16")
     snap, idx, total = t.select(net=net, limit=0)
-    from skyguard.slowpath.engine import addr_in
-
-    assert total == sum(1 for key, _f in truth if addr_in(key.lo_addr, net) or addr_in(key.hi_addr, net))
+    # from the addresses the keys were made of (ipaddress), not from the key bytes with the product's prefix test
+    want = sum(1 for src, dst in map(endpoints, range(3000))
+               if ipaddress.ip_address(src) in net or ipaddress.ip_address(dst) in net)
+    assert want == 343 and total == want  # i % 7 == 3 and i % 5 != 0
     v6 = ipaddress.ip_network("2001:db8::/32")
-    assert addr_mask(snap.keys["lo_addr"], v6).sum() + addr_mask(snap.keys["hi_addr"], v6).sum() >= 600
+    v6_flows = sum(1 for src, _dst in map(endpoints, range(3000)) if ipaddress.ip_address(src) in v6)
+    assert v6_flows == 600  # both ends in 2001:db8::/32
+    assert addr_mask(snap.keys["lo_addr"], v6).sum() + addr_mask(snap.keys["hi_addr"], v6).sum() == 2 * v6_flows
     # a flow deleted after the snapshot reads back as None (the daemon skips it)
     k.delete_flow(snap.key(int(idx[0])))
     assert snap.flow(int(idx[0])) is None
+    assert t.select(net=v6, limit=0)[2] == v6_flows
 
 
 def test_incremental_refresh_and_idle(filled):
