@@ -31,7 +31,7 @@ BUILTIN_SKYPE_NAMES: tuple[str, ...] = (
     # Consumer Skype's second zone (nDPI's older Skype_Teams host list matched "skype." prefixes, which covered it).
     "skype.net",
     # Microsoft Direct Routing: the SBC's SIP/TLS peers sip.pstnhub.microsoft.com, sip2..., sip3... (port 5061),
-    # see SIGNATURES.md "Telling PC-to-phone from PC-to-PC today".
+    # see docs/signatures.md, "PC-to-phone today".
     "pstnhub.microsoft.com",
     # Skype's chat/presence gateway since the Messenger merge (Skype for Web and the Skype Web SDK connect to
     # client-s.gateway.messenger.live.com); skype.pcap's client reaches it with a ClientHello without SNI, so the

@@ -48,7 +48,7 @@ def xdp_prog_id(ifname: str) -> int | None:
 
 def attach(prog_fd: int, ifname: str, mode: str) -> Attached:
     """Attach (atomically replacing whatever skyguard program is there). mode auto = native, then generic."""
-    from bcc import lib  # the only bcc use outside kernel.py: libbcc's attach helper
+    from bcc import lib  # libbcc's attach helper (bcc stays inside kernel/)
 
     idx = ifindex(ifname)
     if idx is None:

@@ -163,7 +163,7 @@ class Kernel:
     def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0, max_events: int = 4096) -> int:
         """Hand waiting events to `sink` as they are read, at most `max_events` (the rest wait for the next call:
         the ring buffer's fd stays readable), without building a list first: under a flood the ring buffer holds
-        tens of thousands of events, and a list of them all was the daemon's largest transient. An exception from
+        tens of thousands of events, and a list of them all would be the daemon's largest transient. An exception from
         `sink` stops nothing in the ring buffer's loop; the first one is raised after it. Returns how many events
         were handed over."""
         self._open_ring()

@@ -1,4 +1,4 @@
-"""Synthetic traffic generator: Skype calls of every class and look-alike decoys, following SIGNATURES.md.
+"""Synthetic traffic generator: Skype calls of every class and look-alike decoys, following docs/signatures.md.
 
 `python -m skyguard.lab.gen --seed N --out DIR [--calls K] [--kinds a,b] [--ipv6] [--vlan ID] [--json]` writes one pcap
 per kind (DIR/<kind>.pcap) and DIR/labels.csv (capture,proto,endpoint_a,endpoint_b,label,packets,bytes,class), where

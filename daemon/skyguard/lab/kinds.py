@@ -56,7 +56,7 @@ from skyguard.lab.payloads import (
 from skyguard.lab.traffic import E2O_GATEWAYS, E2O_PORT, MS, Ctx, Flow, Leg, duration, periodic
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Legacy Skype (SIGNATURES.md, "Legacy Skype over UDP" and "Legacy SkypeOut")
+# Legacy Skype (docs/signatures.md, "Legacy Skype over UDP" and "Legacy SkypeOut")
 
 
 def som(c: Ctx, func: int, length: int) -> bytes:
@@ -121,7 +121,8 @@ def legacy_e2o(c: Ctx, t0: int) -> list[Flow]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Modern Skype / Teams (SIGNATURES.md, "Modern Skype/Teams media" and "Telling PC-to-phone from PC-to-PC today")
+# Modern Skype / Teams (docs/signatures.md, "STUN and TURN with Microsoft attributes", "ICE behaviour", "PC-to-phone
+# today")
 
 
 def _ufrag(r: random.Random, n: int = 4) -> str:
@@ -268,7 +269,8 @@ def _dns_flow(c: Ctx, t0: int, name: str, answers: Sequence[str], cls: str, cnam
 
 
 def dns_pstn(c: Ctx, t0: int) -> list[Flow]:
-    """A DNS answer for a Direct Routing name (SIGNATURES.md: sip*.pstnhub.microsoft.com) teaches an address; a
+    """A DNS answer for a Direct Routing name (docs/signatures.md, "PC-to-phone today": sip*.pstnhub.microsoft.com)
+    teaches an address; a
     modern-sbc-like call to that address follows. The DNS flow itself is plain DNS (class other)."""
     sbc = c.public()
     dns = _dns_flow(c, t0, c.rng.choice(PSTN_NAMES), [sbc], "other")

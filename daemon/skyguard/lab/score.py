@@ -1,4 +1,5 @@
-"""Scoring replay output against labels: nDPI's labels for ../shared/captures, the generator's for generated traffic.
+"""Scoring replay output against labels: nDPI's labels for the public captures of its test suite (docs/signatures.md,
+"Sources"), the generator's for generated traffic.
 
 Used by tests/bpf/test_accuracy.py and bench/accuracy.py, so that the figures quoted and the figures asserted come
 from one piece of code.

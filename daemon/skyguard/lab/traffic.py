@@ -18,12 +18,12 @@ LABEL_FIELDS = ("capture", "proto", "endpoint_a", "endpoint_b", "label", "packet
 # ---------------------------------------------------------------------------------------------------------------------
 # Addresses and ports
 
-# Microsoft media prefixes (SIGNATURES.md, "Modern Skype/Teams media": endpoint set 11, incl. the 2022 52.120.0.0/14 and
-# the older 13.107.64.0/18), used for the relay kind and kept out of every other kind's peers.
+# Microsoft media prefixes (docs/signatures.md, "Microsoft's media ranges and ports": endpoint set 11, incl. the 2022
+# 52.120.0.0/14 and the older 13.107.64.0/18), used for the relay kind and kept out of every other kind's peers.
 MS_MEDIA_V4 = (ipaddress.ip_network("52.112.0.0/14"), ipaddress.ip_network("52.122.0.0/15"))
 MS_MEDIA_V6 = (ipaddress.ip_network("2603:1063::/38"),)
 MS_AVOID = (*MS_MEDIA_V4, ipaddress.ip_network("52.120.0.0/14"), ipaddress.ip_network("13.107.64.0/18"), *MS_MEDIA_V6)
-# SkypeOut gateways named in the literature (SIGNATURES.md, "Legacy SkypeOut": Ehlert 2006)
+# SkypeOut gateways named in the literature (docs/signatures.md, "Legacy SkypeOut": Ehlert 2006)
 E2O_GATEWAYS = ("195.215.8.140", "212.72.49.155")
 E2O_PORT = 12340  # the legacy PSTN gateway's UDP port (Bonfiglio 2007)
 # ports that mean something to a classifier: random ports avoid them

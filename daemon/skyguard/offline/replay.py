@@ -194,7 +194,7 @@ def format_table(result: ReplayResult) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files")
     p.add_argument("--policy", metavar="FILE", help="policy file (default: observe-only)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (DESIGN.md replay format)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (docs/architecture.md, Replay JSON)")
     p.add_argument("--log-all", action="store_true", help=argparse.SUPPRESS)
 
 

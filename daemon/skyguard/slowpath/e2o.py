@@ -1,7 +1,7 @@
 """Legacy SkypeOut (E2O) vs PC-to-PC (E2E) vs look-alikes, from the `sample` events of one UDP flow.
 
 Everything here is a bounded running statistic (no packet list is kept): at most MAX_SAMPLES samples are looked at,
-and the state is a few hundred integers whatever the flow does. Features (SIGNATURES.md, "Legacy SkypeOut"):
+and the state is a few hundred integers whatever the flow does. Features (docs/signatures.md, "Legacy SkypeOut"):
 
 - Tstat's connection-ID rule, per direction: the first 4 payload bytes equal the previous packet's in that direction
   and byte 4 differs. Tstat calls a flow E2O after > 100 such packets that are > 90% of the flow; we ask for the same
@@ -34,7 +34,7 @@ _EARLY = struct.Struct("<QIBB8s")
 CHI2_THRESHOLD = 150.0  # Bonfiglio 2007
 CID_SHARE = 0.90  # Tstat: CID packets > 90% of the flow
 SIZE_SD_MAX = 3.0  # bytes, per direction: G.729 CBR ~1 B passes, iSAC ~7.5 B does not
-PERIODS_MS = (10, 20, 30, 40, 60)  # voice packetisation intervals (SIGNATURES.md: 10 ms G.729 frames; 20/30/60 ms)
+PERIODS_MS = (10, 20, 30, 40, 60)  # voice packetisation intervals (docs/signatures.md: 10 ms G.729 frames; 20/30/60 ms)
 PERIOD_HIT_SHARE = 0.55  # inter-arrivals within tolerance of the dominant period
 PERIOD_ANY_SHARE = 0.75  # ... or of 2x / 3x it (a lost packet), together
 DIR_BALANCE = 0.5  # packets of the quieter direction / the busier one

@@ -210,7 +210,7 @@ class Engine:
         if logged and not allowed:
             self.log_suppressed += 1
         if not (allowed or self.listening()):
-            return  # nobody reads it: no formatting (the address strings alone cost ~4 us, profiled under a flood)
+            return  # nobody reads it: no formatting (the address strings are the costly part of an event)
         a, b = key.endpoints()
         event = {"type": "classified", "by": by, "proto": key.proto_name, "a": a, "b": b, "vlan": key.vlan,
                  "old_class": _cname(old), "class": _cname(new), "reason": wire.reason_name(reason),
