@@ -47,9 +47,9 @@ def compiler_pages(smaps: str) -> list[Mapping]:
 
 def release_compiler_memory() -> int:
     """After a compile: hand clang/LLVM's freed heap back (malloc_trim) and drop the compiler's code and constants
-    from this process's page tables (madvise DONTNEED on its clean mappings). Those
-    pages stay in the page cache, shared and reclaimable, and fault back in if a program is compiled again; a daemon
-    compiles once. Returns the bytes of mappings dropped."""
+    from this process's page tables (madvise DONTNEED on its clean mappings). Those pages stay in the page cache,
+    shared and reclaimable, and fault back in if a program is compiled again; a daemon compiles once. Returns the
+    bytes of mappings dropped."""
     dropped = 0
     try:
         libc = ct.CDLL("libc.so.6", use_errno=True)

@@ -270,8 +270,8 @@ def _dns_flow(c: Ctx, t0: int, name: str, answers: Sequence[str], cls: str, cnam
 
 def dns_pstn(c: Ctx, t0: int) -> list[Flow]:
     """A DNS answer for a Direct Routing name (docs/signatures.md, "PC-to-phone today": sip*.pstnhub.microsoft.com)
-    teaches an address; a
-    modern-sbc-like call to that address follows. The DNS flow itself is plain DNS (class other)."""
+    teaches an address; a modern-sbc-like call to that address follows. The DNS flow itself is plain DNS (class
+    other)."""
     sbc = c.public()
     dns = _dns_flow(c, t0, c.rng.choice(PSTN_NAMES), [sbc], "other")
     call = _sbc_call(c, dns.pkts[-1][0] + c.rng.randrange(50, 500) * MS, sbc)
