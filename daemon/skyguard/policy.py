@@ -371,16 +371,25 @@ class _Checker:
         }
 
     def _class(self, classes: dict, cname: str) -> wire.PolicySlot:
+        """One class's slot; its action, dscp and log are checked each on their own (all their errors are noted)."""
         where = ("class", cname)
         ctbl = self.table(classes, cname, _CLASS_KEYS, where)
-        act = self.action(ctbl, where, wire.ACTION_NAMES, "pass")
-        if act == "mark" and "dscp" not in ctbl:
-            raise self.fail(where + ("action",), f'{_dotted(where)}: action = "mark" needs dscp = 0..63')
-        if act != "mark" and "dscp" in ctbl:
-            reason = f'{_dotted(where)}: dscp is only allowed with action = "mark" (action is {act!r})'
-            raise self.fail(where + ("dscp",), reason)
-        dscp = self.dscp(ctbl, where) if act == "mark" else 0
-        return wire.PolicySlot(wire.ACTION_IDS[act], dscp, self.log(ctbl, where))
+        act: str | None = None  # None: the action was refused (dscp is then checked for its range only)
+        with self.part():
+            act = self.action(ctbl, where, wire.ACTION_NAMES, "pass")
+        log = False
+        with self.part():
+            log = self.log(ctbl, where)
+        dscp = 0
+        with self.part():
+            if act == "mark" and "dscp" not in ctbl:
+                raise self.fail(where + ("action",), f'{_dotted(where)}: action = "mark" needs dscp = 0..63')
+            if act not in (None, "mark") and "dscp" in ctbl:
+                reason = f'{_dotted(where)}: dscp is only allowed with action = "mark" (action is {act!r})'
+                raise self.fail(where + ("dscp",), reason)
+            if "dscp" in ctbl:
+                dscp = self.dscp(ctbl, where)
+        return wire.PolicySlot(wire.ACTION_IDS.get(act or "pass", wire.PASS), dscp, log)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -19,20 +19,20 @@ from typing import Any
 import msgpack
 import pytest
 
+from skyguard import proto
 from skyguard.cli.client import Client, ClientError, ConnectError
-from skyguard.daemon.control import COMMANDS, MAX_FRAME, ControlError, ControlServer
+from skyguard.daemon.control import ControlServer
+from skyguard.proto import COMMAND_NAMES, MAX_FRAME, ControlError
 
 FLOWS = [
-    {"proto": "udp", "a": "192.168.1.6:50010", "b": "52.114.250.5:3478", "vlan": 0, "class": "skype-relay",
-     "reason": "ms-stun-attr", "action": "pass", "packets": 120, "bytes": 18000, "dropped": 0,
-     "first_ns": 1, "last_ns": 2_000_000_001},
-    {"proto": "tcp", "a": "10.0.0.2:40000", "b": "1.1.1.1:443", "vlan": 7, "class": "other",
-     "reason": "no-evidence", "action": "pass", "packets": 5, "bytes": 900, "dropped": 0, "first_ns": 5, "last_ns": 9},
+    proto.example_row(first_ns=1, last_ns=2_000_000_001),
+    proto.example_row(proto="tcp", a="10.0.0.2:40000", b="1.1.1.1:443", vlan=7, **{"class": "other"},
+                      reason="no-evidence", packets=5, bytes=900, first_ns=5, last_ns=9),
 ]
 
 
 class FakeEngine:
-    """What the daemon's engine would answer, plus commands to exercise error paths."""
+    """Replies in the daemon's shapes (proto's examples), plus commands to exercise error paths."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
@@ -40,34 +40,30 @@ class FakeEngine:
 
     def __call__(self, cmd: str, args: dict) -> Any:
         self.calls.append((cmd, args))
-        if cmd == "status":
-            return {"interfaces": ["eth0"], "policy": "observe-only", "uptime": 1.5}
-        if cmd == "stats":
-            return {"packets": 1540, "bytes": 99, "class": {"other": 40}}
+        if cmd in ("status", "stats", "policy.show"):
+            return proto.example(cmd)
         if cmd == "flows":
             rows = [f for f in FLOWS if args.get("class") in (None, f["class"])]
-            return rows[: args.get("limit", len(rows))]
+            return proto.example("flows", flows=rows[: args.get("limit") or len(rows)], total=len(rows))
         if cmd == "flow":
             for f in FLOWS:
                 if (f["proto"], f["a"], f["b"]) == (args.get("proto"), args.get("a"), args.get("b")):
                     return f
-            raise ControlError("no-such-flow", "no flow with that key")
-        if cmd == "policy.show":
-            return {"name": "observe-only", "classes": {"skype-out": {"action": "drop"}}}
+            raise ControlError(proto.NOT_FOUND, "no flow with that key")
         if cmd == "policy.check":
             if str(args.get("path", "")).endswith("bad.toml"):
-                raise ControlError("bad-policy", f"{args['path']}:3: unknown action 'explode'")
-            return {"name": "ok-policy"}
+                raise ControlError(proto.BAD_POLICY, f"{args['path']}:3: unknown action 'explode'")
+            return proto.example("policy.check", name="ok-policy", path=args["path"])
         if cmd == "policy.reload":
-            return {"name": "observe-only", "digest": "ab12"}
+            return proto.example("policy.reload")
         if cmd == "block":
             self.blocked.add(args["prefix"])
-            return {"prefix": args["prefix"], "expire": args.get("expire", 0)}
+            return proto.example("block", blocked=args["prefix"], expires_ns=int(args.get("expire", 0) * 1e9))
         if cmd == "unblock":
             if args["prefix"] not in self.blocked:
-                raise ControlError("not-blocked", f"{args['prefix']} is not blocked")
+                raise ControlError(proto.NOT_FOUND, f"{args['prefix']} is not blocked")
             self.blocked.remove(args["prefix"])
-            return {"prefix": args["prefix"]}
+            return proto.example("unblock", unblocked=args["prefix"])
         if cmd == "echo":
             return args
         if cmd == "boom":
@@ -81,7 +77,7 @@ class Harness:
     """Runs a ControlServer's loop in a thread; `do(fn)` runs fn inside that loop (publish is not thread-safe)."""
 
     def __init__(self, path: Path, handler: Callable[[str, dict], Any], **kw: Any) -> None:
-        kw.setdefault("commands", (*COMMANDS, "echo", "boom", "unserialisable"))
+        kw.setdefault("commands", (*COMMAND_NAMES, "echo", "boom", "unserialisable"))
         self.server = ControlServer(path, handler, **kw)
         self.path = path
         self._q: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
@@ -198,16 +194,17 @@ def test_hello_lists_server_version_and_commands(srv: Harness) -> None:
 
 def test_every_command_reaches_the_handler_with_its_args(srv: Harness, engine: FakeEngine) -> None:
     with Client(srv.path) as c:
-        assert c.call("status")["interfaces"] == ["eth0"]
-        assert c.call("stats")["packets"] == 1540
-        assert [f["class"] for f in c.call("flows", **{"class": "other", "sort": "bytes"})] == ["other"]
-        assert c.call("flows", limit=1) == [FLOWS[0]]
+        assert c.call("status") == proto.example("status")
+        assert c.call("stats")["kernel"]["packets"] == 1540
+        assert [f["class"] for f in c.call("flows", **{"class": "other", "sort": "bytes"})["flows"]] == ["other"]
+        assert c.call("flows", limit=1)["flows"] == [FLOWS[0]]
         assert c.call("flow", proto="tcp", a="10.0.0.2:40000", b="1.1.1.1:443", vlan=7)["vlan"] == 7
         assert c.call("policy.show")["name"] == "observe-only"
-        assert c.call("policy.check", path="/x/good.toml") == {"name": "ok-policy"}
-        assert c.call("policy.reload")["digest"] == "ab12"
-        assert c.call("block", prefix="10.9.0.0/16", expire=30) == {"prefix": "10.9.0.0/16", "expire": 30}
-        assert c.call("unblock", prefix="10.9.0.0/16") == {"prefix": "10.9.0.0/16"}
+        assert c.call("policy.check", path="/x/good.toml")["name"] == "ok-policy"
+        assert c.call("policy.reload") == proto.example("policy.reload")
+        assert c.call("block", prefix="10.9.0.0/16", expire=30) == {"blocked": "10.9.0.0/16", "flows": 0,
+                                                                     "expires_ns": 30_000_000_000}
+        assert c.call("unblock", prefix="10.9.0.0/16") == {"unblocked": "10.9.0.0/16"}
     assert ("flows", {"class": "other", "sort": "bytes"}) in engine.calls
     assert ("block", {"prefix": "10.9.0.0/16", "expire": 30}) in engine.calls
 
@@ -216,14 +213,14 @@ def test_handler_control_error_becomes_error_reply(srv: Harness) -> None:
     with Client(srv.path) as c:
         with pytest.raises(ClientError) as ei:
             c.call("unblock", prefix="1.2.3.4/32")
-        assert (ei.value.code, ei.value.message) == ("not-blocked", "1.2.3.4/32 is not blocked")
+        assert (ei.value.code, ei.value.message) == ("not-found", "1.2.3.4/32 is not blocked")
         with pytest.raises(ClientError) as ei:
             c.call("policy.check", path="/x/bad.toml")
         assert ei.value.code == "bad-policy" and ":3: " in ei.value.message
         with pytest.raises(ClientError) as ei:
             c.call("flow", proto="udp", a="1.1.1.1:1", b="2.2.2.2:2", vlan=0)
-        assert ei.value.code == "no-such-flow"
-        assert c.call("status")["policy"] == "observe-only"  # the connection goes on
+        assert ei.value.code == "not-found"
+        assert c.call("status")["policy"]["name"] == "observe-only"  # the connection goes on
 
 
 def test_handler_exception_is_internal_error_and_logged(srv: Harness, caplog: pytest.LogCaptureFixture) -> None:
@@ -320,7 +317,7 @@ def test_truncated_frame_then_close(srv: Harness) -> None:
     raw.close()
     assert srv.wait_for(lambda: srv.server.clients == 0)
     with Client(srv.path) as c:
-        assert c.call("status")["interfaces"] == ["eth0"]
+        assert c.call("status")["interfaces"][0]["name"] == "eth0"
 
 
 def test_frame_split_across_writes_is_reassembled(srv: Harness) -> None:
@@ -527,7 +524,7 @@ def test_external_selector_drives_the_server(tmp_path: Path, engine: FakeEngine)
     t.start()
     try:
         with Client(tmp_path / "s.sock") as c:
-            assert c.call("stats")["packets"] == 1540
+            assert c.call("stats")["kernel"]["packets"] == 1540
         raw = Raw(tmp_path / "s.sock")
         raw.read()
         raw.send(b"\x81")  # a map header and nothing more

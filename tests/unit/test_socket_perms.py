@@ -76,5 +76,5 @@ def test_policy_reload_refuses_other_paths(tmp_path):
 
     d = Daemon(Config(interfaces=("lo",), policy=str(tmp_path / "policy.toml")), get_logger("test"))
     with pytest.raises(ControlError) as e:
-        d.cmd_policy_reload({"path": "/etc/passwd"})
+        d.commands("policy.reload", {"path": "/etc/passwd"})
     assert e.value.code == "forbidden"

@@ -1,4 +1,4 @@
-"""Client side of the control socket (see control.py for the frames)."""
+"""Client side of the control socket (frames and codes: proto.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from skyguard.daemon.control import MAX_FRAME, PROTO_VERSION
+from skyguard.proto import MAX_FRAME, PROTO_VERSION
 
 DEFAULT_SOCKET = "/run/skyguard/skyguard.sock"
 

@@ -1,14 +1,9 @@
-"""The control socket: a Unix stream socket speaking msgpack maps back to back (DESIGN.md "Control socket protocol").
+"""The control socket server: a Unix stream socket speaking msgpack maps back to back. The frames, error codes and
+the command list are proto.py's; what each command does is daemon/commands.py's.
 
 Single-threaded and non-blocking. The server keeps its own epoll selector whose file descriptor (`fileno()`) the
 daemon's event loop watches for readability next to the ring buffer and signal fds; whenever it is readable, or when
 `timeout()` seconds have passed, the loop calls `poll(0)`. Standalone users (tests, tools) call `poll(timeout)`.
-
-Frames:  request {"v": 1, "id": N, "cmd": NAME, "args": {...}}   ("args" may be left out: {})
-         reply   {"v": 1, "id": N, "ok": true, "result": ...}
-                 {"v": 1, "id": N, "ok": false, "error": {"code": CODE, "message": TEXT}}
-         hello   {"v": 1, "hello": {"server": "skyguardd", "version": ..., "commands": [...]}}  (sent on connect)
-         event   {"event": {...}}   (to clients that sent `events`, until they close)
 """
 
 from __future__ import annotations
@@ -31,36 +26,27 @@ from typing import Any
 import msgpack
 
 from skyguard import __version__
+from skyguard.proto import (
+    BAD_FRAME,
+    BAD_REQUEST,
+    COMMAND_NAMES,
+    FRAME_TOO_LARGE,
+    INTERNAL,
+    MAX_FRAME,
+    PROTO_VERSION,
+    TOO_MANY_CLIENTS,
+    UNKNOWN_COMMAND,
+    ControlError,
+)
 
-PROTO_VERSION = 1
-MAX_FRAME = 1 << 20  # 1 MiB: the largest request the server unpacks
+__all__ = ["ControlError", "ControlServer", "Peer", "error_reply"]
+
 MAX_OUTBUF = 4 << 20  # a client whose unsent replies/events pass this is dropped
 READ_PAUSE = 1 << 20  # stop reading a client's requests while this much of its output is unsent (backpressure)
 RECV_CHUNK = 64 << 10
-COMMANDS = (
-    "status", "stats", "flows", "flow", "policy.show", "policy.check", "policy.reload", "block", "unblock", "events",
-)
-
-# error codes
-BAD_FRAME = "bad-frame"
-BAD_REQUEST = "bad-request"
-FRAME_TOO_LARGE = "frame-too-large"
-UNKNOWN_COMMAND = "unknown-command"
-INTERNAL = "internal"
-TOO_MANY_CLIENTS = "too-many-clients"
-TIMEOUT = "timeout"
 
 Handler = Callable[[str, dict], Any]
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class ControlError(Exception):
-    """Raised by command handlers: becomes an error reply {"code": code, "message": message}."""
-
-    def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +104,7 @@ class ControlServer:
         max_clients: int = 256,
         idle_timeout: float = 60.0,
         request_timeout: float = 5.0,
-        commands: tuple[str, ...] | list[str] = COMMANDS,
+        commands: tuple[str, ...] | list[str] = COMMAND_NAMES,
         version: str = __version__,
         max_outbuf: int = MAX_OUTBUF,
         logger: Any = None,

@@ -8,7 +8,6 @@ path, so a restarted daemon adopts the flows and the attached program keeps enfo
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import selectors
 import signal
@@ -16,11 +15,12 @@ import sys
 import time
 from typing import Any
 
-from skyguard import __version__, wire
+from skyguard import __version__
+from skyguard.daemon.commands import Commands
 from skyguard.daemon.config import Config, ConfigError, parse_daemon_args
-from skyguard.daemon.control import ControlError, ControlServer
+from skyguard.daemon.control import ControlServer
 from skyguard.daemon.sdnotify import Notifier
-from skyguard.kernel.flowtable import SORTS, FlowTable
+from skyguard.kernel.flowtable import FlowTable
 from skyguard.kernel.ifaces import (
     Attached,
     InterfaceError,
@@ -55,6 +55,8 @@ class Daemon:
         self._sigr, self._sigw = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.policy_loaded_at = 0.0
         self.adopted_flows = 0
+        self.commands = Commands(self)
+        self.pins_before: bool | None = None  # whether the pin path held pins when start() looked (None: not yet)
 
     # ---- start ------------------------------------------------------------------------------------------------------
 
@@ -70,6 +72,7 @@ class Daemon:
         policy = load_policy(cfg.policy)
         if ensure_bpffs():
             self.log.info("mounted bpffs", path="/sys/fs/bpf")
+        self.pins_before = _has_pins(cfg.pin_path)
         os.makedirs(cfg.pin_path, exist_ok=True)
         self.kernel = Kernel(flows_max=cfg.flows_max, window=cfg.window, pin_path=cfg.pin_path)
         self.adopted_flows = self.kernel.flow_count()
@@ -81,7 +84,7 @@ class Daemon:
         self.policy_loaded_at = time.time()
         for ifname in cfg.interfaces:
             self._attach(ifname)
-        self.control = ControlServer(cfg.socket, self.handle, mode=cfg.socket_mode, group=cfg.socket_group)
+        self.control = ControlServer(cfg.socket, self.commands, mode=cfg.socket_mode, group=cfg.socket_group)
         self.engine.subscribe(self.control.publish, lambda: self.control.subscribers > 0)
         self.links = LinkWatcher()
         self.sel.register(self.control, selectors.EVENT_READ, "control")
@@ -104,6 +107,9 @@ class Daemon:
         a = attach(self.kernel.prog_fd, ifname, self.cfg.xdp_mode)
         self.attached[ifname] = a
         self.log.info("xdp attached", interface=ifname, mode=a.mode, requested=self.cfg.xdp_mode)
+
+    def interfaces(self) -> list[dict[str, Any]]:
+        return [{"name": a.ifname, "ifindex": a.ifindex, "mode": a.mode} for a in self.attached.values()]
 
     def prog_id(self) -> int | None:
         for ifname in self.attached:
@@ -174,13 +180,6 @@ class Daemon:
         if gone:
             self.log.debug("flows expired", count=gone)
 
-    def _flow_count(self) -> int:
-        """The flow count: exact for small tables, the last snapshot's for large ones (a count reads the map)."""
-        snap = self.table.snapshot
-        if snap is not None and len(snap) >= 50_000:
-            return len(snap)
-        return self.kernel.flow_count()
-
     def _on_links(self) -> None:
         for ev, name, _idx in self.links.drain():
             if name not in self.cfg.interfaces:
@@ -207,8 +206,8 @@ class Daemon:
         self._reload = True
 
     def _status_line(self) -> str:
-        st = self.kernel.stats()
-        return (f"{self._flow_count()} flows, {st.get('packets', 0)} packets, {st.get('act_drop', 0)} dropped, "
+        st = self.engine.kernel_stats()
+        return (f"{self.engine.flow_count()} flows, {st.get('packets', 0)} packets, {st.get('act_drop', 0)} dropped, "
                 f"policy {self.engine.policy.name}")
 
     # ---- reload -----------------------------------------------------------------------------------------------------
@@ -239,6 +238,31 @@ class Daemon:
                 self.log.info("xdp detached", interface=ifname)
         else:
             self.log.info("stopping: program stays attached, maps stay pinned", pin_path=self.cfg.pin_path)
+        self._close()
+
+    def abort(self, error: Exception) -> None:
+        """After a failed start: log what the attempt left behind (it may have got nowhere, or halfway), then close.
+        What this start attached is handled as a normal stop would (on_stop); pins stay, as on every stop."""
+        self.notify.stopping()
+        attached = list(self.attached)
+        if attached and self.cfg.on_stop == "detach":
+            for ifname in attached:
+                detach(ifname)
+            attached = []
+        if self.pins_before is None:
+            pins = "pin path not touched"
+        elif self.pins_before:
+            pins = f"pins under {self.cfg.pin_path} existed before this start and stay"
+        elif _has_pins(self.cfg.pin_path):
+            pins = f"pins under {self.cfg.pin_path} were made by this start and stay"
+        else:
+            pins = f"no pins under {self.cfg.pin_path}"
+        left = f"program stays attached to {', '.join(attached)}" if attached else "nothing attached"
+        self.log.error(f"start failed: {left}; {pins}", error=str(error), attached=attached,
+                       pins_existed_before=self.pins_before, pin_path=self.cfg.pin_path)
+        self._close()
+
+    def _close(self) -> None:
         if self.control:
             self.control.close()
         if self.links:
@@ -246,170 +270,35 @@ class Daemon:
         if self.kernel:
             self.kernel.close()
 
-    # ---- control socket ---------------------------------------------------------------------------------------------
 
-    def handle(self, cmd: str, args: dict) -> Any:
-        fn = getattr(self, "cmd_" + cmd.replace(".", "_"), None)
-        if fn is None:
-            raise ControlError("unknown-command", f"unknown command {cmd!r}")
-        return fn(args)
-
-    def cmd_status(self, args: dict) -> dict:
-        pol = self.engine.policy
-        st = self.kernel.stats()
-        n = self._flow_count()
-        return {
-            "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
-            "interfaces": [{"name": a.ifname, "ifindex": a.ifindex, "mode": a.mode} for a in self.attached.values()],
-            "xdp_mode": self.cfg.xdp_mode, "prog_id": self.prog_id(),
-            "policy": {"name": pol.name, "path": pol.path, "loaded_at": self.policy_loaded_at,
-                       "digest": pol.digest},
-            "flows": {"count": n, "max": self.cfg.flows_max, "fill": round(n / max(self.cfg.flows_max, 1), 6),
-                      "adopted": self.adopted_flows},
-            "counters": {k: st.get(k, 0) for k in ("packets", "bytes", "act_pass", "act_drop", "act_mark",
-                                                    "classified", "events_lost", "out_no_flow")},
-            "slowpath": self.engine.slow.status(),
-            "pin_path": self.cfg.pin_path, "socket": str(self.cfg.socket),
-        }
-
-    def cmd_stats(self, args: dict) -> dict:
-        c = self.engine.counters
-        return {"kernel": self.kernel.stats(), "daemon": {"events": dict(c.events), "decisions": c.decisions,
-                                                           "prefix_changes": c.prefix_changes,
-                                                           "expired_flows": c.expired_flows,
-                                                           "log_suppressed": self.engine.log_suppressed}}
-
-    def cmd_flows(self, args: dict) -> dict:
-        cls = args.get("class")
-        if cls is not None and cls not in wire.CLASS_IDS:
-            raise ControlError("bad-argument", f"unknown class {cls!r} (one of {', '.join(wire.CLASS_NAMES)})")
-        addr = args.get("addr")
-        net = None
-        if addr is not None:
-            try:
-                net = ipaddress.ip_network(str(addr), strict=False)
-            except ValueError:
-                raise ControlError("bad-argument", f"bad address {addr!r}") from None
-        sort = args.get("sort", "packets")
-        if sort not in SORTS:
-            raise ControlError("bad-argument", f"bad sort {sort!r} ({', '.join(SORTS)})")
-        limit = args.get("limit", 100)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-            raise ControlError("bad-argument", "limit must be a non-negative integer")
-        if args.get("fresh", self.kernel_small()):
-            self.table.refresh()
-        snap, idx, total = self.table.select(cls=None if cls is None else wire.CLASS_IDS[cls], net=net, sort=sort,
-                                             limit=limit)
-        pairs, seen = [], set()
-        for i in idx:
-            key = snap.key(int(i))
-            flow = self.kernel.flow(key) if key not in seen else None  # read afresh; gone or duplicate: skipped
-            seen.add(key)
-            if flow is not None:
-                pairs.append((key, flow))
-        rows = self.engine.flow_rows(pairs)
-        age_ms = round((time.monotonic_ns() - snap.taken_ns) / 1e6, 1)
-        return {"flows": rows, "total": total, "snapshot_age_ms": age_ms}
-
-    def kernel_small(self) -> bool:
-        """Small tables are read afresh for every `flows` request; large ones are served from the snapshot the
-        loop keeps refreshing (at 1M flows a full read costs ~0.5 s)."""
-        snap = self.table.snapshot
-        return snap is None or len(snap) < 50_000
-
-    def cmd_flow(self, args: dict) -> dict:
-        a, b = str(args.get("a", "")), str(args.get("b", ""))
-        proto = args.get("proto", "udp")
-        try:
-            (ha, pa), (hb, pb) = _split_ep(a), _split_ep(b)
-        except ValueError as e:
-            raise ControlError("bad-argument", str(e)) from None
-        key = wire.FlowKey.make(ha, pa, hb, pb, {"udp": 17, "tcp": 6}.get(proto, 17), int(args.get("vlan", 0)))
-        flow = self.kernel.flow(key)
-        if flow is None:
-            raise ControlError("not-found", f"no flow {proto} {a} <-> {b}")
-        row = self.engine.flow_row(key, flow)
-        row.update({"reasons": wire.reason_names(flow.reason), "evidence": flow.evidence, "inspected": flow.inspected,
-                    "stun": list(flow.stun), "rtp_pt": list(flow.rtp_pt), "cid_rep": list(flow.cid_rep),
-                    "flags": flow.flags})
-        return row
-
-    def cmd_policy_show(self, args: dict) -> dict:
-        return _policy_dict(self.engine.policy, self.policy_loaded_at)
-
-    def cmd_policy_check(self, args: dict) -> dict:
-        path = args.get("path") or self.cfg.policy
-        try:
-            p = load_policy(path)
-        except PolicyError as e:
-            raise ControlError("bad-policy", str(e)) from None
-        return {"ok": True, "name": p.name, "path": str(path)}
-
-    def cmd_policy_reload(self, args: dict) -> dict:
-        if args.get("path") not in (None, "", self.cfg.policy):
-            raise ControlError("forbidden", "policy.reload loads only the configured policy path")
-        try:
-            p = self.reload(source="socket")
-        except PolicyError as e:
-            raise ControlError("bad-policy", str(e)) from None
-        return {"ok": True, "name": p.name, "loaded_at": self.policy_loaded_at}
-
-    def cmd_block(self, args: dict) -> dict:
-        net = _net_arg(args)
-        exp = args.get("expire")
-        if exp is not None and (not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= 0):
-            raise ControlError("bad-argument", "expire must be a positive number of seconds")
-        expires_ns = time.time_ns() + int(exp * 1e9) if exp else 0
-        n = self.engine.block(net, expires_ns)
-        return {"blocked": str(net), "flows": n, "expires_ns": expires_ns}
-
-    def cmd_unblock(self, args: dict) -> dict:
-        net = _net_arg(args)
-        existed = self.engine.unblock(net)
-        if not existed:
-            raise ControlError("not-found", f"{net} is not blocked")
-        return {"unblocked": str(net)}
-
-
-def _net_arg(args: dict):
-    addr = args.get("addr", args.get("prefix"))  # the CLI sends `prefix`; `addr` is accepted too
+def _has_pins(path: str) -> bool:
     try:
-        return ipaddress.ip_network(str(addr), strict=False)
-    except ValueError:
-        raise ControlError("bad-argument", f"bad address {addr!r}") from None
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
 
 
-def _split_ep(s: str) -> tuple[str, int]:
-    if s.startswith("["):
-        host, _, port = s[1:].partition("]:")
-    else:
-        host, _, port = s.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"bad endpoint {s!r} (want ADDR:PORT or [ADDR]:PORT)")
-    ipaddress.ip_address(host)
-    return host, int(port)
-
-
-def _policy_dict(p: Policy, loaded_at: float) -> dict:
-    classes = {}
-    for i, name in enumerate(wire.CLASS_NAMES):
-        s = p.slot(i)
-        classes[name] = {"action": wire.ACTION_NAMES[s.action], "dscp": s.dscp, "log": s.log}
-    mal = p.slot(wire.POL_MALFORMED)
-    return {"name": p.name, "path": p.path, "digest": p.digest, "loaded_at": loaded_at, "classes": classes,
-            "malformed": {"action": wire.ACTION_NAMES[mal.action], "dscp": mal.dscp},
-            "pstn": {"prefixes": [str(n) for n in p.pstn_prefixes], "names": list(p.pstn_names)},
-            "microsoft_media": {"prefixes": [str(n) for n in p.msmedia_prefixes]},
-            "exempt": {"prefixes": [str(n) for n in p.exempt_prefixes]}, "skype_names": list(p.skype_names),
-            "host_correlation_s": p.host_corr_s}
+def check(cfg: Config) -> int:
+    """`skyguardd --check`: the config parsed (or main() would not get here); now the policy it names."""
+    try:
+        pol = load_policy(cfg.policy)
+    except PolicyError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(f"{cfg.path or 'command line'}: ok (interfaces {', '.join(cfg.interfaces)}; policy {pol.name!r} "
+          f"from {cfg.policy})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, _args = parse_daemon_args(argv)
+        cfg, args = parse_daemon_args(argv)
     except ConfigError as e:
         print(f"skyguardd: {e}", file=sys.stderr)
         return 1
+    if args.check:
+        return check(cfg)
     configure(cfg.log_format, cfg.log_level)
     log = get_logger("skyguardd")
     if os.geteuid() != 0:
@@ -418,10 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         d.start()
     except (InterfaceError, PolicyError, OSError) as e:
-        log.error("start failed", error=str(e))
         print(f"skyguardd: {e}", file=sys.stderr)
         with contextlib.suppress(Exception):
-            d.stop()
+            d.abort(e)
         return 1
     try:
         return d.run()

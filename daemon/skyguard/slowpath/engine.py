@@ -8,6 +8,7 @@ published to socket subscribers.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ F_EXEMPT = wire.C["SG_F_EXEMPT"]
 R_PSTN_NAME = wire.C["SG_R_PSTN_NAME"]
 R_MANUAL = wire.C["SG_R_MANUAL"]
 EXPIRE_BATCH = 20_000
+LARGE_TABLE = 50_000  # from this many flows, queries are served from the snapshot: a full read of the map is too slow
+_FLOW_SORT: dict[str, Callable[[wire.Flow], int]] = {
+    "packets": lambda f: f.packets, "bytes": lambda f: f.nbytes, "last": lambda f: f.last_ns,
+    "first": lambda f: f.first_ns,
+}
 
 
 class KernelLike(Protocol):
@@ -46,6 +52,7 @@ class KernelLike(Protocol):
     def remove_prefix(self, kind: str, network: Network) -> None: ...
     def prefixes(self, kind: str) -> list[tuple[Network, int, int]]: ...
     def stats(self) -> dict[str, int]: ...
+    def flow_count(self) -> int: ...
 
 
 def addr_in(raw: bytes, net: Network) -> bool:
@@ -242,6 +249,54 @@ class Engine:
 
     def flow_rows(self, flows: Iterable[tuple[wire.FlowKey, wire.Flow]] | None = None) -> list[dict]:
         return [self.flow_row(k, f) for k, f in (self.kernel.flows() if flows is None else flows)]
+
+    def kernel_stats(self) -> dict[str, int]:
+        return self.kernel.stats()
+
+    def flow_count(self) -> int:
+        """Exact for small tables; for large ones the last snapshot's (counting reads the whole map)."""
+        snap = self.table.snapshot if self.table is not None else None
+        if snap is not None and len(snap) >= LARGE_TABLE:
+            return len(snap)
+        return self.kernel.flow_count()
+
+    def query_flows(self, *, cls: int | None = None, net: Network | None = None, sort: str = "packets",
+                    limit: int = 100, fresh: bool | None = None) -> tuple[list[dict], int, float]:
+        """(rows sorted descending by `sort`, how many flows matched, age of the data in ms) for the operator's
+        `flows`. Small tables are read afresh (unless fresh=False); large ones come from the snapshot the daemon's
+        loop keeps refreshing, and only the rows returned are read back from the kernel."""
+        if self.table is None:  # replay and tests: decode the whole table
+            pairs = [(k, f) for k, f in self.kernel.flows() if (cls is None or f.cls == cls)
+                     and (net is None or addr_in(k.lo_addr, net) or addr_in(k.hi_addr, net))]
+            pairs.sort(key=lambda kf: _FLOW_SORT[sort](kf[1]), reverse=True)
+            return self.flow_rows(pairs[:limit] if limit else pairs), len(pairs), 0.0
+        snap = self.table.snapshot
+        if fresh if fresh is not None else (snap is None or len(snap) < LARGE_TABLE):
+            self.table.refresh()
+        snap, idx, total = self.table.select(cls=cls, net=net, sort=sort, limit=limit)
+        pairs, seen = [], set()
+        for i in idx:
+            key = snap.key(int(i))
+            flow = self.kernel.flow(key) if key not in seen else None  # read afresh; gone or duplicate: skipped
+            seen.add(key)
+            if flow is not None:
+                pairs.append((key, flow))
+        return self.flow_rows(pairs), total, round((time.monotonic_ns() - snap.taken_ns) / 1e6, 1)
+
+    def flow_detail(self, key: wire.FlowKey) -> dict | None:
+        """One flow's row plus its inspection state, read now; None when the kernel has no such flow."""
+        flow = self.kernel.flow(key)
+        if flow is None:
+            return None
+        row = self.flow_row(key, flow)
+        row.update({"reasons": wire.reason_names(flow.reason), "evidence": flow.evidence, "inspected": flow.inspected,
+                    "stun": list(flow.stun), "rtp_pt": list(flow.rtp_pt), "cid_rep": list(flow.cid_rep),
+                    "flags": flow.flags})
+        return row
+
+    def blocks(self) -> list[tuple[Network, int]]:
+        """The manual blocks: (prefix, expiry in wall-clock ns, 0 = never)."""
+        return [(net, exp) for net, _src, exp in self.kernel.prefixes("block")]
 
     # ---- operator actions and housekeeping --------------------------------------------------------------------------
 
