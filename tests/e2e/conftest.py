@@ -5,6 +5,7 @@ pieces). Every namespace, pin directory and temporary directory has a unique nam
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import shutil
 import signal
 import subprocess
@@ -17,9 +18,44 @@ import pytest
 
 from skyguard.cli.client import Client
 from skyguard.lab import demo as lab
-from skyguard.lab.topo import Topology, leftover_namespaces
+from skyguard.lab import packet as pk
+from skyguard.lab.topo import LAN_NET, Topology, leftover_namespaces
 
 _OURS: list[str] = []  # namespaces made by this session
+
+
+def wait_for(cond, what: str, timeout: float = 30.0, every: float = 0.1, tick=None):
+    """Poll `cond()` until it returns something truthy (returned); fail naming `what` was awaited after `timeout` s.
+    `tick()` (optional) runs between polls, e.g. to keep traffic flowing or frames received."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}; last value {got!r}")
+        if tick is not None:
+            tick()
+        time.sleep(every)
+
+
+def xdp_state(ns: str, ifname: str) -> tuple[str | None, int | None]:
+    """(mode, program id) of the XDP program attached to `ifname` in namespace `ns`: mode "native" | "generic" |
+    "hw" | "multi", (None, None) when nothing is attached; read from netlink (IFLA_XDP), not from skyguard."""
+    from pyroute2 import IPRoute
+
+    from skyguard.lab.topo import in_netns
+
+    with in_netns(ns), IPRoute() as ip:
+        idx = ip.link_lookup(ifname=ifname)
+        assert idx, f"{ifname} does not exist in {ns}"
+        xdp = ip.get_links(idx[0])[0].get_attr("IFLA_XDP")
+    if not xdp:
+        return None, None
+    att = xdp.get_attr("IFLA_XDP_ATTACHED")  # pyroute2 decodes XDP_ATTACHED_* to names ("xdp", "xdpgeneric", ...)
+    mode = {1: "native", 2: "generic", 3: "hw", 4: "multi", "xdp": "native", "xdpgeneric": "generic",
+            "xdpoffload": "hw", "xdpmulti": "multi"}.get(att)
+    return mode, (xdp.get_attr("IFLA_XDP_PROG_ID") or None) if mode else None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,6 +94,15 @@ class Rig:
         lab.write_config(self.cfg, self.topo, policy=self.policy, socket=self.sock, pin_path=self.pin_path)
         return self
 
+    def configure(self, *, on_stop: str = "detach", xdp_mode: str = "auto", extra: str = "") -> Path:
+        """Rewrite the rig's config (the next start uses it): on_stop, xdp_mode and extra TOML (tables last)."""
+        lab.write_config(self.cfg, self.topo, policy=self.policy, socket=self.sock, pin_path=self.pin_path,
+                         xdp_mode=xdp_mode, extra=extra)
+        text = self.cfg.read_text()
+        assert 'on_stop = "detach"' in text
+        self.cfg.write_text(text.replace('on_stop = "detach"', f'on_stop = "{on_stop}"'))
+        return self.cfg
+
     # ---- the daemon -------------------------------------------------------------------------------------------------
 
     def spawn(self, env: dict[str, str] | None = None, cfg: Path | None = None) -> subprocess.Popen:
@@ -74,6 +119,27 @@ class Rig:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for the exit; returns the exit status."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def xdp(self, ifname: str) -> tuple[str | None, int | None]:
+        """(mode, program id) attached to one of the router's interfaces (see xdp_state)."""
+        return xdp_state(self.topo.router_ns, ifname)
+
+    def frame(self, src: str, sport: int, dst: str, dport: int, payload: bytes) -> tuple[str, bytes, tuple]:
+        """(side, frame, flow tuple) of one UDP frame from the LAN client side (src) or the internet side (dst is a
+        LAN address), addressed to the router's MAC on that side; for Wire.send(side, frame, key)."""
+        if getattr(self, "_macs", None) is None:
+            self._macs = lab.lab_macs(self.topo)  # read once: MACs change only when a link is made again
+        macs = self._macs
+        from_lan = ipaddress.ip_address(src) in ipaddress.ip_network(LAN_NET)
+        smac, dmac = (macs["client"], macs["router_lan"]) if from_lan else (macs["inet"], macs["router_wan"])
+        frame = pk.udp(src, sport, dst, dport, payload, src_mac=smac, dst_mac=dmac)
+        return ("lan" if from_lan else "inet"), frame, lab._tuple(src, sport, dst, dport, 17)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None and self.proc.poll() is None
