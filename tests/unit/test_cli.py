@@ -15,20 +15,23 @@ from typing import Any
 
 import pytest
 
+from skyguard import __version__, proto
 from skyguard.cli import fmt
 from skyguard.cli import main as cli
-from skyguard.daemon.control import ControlError, ControlServer
+from skyguard.daemon.control import ControlServer
+from skyguard.proto import ControlError
 
 FLOWS = [
-    {"proto": "udp", "a": "192.168.1.6:50010", "b": "52.114.250.5:3478", "vlan": 0, "class": "skype-relay",
-     "reason": "ms-stun-attr", "action": "pass", "packets": 120, "bytes": 18000, "dropped": 0,
-     "first_ns": 1_000_000_000, "last_ns": 3_500_000_000},
-    {"proto": "udp", "a": "[2001:db8::1]:5000", "b": "[2603:1063::9]:3479", "vlan": 12, "class": 4,
-     "reason": "pstn-prefix", "action": 1, "packets": 7, "bytes": 700, "dropped": 6, "first_ns": 5, "last_ns": 9},
+    proto.example_row(),
+    proto.example_row(a="[2001:db8::1]:5000", b="[2603:1063::9]:3479", vlan=12, reason="pstn-prefix", packets=7,
+                      bytes=700, dropped=6, first_ns=5, last_ns=9, **{"class": "skype-out", "action": "drop"}),
 ]
 
 
 class FakeDaemon:
+    """The real socket server with replies in the daemon's shapes (proto's examples) and its error codes; the
+    daemon's own handlers are checked against the same shapes in test_commands.py."""
+
     def __init__(self, path: Path) -> None:
         self.calls: list[tuple[str, dict]] = []
         self.server = ControlServer(path, self.handle)
@@ -41,27 +44,30 @@ class FakeDaemon:
 
     def handle(self, cmd: str, args: dict) -> Any:
         self.calls.append((cmd, args))
-        if cmd == "status":
-            return {"version": "0.1.0", "interfaces": ["eth0", "eth1"], "policy": {"name": "observe-only"}}
-        if cmd == "stats":
-            return {"packets": 1540, "dropped": 3}
+        args = proto.validate(cmd, args)  # the daemon's argument checks, so a request it would refuse fails here
+        if cmd in ("status", "stats", "policy.show"):
+            return proto.example(cmd)
         if cmd == "flows":
-            return [f for f in FLOWS if args.get("class") in (None, fmt.class_name(f["class"]))]
+            rows = [f for f in FLOWS if args.get("class") in (None, f["class"])]
+            return proto.example("flows", flows=rows[: args.get("limit") or None], total=len(rows))
         if cmd == "flow":
             if args["a"] == FLOWS[0]["a"]:
-                return FLOWS[0]
-            raise ControlError("no-such-flow", "no flow with that key")
-        if cmd == "policy.show":
-            return {"name": "observe-only", "path": "/etc/skyguard/policy.toml"}
+                return proto.example("flow")
+            raise ControlError(proto.NOT_FOUND, f"no flow {args.get('proto', 'udp')} {args['a']} <-> {args['b']}")
         if cmd == "policy.check":
-            return {"name": "checked-by-daemon"}
+            return proto.example("policy.check", name="checked-by-daemon", path=args["path"])
         if cmd == "policy.reload":
-            return {"name": "block-pc-to-phone"}
+            return proto.example("policy.reload", name="block-pc-to-phone")
         if cmd == "block":
-            return {"prefix": args["prefix"]}
+            return proto.example("block", blocked=args["prefix"], flows=2,
+                                 expires_ns=int(args["expire"] * 1e9) if "expire" in args else 0)
         if cmd == "unblock":
-            raise ControlError("not-blocked", f"{args['prefix']} is not blocked")
-        raise ControlError("unexpected", cmd)
+            raise ControlError(proto.NOT_FOUND, f"{args['prefix']} is not blocked")
+        if cmd == "blocks":
+            later = 2_000_000_000_000_000_000  # 2033: an expiry the table shows as a date
+            return proto.example("blocks", blocks=[{"prefix": "10.1.0.0/16", "expires_ns": 0},
+                                                   {"prefix": "2001:db8::/32", "expires_ns": later}])
+        raise ControlError(proto.UNKNOWN_COMMAND, cmd)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -97,7 +103,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 def test_status_human_and_json(daemon: FakeDaemon) -> None:
     rc, out, err = run("--socket", str(daemon.path), "status")
     assert rc == 0 and err == ""
-    assert "interfaces" in out and "eth0,eth1" in out and "policy.name" in out and "observe-only" in out
+    assert "interfaces" in out and "name=eth0" in out and "policy.name" in out and "observe-only" in out
     sock = str(daemon.path)
     for argv in (("--socket", sock, "--json", "status"), ("status", "--json", "--socket", sock)):
         rc, out, _ = run(*argv)
@@ -107,7 +113,7 @@ def test_status_human_and_json(daemon: FakeDaemon) -> None:
 def test_socket_from_environment(daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKYGUARD_SOCKET", str(daemon.path))
     rc, out, _ = run("stats", "--json")
-    assert rc == 0 and json.loads(out) == {"packets": 1540, "dropped": 3}
+    assert rc == 0 and json.loads(out) == proto.example("stats")
 
 
 def test_flows_table_has_aligned_columns_with_names(daemon: FakeDaemon) -> None:
@@ -149,7 +155,7 @@ def test_flow_keyspec(daemon: FakeDaemon) -> None:
     assert daemon.calls[-1] == ("flow", {"proto": "udp", "a": "192.168.1.6:50010", "b": "52.114.250.5:3478",
                                          "vlan": 0})
     rc, _, err = run("--socket", str(daemon.path), "flow", "udp [2001:db8::1]:5000 [2603:1063::9]:3479 vlan 12")
-    assert rc == 1 and "no-such-flow" in err
+    assert rc == 1 and err == "skyguard: not-found: no flow udp [2001:db8::1]:5000 <-> [2603:1063::9]:3479\n"
     assert daemon.calls[-1][1] == {"proto": "udp", "a": "[2001:db8::1]:5000", "b": "[2603:1063::9]:3479", "vlan": 12}
 
 
@@ -213,7 +219,10 @@ def test_policy_show_reload_and_daemon_check(daemon: FakeDaemon, tmp_path: Path)
     rc, out, _ = run("--socket", str(daemon.path), "policy", "reload")
     assert rc == 0 and out.strip() == "policy reloaded: block-pc-to-phone"
     rc, out, _ = run("--socket", str(daemon.path), "--json", "policy", "check", "--daemon", "rel.toml")
-    assert rc == 0 and json.loads(out) == {"name": "checked-by-daemon"}
+    assert rc == 0 and json.loads(out) == {"ok": True, "name": "checked-by-daemon",
+                                           "path": str(Path("rel.toml").absolute())}
+    rc, out, _ = run("--socket", str(daemon.path), "policy", "check", "--daemon", "rel.toml")
+    assert rc == 0 and out == "rel.toml: ok (policy 'checked-by-daemon')\n"
     assert daemon.calls[-1] == ("policy.check", {"path": str(Path("rel.toml").absolute())})
 
 
@@ -229,19 +238,18 @@ def test_policy_check_offline_needs_no_daemon(tmp_path: Path) -> None:
     reason = f"{bad}:3: class.skype-out.action: unknown action 'explode' (expected pass | drop | mark)"
     assert rc == 1 and out == "" and err.strip() == reason
     rc, out, _ = run("--socket", nosock, "policy", "check", "--json", str(bad))
-    assert rc == 1 and json.loads(out) == {"file": str(bad), "ok": False, "error": reason}
-    rc, _, err = run("--socket", nosock, "policy", "check", str(tmp_path / "missing.toml"))
-    assert rc == 1 and "missing.toml" in err and "Traceback" not in err
+    assert rc == 1 and json.loads(out) == {"file": str(bad), "ok": False, "errors": [
+        {"line": 3, "reason": "class.skype-out.action: unknown action 'explode' (expected pass | drop | mark)"}]}
 
 
 def test_block_and_unblock(daemon: FakeDaemon) -> None:
-    rc, out, _ = run("--socket", str(daemon.path), "block", "10.1.2.3/16", "--expire", "30")
-    assert rc == 0 and out.strip() == "blocked 10.1.0.0/16 for 30 s"
+    rc, out, _ = run("--socket", str(daemon.path), "block", "10.1.0.0/16", "--expire", "30")
+    assert rc == 0 and out.strip() == "blocked 10.1.0.0/16 for 30 s (2 live flows caught)"
     assert daemon.calls[-1] == ("block", {"prefix": "10.1.0.0/16", "expire": 30.0})
     rc, out, _ = run("--socket", str(daemon.path), "--json", "block", "2001:db8::1")
-    assert rc == 0 and json.loads(out) == {"prefix": "2001:db8::1/128"}
+    assert rc == 0 and json.loads(out) == {"blocked": "2001:db8::1/128", "flows": 2, "expires_ns": 0}
     rc, out, err = run("--socket", str(daemon.path), "unblock", "192.0.2.1")
-    assert rc == 1 and out == "" and err.strip() == "skyguard: not-blocked: 192.0.2.1/32 is not blocked"
+    assert rc == 1 and out == "" and err.strip() == "skyguard: not-found: 192.0.2.1/32 is not blocked"
     rc, _, _ = run("--socket", str(daemon.path), "block", "300.1.1.1")
     assert rc == 2
     rc, _, _ = run("--socket", str(daemon.path), "block", "10.0.0.0/8", "--expire", "-5")
@@ -267,17 +275,19 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_replay_and_lab_dispatch_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: dict[str, list[str]] = {}
+    seen: dict[str, Any] = {}
     replay = types.ModuleType("skyguard.offline.replay")
-    replay.main = lambda argv: seen.setdefault("replay", argv) and 0  # type: ignore[attr-defined]
+    replay.main = lambda args: (seen.setdefault("replay", args), 0)[1]  # type: ignore[attr-defined]
     lab = types.ModuleType("skyguard.lab.demo")
-    lab.main = lambda argv: (seen.setdefault("lab", argv), 3)[1]  # type: ignore[attr-defined]
+    lab.main = lambda args: (seen.setdefault("lab", args), 3)[1]  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "skyguard.offline.replay", replay)
     monkeypatch.setitem(sys.modules, "skyguard.lab.demo", lab)
     rc, _, _ = run("--json", "replay", "a.pcap", "b.pcapng", "--policy", "p.toml")
-    assert rc == 0 and seen["replay"] == ["a.pcap", "b.pcapng", "--policy", "p.toml", "--json"]
-    rc, _, _ = run("lab", "--calls", "3", "--keep")
-    assert rc == 3 and seen["lab"] == ["--calls", "3", "--keep"]
+    r = seen["replay"]
+    assert rc == 0 and (r.captures, r.policy, r.json, r.log_all) == (["a.pcap", "b.pcapng"], "p.toml", True, False)
+    rc, _, _ = run("lab", "--seed", "3", "--keep-logs")
+    r = seen["lab"]
+    assert rc == 3 and (r.seed, r.keep_logs, r.json, r.speed) == (3, True, False, 1.0)
 
 
 def test_status_does_not_import_bcc_or_the_lab() -> None:
@@ -299,3 +309,129 @@ def test_fmt_kv_renders_nested_values() -> None:
 def test_fmt_table_alignment() -> None:
     text = fmt.table([{"n": "a", "v": 5}, {"n": "long-name", "v": 12345}], [("n", "NAME"), ("v", "VALUE")])
     assert text.splitlines() == ["NAME       VALUE", "a              5", "long-name  12345"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One parser per command, --json everywhere, --version
+
+
+def _help(*argv: str) -> str:
+    rc, out, _ = run(*argv, "--help")
+    assert rc == 0
+    return " ".join(out.split())  # argparse wraps to the terminal: compare words
+
+
+def test_replay_and_lab_help_are_their_own() -> None:
+    from skyguard.cli.args import LAB_DESCRIPTION, REPLAY_DESCRIPTION, lab_parser, replay_parser
+
+    text = _help("replay")
+    assert "--socket" not in text and "pcap or pcapng files" in text and REPLAY_DESCRIPTION in text
+    assert replay_parser().format_help().split("options:")[1].split() == \
+        text.split("options:")[1].split()  # the module's own entry point offers exactly the same
+    text = _help("lab")
+    assert "--socket" not in text and LAB_DESCRIPTION in text
+    assert LAB_DESCRIPTION.endswith("Needs root.")  # a whole sentence, not the docstring's cut first line
+    assert lab_parser().format_help().split("options:")[1].split() == text.split("options:")[1].split()
+
+
+def test_daemon_commands_help_comes_from_the_command_table() -> None:
+    top = _help()
+    for name in ("status", "flows", "block", "blocks"):
+        assert proto.BY_NAME[name].help in top
+    assert proto.BY_NAME["block"].arg("prefix").help in _help("block")
+
+
+def test_every_command_has_json() -> None:
+    from skyguard.cli.args import build_parser
+
+    _parser, commands = build_parser()
+    assert {"status", "stats", "flows", "flow", "events", "policy show", "policy check", "policy reload", "block",
+            "unblock", "blocks", "replay", "lab"} <= set(commands)
+    for key, sp in commands.items():
+        if key != "policy":
+            assert "--json" in sp._option_string_actions, key
+
+
+@pytest.mark.parametrize("argv", [["status"], ["stats"], ["flows"], ["flow", "udp", "192.168.1.6:50010",
+                                                                        "52.114.250.5:3478"],
+                                  ["policy", "show"], ["policy", "reload"], ["blocks"], ["block", "10.1.0.0/16"]])
+def test_json_after_the_command_prints_the_reply(daemon: FakeDaemon, argv: list[str]) -> None:
+    rc, out, _ = run(*argv, "--json", "--socket", str(daemon.path))
+    assert rc == 0 and isinstance(json.loads(out), dict)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from skyguard.daemon.config import parse_daemon_args
+
+    assert run("--version") == (0, f"skyguard {__version__}\n", "")
+    with pytest.raises(SystemExit) as ei:
+        parse_daemon_args(["--version"])
+    assert ei.value.code == 0 and capsys.readouterr().out == f"skyguardd {__version__}\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Usage errors name the command
+
+
+@pytest.mark.parametrize("cmd", ["block", "unblock"])
+def test_block_refuses_host_bits_like_the_policy_checker(daemon: FakeDaemon, cmd: str) -> None:
+    rc, out, err = run("--socket", str(daemon.path), cmd, "10.1.2.3/8")
+    assert rc == 2 and out == "" and not daemon.calls
+    assert err.startswith(f"usage: skyguard {cmd} ")
+    assert "'10.1.2.3/8' has host bits set; did you mean '10.0.0.0/8'?" in err
+
+
+def test_bad_keyspec_prints_the_flow_usage(daemon: FakeDaemon) -> None:
+    rc, out, err = run("--socket", str(daemon.path), "flow", "udp", "1.2.3.4", "6.7.8.9:1")
+    assert rc == 2 and out == "" and not daemon.calls
+    assert err.startswith("usage: skyguard flow ") and "usage: skyguard [" not in err
+    assert err.endswith("skyguard: not an endpoint (ADDR:PORT or [V6ADDR]:PORT): '1.2.3.4'\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# policy check
+
+
+def test_policy_check_reports_every_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[class.skype-out]\naction = "explode"\n[exempt]\nprefixes = ["10.1.2.3/8"]\n'
+                   "typo = 1\n")
+    rc, out, err = run("policy", "check", str(bad))
+    assert rc == 1 and out == ""
+    assert [line.split(": ", 1)[0] for line in err.splitlines()] == [f"{bad}:3", f"{bad}:5", f"{bad}:6"]
+    rc, out, _ = run("policy", "check", "--json", str(bad))
+    assert [e["line"] for e in json.loads(out)["errors"]] == [3, 5, 6]
+
+
+def test_policy_check_missing_file_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    rc, out, err = run("policy", "check", str(missing))
+    assert rc == 1 and out == "" and err == f"{missing}: no such file: the policy file does not exist\n"
+
+
+def test_policy_check_of_the_daemon_config_says_what_it_is(tmp_path: Path) -> None:
+    cfg = tmp_path / "skyguard.toml"
+    cfg.write_text('interfaces = ["eth0"]\nxdp_mode = "auto"\npolicy = "policy.toml"\n')
+    rc, _, err = run("policy", "check", str(cfg))
+    assert rc == 1 and err.startswith(f"{cfg}:1: this is skyguardd's config file (it sets interfaces, xdp_mode)")
+    assert "skyguardd --config FILE --check" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# blocks
+
+
+def test_blocks_human_and_json(daemon: FakeDaemon) -> None:
+    rc, out, _ = run("--socket", str(daemon.path), "blocks")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split() == ["PREFIX", "EXPIRES"]
+    assert lines[1].split() == ["10.1.0.0/16", "never"]
+    assert lines[2].startswith("2001:db8::/32") and "in " in lines[2] and "2033-05-18T03:33:20" in lines[2]
+    rc, out, _ = run("--socket", str(daemon.path), "blocks", "--json")
+    assert rc == 0 and json.loads(out) == daemon.handle("blocks", {})
+    assert daemon.calls[-1] == ("blocks", {})
+
+
+def test_flows_footer_when_the_daemon_matched_more(daemon: FakeDaemon) -> None:
+    rc, out, _ = run("--socket", str(daemon.path), "flows", "--limit", "1")
+    assert rc == 0 and out.splitlines()[-1] == "(1 of 2 flows; --limit N for more)"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, skip_or_fail
 
 PREFIX = "/usr"
 VENV = f"{PREFIX}/lib/skyguard/venv"
@@ -74,7 +74,7 @@ def make_tree(base: Path) -> Tree:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     if shutil.which("make") is None:
-        pytest.skip("make is missing")
+        skip_or_fail("make is missing")
     tree = make_tree(tmp_path_factory.mktemp("install"))
     tree.install()
     return tree
@@ -127,10 +127,12 @@ def test_wrappers_run_the_venv_entry_points(installed: Tree, cmd: str) -> None:
     assert where.stdout.startswith(str(installed.at(VENV))), where.stderr
     r = subprocess.run([py, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd="/")
     if r.returncode != 0:
-        # differential: a broken entry point in the sources is not an install problem
+        # differential, to say where the fault is: a broken entry point in the sources is not an install problem,
+        # but it is a broken command all the same
         dev = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", module, "--help"], capture_output=True, timeout=60)
         if dev.returncode != 0:
-            pytest.skip(f"`{cmd} --help` fails in the work tree too: {r.stderr.strip().splitlines()[-1:]}")
+            pytest.fail(f"`{cmd} --help` fails in the work tree too (the entry point is broken, not the install): "
+                        f"{r.stderr.strip().splitlines()[-1:]}")
     assert r.returncode == 0, r.stderr
     assert "usage" in r.stdout.lower()
 
@@ -149,7 +151,7 @@ def test_venv_has_the_package_with_its_bpf_sources(installed: Tree) -> None:
 
 def test_venv_sees_debian_bcc(installed: Tree) -> None:
     if not DEBIAN_BCC.is_dir():
-        pytest.skip("Debian's python3-bpfcc is not installed")
+        skip_or_fail("Debian's python3-bpfcc is not installed")
     py = installed.at(f"{VENV}/bin/python")
     r = subprocess.run([str(py), "-c", "import bcc; print(bcc.__file__)"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -180,7 +182,7 @@ def test_manifest_lists_everything_installed(installed: Tree) -> None:
 def test_installed_unit_verifies(installed: Tree, tmp_path: Path) -> None:
     exe = shutil.which("systemd-analyze")
     if exe is None:
-        pytest.skip("systemd-analyze is missing")
+        skip_or_fail("systemd-analyze is missing")
     unit = installed.at("/lib/systemd/system/skyguard.service").read_text()
     # only the prefix of the daemon changed (SYSCONFDIR is /etc here)
     source = (installed.src / "systemd/skyguard.service").read_text()

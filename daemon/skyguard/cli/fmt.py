@@ -98,13 +98,32 @@ def flow_row(flow: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def flows_table(flows: Sequence[Mapping[str, Any]]) -> str:
+def flows_table(flows: Sequence[Mapping[str, Any]], total: int | None = None) -> str:
+    """`total`: how many flows matched in the daemon; a footer says so when the table shows fewer."""
     columns = FLOW_COLUMNS
     if any("capture" in f for f in flows):
         columns = (("capture", "CAPTURE"), *columns)
     if not flows:
         return table([], columns) + "\n(no flows)"
-    return table([flow_row(f) for f in flows], columns)
+    text = table([flow_row(f) for f in flows], columns)
+    if total is not None and total > len(flows):
+        text += f"\n({len(flows)} of {total} flows; --limit N for more)"
+    return text
+
+
+def expiry(expires_ns: Any, now_ns: int) -> str:
+    """A block's expiry: `never`, or the time left and the wall-clock moment."""
+    if not _numeric(expires_ns) or expires_ns <= 0:
+        return "never"
+    left = max(0.0, (expires_ns - now_ns) / 1e9)
+    return f"in {left:.0f}s ({timestamp(expires_ns)})"
+
+
+def blocks_table(blocks: Sequence[Mapping[str, Any]], now_ns: int) -> str:
+    if not blocks:
+        return "(no manual blocks)"
+    rows = [{"prefix": b["prefix"], "expires": expiry(b["expires_ns"], now_ns)} for b in blocks]
+    return table(rows, (("prefix", "PREFIX"), ("expires", "EXPIRES")))
 
 
 def flow_detail(flow: Mapping[str, Any]) -> str:

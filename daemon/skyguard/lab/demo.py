@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from skyguard.cli.client import Client, ClientError
+from skyguard.endpoints import parse_endpoint
 from skyguard.lab import gen
 from skyguard.lab import packet as pk
 from skyguard.lab.topo import CLIENT, CLIENT2, PEER, PSTN_GW, RELAY, SBC, Topology
@@ -327,7 +328,7 @@ def rows_by_tuple(rows: list[dict]) -> dict[tuple, dict]:
     """The daemon's `flows` rows keyed like build_schedule()'s flow tuples."""
     out = {}
     for row in rows:
-        a, b = _ep(row["a"]), _ep(row["b"])
+        a, b = parse_endpoint(row["a"]), parse_endpoint(row["b"])
         out[_tuple(a[0], a[1], b[0], b[1], 17 if row["proto"] == "udp" else 6)] = row
     return out
 
@@ -456,11 +457,6 @@ class Wire:
                 tick()
 
 
-def _ep(s: str) -> tuple[str, int]:
-    host, _, port = s.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def format_summary(results: list[CallResult]) -> str:
     lines = ["", "=== summary ==="]
     w = max(len(r.name) for r in results)
@@ -475,18 +471,10 @@ def format_summary(results: list[CallResult]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
-    p.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1: real time)")
-    p.add_argument("--xdp-mode", default="auto", choices=["auto", "native", "generic"])
-    p.add_argument("--keep-logs", action="store_true", help="keep the daemon's log and config in /tmp")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON only")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="skyguard lab", description=__doc__.strip().splitlines()[0])
-    add_arguments(p)
-    return p.parse_args(argv)
+    from skyguard.cli.args import lab_parser  # the arguments are defined once, with `skyguard lab`'s
+
+    return lab_parser().parse_args(argv)
 
 
 def main(args: argparse.Namespace | list[str] | None = None) -> int:

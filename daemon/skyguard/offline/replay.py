@@ -191,17 +191,10 @@ def format_table(result: ReplayResult) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files")
-    p.add_argument("--policy", metavar="FILE", help="policy file (default: observe-only)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (docs/architecture.md, Replay JSON)")
-    p.add_argument("--log-all", action="store_true", help=argparse.SUPPRESS)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="skyguard replay", description=__doc__.strip().splitlines()[0])
-    add_arguments(p)
-    return p.parse_args(argv)
+    from skyguard.cli.args import replay_parser  # the arguments are defined once, with `skyguard replay`'s
+
+    return replay_parser().parse_args(argv)
 
 
 def main(args: argparse.Namespace | list[str] | None = None) -> int:
