@@ -49,8 +49,8 @@ from skyguard.tomlpos import KeyPath, Locator, syntax_error_position
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# SIGNATURES.md "Modern Skype/Teams media" (Microsoft 365 endpoint set 11): the 2023 list, the 2022 /14, the
-# 13.107.64.0/18 that nDPI dropped in 2024 (still in Microsoft's list) and the IPv6 media prefix.
+# Microsoft 365 endpoint set 11's media ranges plus two of its earlier editions' (52.120.0.0/14, 13.107.64.0/18); where
+# each comes from: docs/signatures.md, "Microsoft's media ranges and ports".
 DEFAULT_MSMEDIA_PREFIXES: tuple[str, ...] = (
     "52.112.0.0/14",
     "52.122.0.0/15",
