@@ -45,6 +45,12 @@ SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, block_v4, SG_LPM_MAX, BPF_F
 SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, block_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
 /* events: ring buffer of classified/sample/dns/tls events for the daemon (never blocks: losses are counted) */
 BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
+/* rcu_inner: the one map rcu_sync holds; nothing reads it */
+BPF_ARRAY(rcu_inner, u32, 1);
+/* rcu_sync: never read here; a write to it returns once every program run already under way has ended (the kernel
+ * waits for an RCU grace period on map-in-map writes), which tells a reload that no packet still uses the old
+ * generation */
+BPF_ARRAY_OF_MAPS(rcu_sync, "rcu_inner", 1);
 
 #define SG_LPM4_BITS (8 + 32)
 #define SG_LPM6_BITS (8 + 128)
@@ -127,8 +133,10 @@ static __always_inline int sg_in_lpm(struct sg_pkt *pk, __u8 gen, int which)
 #define sg_in_pstn(pk, gen)    sg_in_lpm(pk, gen, SG_LPM_PSTN)
 #define sg_in_msmedia(pk, gen) sg_in_lpm(pk, gen, SG_LPM_MSMEDIA)
 
-/* Active policy generation. Read where it is needed (malformed packet, flow creation, policy lookup) rather than
- * once up front: keeping it live across the whole program cost ~20 ns/packet on the established path (bench/). */
+/* The active policy generation. Each packet reads it exactly once and uses that one value for everything it looks
+ * up in the policy: a new flow's prefixes and the action slot. A reload that flips it while the packet runs then
+ * gives the packet the old policy or the new one, never the prefixes of one with the actions of the other. The fast
+ * path reads it only after the flow lookup, so that nothing keeps it in a register across the lookup. */
 static __always_inline __u32 sg_gen(void)
 {
 	__u32 zero = 0;
@@ -626,7 +634,7 @@ int xdp_skyguard(struct xdp_md *ctx)
 	struct sg_policy *pol;
 	struct sg_stats *st;
 	struct sg_flow *f;
-	__u32 zero = 0, idx;
+	__u32 zero = 0, idx, gen;
 	__u8 dir, cls;
 	int rc;
 
@@ -683,6 +691,7 @@ int xdp_skyguard(struct xdp_md *ctx)
 		rc = sg_account(&r, f);
 		if (rc >= 0)
 			return rc;
+		gen = sg_gen();
 	} else {
 		/* the slow path parses the packet again (identically: same bytes) rather than keep the first parse */
 		struct sg_pkt sp = {};
@@ -691,8 +700,9 @@ int xdp_skyguard(struct xdp_md *ctx)
 			return XDP_ABORTED; /* cannot happen: the same packet parsed above */
 		r.pl_off = (__u32)(sp.pl - data);
 		asm volatile("" : "+r"(r.pl_off));
+		gen = sg_gen();
 		if (!f) {
-			f = sg_flow_create(&r, &sp, sg_gen());
+			f = sg_flow_create(&r, &sp, gen);
 			if (!f) {
 				st->c[SG_ST_OUT_NO_FLOW]++;
 				st->c[SG_ST_ACT_PASS]++;
@@ -712,7 +722,7 @@ int xdp_skyguard(struct xdp_md *ctx)
 	if (cls >= SG_NCLASSES)
 		cls = SG_CLASS_UNKNOWN;
 	st->c[SG_ST_CLASS_BASE + cls]++;
-	idx = sg_gen() * SG_POL_SLOTS + cls;
+	idx = gen * SG_POL_SLOTS + cls;
 	pol = policy.lookup(&idx);
 	return sg_enforce(&r, pol, f);
 }

@@ -22,7 +22,6 @@ from skyguard.policy import Network, Policy
 
 PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block")
 _LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
-RELOAD_GRACE_S = 0.01  # between flipping the policy generation and deleting the old one
 _STATS_SIZE = wire.C["SG_ST_MAX"] * 8
 
 
@@ -86,6 +85,8 @@ class Kernel:
         self._flows = self._raw("flows", kf, wire.Flow.FMT.size)
         self._policy = self._raw("policy", 4, wire.PolicySlot.FMT.size)
         self._config = self._raw("config", 4, wire.CONFIG_FMT.size)
+        self._rcu_sync = self._raw("rcu_sync", 4, 4)
+        self._rcu_inner_fd = self.bpf[b"rcu_inner"].map_fd
         self._stats = self._raw("stats", 4, _STATS_SIZE, percpu=True)
         self._lpm: dict[str, tuple[RawMap, RawMap]] = {
             kind: (
@@ -297,12 +298,19 @@ class Kernel:
                 if kind == "block" or src in carried:
                     self._write_prefix(kind, net, new, src, exp)
         self._set_gen(new)
-        # a packet that read the old generation just before the flip may still be looking its prefixes up: a
-        # program run takes microseconds, so a short grace period makes the old entries unreachable before they go
-        time.sleep(RELOAD_GRACE_S)
+        # a packet that read the old generation just before the flip may still be looking its prefixes up: its
+        # entries go (and its slots may be rewritten by the next reload) only once every such run has ended
+        self.wait_for_programs()
         for kind in PREFIX_KINDS:
             for raw, _net, _src, _exp, fam in self._entries(kind, old):
                 self._lpm[kind][fam].delete(raw)
+
+    def wait_for_programs(self) -> None:
+        """Return once every run of the program that had started has ended. A write to a map of maps makes the
+        kernel wait for an RCU grace period, and each run of an XDP program (and of BPF_PROG_TEST_RUN) is one RCU
+        read-side section, however long it is delayed (preemption, a descheduled virtual CPU)."""
+        if not self._rcu_sync.update(b"\0\0\0\0", self._rcu_inner_fd.to_bytes(4, "little")):
+            raise OSError("cannot write rcu_sync: the reload cannot wait for running programs")
 
     def add_prefix(self, kind: str, network: str | Network, source: int, expires_ns: int = 0) -> None:
         self._write_prefix(self._kind(kind), _as_network(network), self.gen, source, expires_ns)
