@@ -105,9 +105,11 @@ fi
 
 # 5. systemd: the unit with the real paths, and the socket group
 u=$$(mktemp)
-sed -e 's|/usr/local/bin/skyguardd|$(PREFIX)/bin/skyguardd|g' -e 's|/etc/skyguard/|$(SG_CONFDIR)/|g' \
+sed -e 's|/usr/local/bin/skyguard|$(PREFIX)/bin/skyguard|g' -e 's|/etc/skyguard/|$(SG_CONFDIR)/|g' \
     systemd/skyguard.service > "$$u"
 put 0644 "$$u" '$(UNITDIR)/skyguard.service'; rm -f "$$u"
+# the metrics drop-in is opt-in: shipped beside the data, copied into /etc/systemd/system/skyguard.service.d/ by hand
+put 0644 systemd/skyguard-metrics.conf '$(SG_DATADIR)/skyguard-metrics.conf'
 put 0644 systemd/skyguard.sysusers '$(SYSUSERSDIR)/skyguard.conf'
 
 # 6. the manifest: earlier records first, duplicates dropped, itself last

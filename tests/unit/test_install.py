@@ -186,10 +186,12 @@ def test_installed_unit_verifies(installed: Tree, tmp_path: Path) -> None:
     unit = installed.at("/lib/systemd/system/skyguard.service").read_text()
     # only the prefix of the daemon changed (SYSCONFDIR is /etc here)
     source = (installed.src / "systemd/skyguard.service").read_text()
-    assert unit == source.replace("/usr/local/bin/skyguardd", "/usr/bin/skyguardd")
-    # verify checks that ExecStart= exists: point it at the installed wrapper inside DESTDIR
+    assert unit == source.replace("/usr/local/bin/skyguard", "/usr/bin/skyguard")
+    assert "ExecReload=/usr/bin/skyguard --socket" in unit
+    # verify checks that ExecStart= and ExecReload= exist: point them at the installed wrappers inside DESTDIR
     copy = tmp_path / "skyguard.service"
-    copy.write_text(unit.replace("ExecStart=/usr/bin/skyguardd", f"ExecStart={installed.at('/usr/bin/skyguardd')}"))
+    copy.write_text(unit.replace("ExecStart=/usr/bin/skyguardd", f"ExecStart={installed.at('/usr/bin/skyguardd')}")
+                    .replace("ExecReload=/usr/bin/skyguard ", f"ExecReload={installed.at('/usr/bin/skyguard')} "))
     r = subprocess.run([exe, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [ln for ln in (r.stdout + r.stderr).splitlines() if "skyguard" in ln] == []

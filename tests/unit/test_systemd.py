@@ -77,8 +77,15 @@ def verifiable_copy(tmp_path: Path) -> Path:
     stub = tmp_path / "skyguardd"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
+    text = text.replace(exe.group(1), str(stub))
+    reload = re.search(r"^ExecReload=(\S+)", text, re.M)
+    if reload:  # the CLI that ExecReload runs must exist as well
+        cli = tmp_path / "skyguard"
+        cli.write_text("#!/bin/sh\nexit 0\n")
+        cli.chmod(0o755)
+        text = text.replace(f"ExecReload={reload.group(1)}", f"ExecReload={cli}")
     copy = tmp_path / "skyguard.service"
-    copy.write_text(text.replace(exe.group(1), str(stub)))
+    copy.write_text(text)
     return copy
 
 
@@ -337,3 +344,38 @@ def test_bounding_set_suffices_for_the_project_program(bpf_ok: None, unit: Unit,
     assert r.returncode == 0 and "LOADED" in r.stdout, r.stdout + r.stderr[-3000:]
     assert r.stdout.splitlines()[0] == full.stdout.splitlines()[0]  # the same clock: the build the daemon ships
     assert int(r.stdout.split()[-1]) == int(full.stdout.split()[-1]) > 0  # the same maps pinned
+
+
+# --- the metrics drop-in ----------------------------------------------------------------------------------------------
+
+DROPIN = ROOT / "systemd" / "skyguard-metrics.conf"
+
+
+def _security(exe: str, unit: Path) -> str:
+    r = subprocess.run([exe, "security", "--offline=true", "--no-pager", str(unit)], capture_output=True, text=True,
+                       timeout=60)
+    return r.stdout + r.stderr
+
+
+def _af_inet_line(report: str) -> str:
+    lines = [ln for ln in report.splitlines() if "RestrictAddressFamilies=~AF_(INET|INET6)" in ln]
+    assert len(lines) == 1, report
+    return lines[0]
+
+
+def test_metrics_dropin_opens_ip_sockets_only_where_installed(tmp_path: Path) -> None:
+    """Without the drop-in, IP sockets are refused; with it (as /etc/systemd/system/skyguard.service.d/ holds it),
+    systemd merges it into the unit: verify stays clean and the security report now shows AF_INET/AF_INET6
+    allowed, which is the drop-in's whole effect."""
+    exe = systemd_analyze()
+    copy = verifiable_copy(tmp_path)
+    assert _af_inet_line(_security(exe, copy)).lstrip().startswith("✓")
+    drop = tmp_path / "skyguard.service.d"
+    drop.mkdir()
+    (drop / "metrics.conf").write_text(DROPIN.read_text())
+    r = subprocess.run([exe, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and [ln for ln in (r.stdout + r.stderr).splitlines() if "skyguard" in ln] == [], r
+    assert _af_inet_line(_security(exe, copy)).lstrip().startswith("✗")
+    dropin = Unit.parse(DROPIN.read_text())
+    assert dropin.words("Service", "RestrictAddressFamilies") == {"AF_INET", "AF_INET6"}
+    assert dropin.words("Service", "IPAddressAllow") == {"localhost"}
