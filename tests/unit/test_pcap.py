@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from skyguard.offline.pcap import CaptureError, Packet, count_packets, read_packets, write_pcap
+from tests.conftest import skip_or_fail
 
 MAC_HDR = bytes.fromhex("020000000002" "020000000001")
 IP4 = bytes.fromhex("4500001c0001000040110000c0a80001c0a80002") + bytes.fromhex("0035003500080000")
@@ -103,7 +104,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 def test_round_trip_readable_by_tshark(tmp_path: Path) -> None:
     if not shutil.which("tshark"):
-        pytest.skip("tshark is not installed")
+        skip_or_fail("tshark is not installed (apt-get install tshark)")
     p = tmp_path / "rt.pcap"
     write_pcap(p, [(1_700_000_000_000_000_001, ETH4), (1_700_000_000_500_000_000, ETH4)])
     out = subprocess.run(["tshark", "-r", str(p), "-T", "fields", "-e", "frame.time_epoch", "-e", "ip.dst"],
@@ -313,7 +314,7 @@ def _tshark(path: Path, *args: str) -> str:
 
 def test_shared_captures_match_tshark(captures: Path) -> None:
     if not shutil.which("tshark"):
-        pytest.skip("tshark is not installed")
+        skip_or_fail("tshark is not installed (apt-get install tshark)")
     files = sorted(p for p in captures.iterdir() if p.suffix in (".pcap", ".pcapng"))
     assert len(files) >= 15
     for f in files:
