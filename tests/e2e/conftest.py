@@ -20,6 +20,7 @@ from skyguard.cli.client import Client
 from skyguard.lab import demo as lab
 from skyguard.lab import packet as pk
 from skyguard.lab.topo import LAN_NET, Topology, leftover_namespaces
+from tests.conftest import skip_or_fail
 
 _OURS: list[str] = []  # namespaces made by this session
 
@@ -199,7 +200,7 @@ class Rig:
 def rig(bpf_ok, request) -> Iterator[Rig]:
     """A topology with the lab policy, the daemon not yet started (call rig.start())."""
     if not shutil.which("nsenter"):
-        pytest.skip("nsenter (util-linux) is missing")
+        skip_or_fail("nsenter (util-linux) is missing")
     r = Rig()
     request.addfinalizer(r.down)
     r.up()
