@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf 'setup: %s\n' "$*"; }
 
-APT_PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool python3-venv tcpreplay netsniff-ng tshark libndpi-bin
+APT_PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool python3-venv tcpreplay netsniff-ng tshark libndpi-bin pmacct
           systemd gcc make prometheus python3-prometheus-client)
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: must run as root (it installs Debian packages and links kernel headers)" >&2

@@ -282,3 +282,20 @@ def test_collector_address_forms():
     for bad in ("127.0.0.1", "2001:db8::1:4739", "host:99999", "a b:1"):
         with pytest.raises(ValueError):
             ipfix.collector_address(bad)
+
+
+def test_config_keys_and_flags(tmp_path: Path):
+    from skyguard.daemon.config import ConfigError, load_config, parse_daemon_args
+
+    cfg, _a = parse_daemon_args(["-i", "eth0", "--policy", "p.toml", "--ipfix-collector", "127.0.0.1:4739",
+                                 "--ipfix-active-timeout", "30", "--ipfix-domain", "9"], default_config="/nonexistent")
+    assert (cfg.ipfix_collector, cfg.ipfix_active_timeout, cfg.ipfix_domain) == ("127.0.0.1:4739", 30.0, 9)
+    assert (cfg.ipfix_template_refresh, cfg.ipfix_template_refresh_packets, cfg.ipfix_mtu) == (60.0, 0, 1500)
+    with pytest.raises(ConfigError, match="--ipfix-collector"):
+        parse_daemon_args(["-i", "eth0", "--policy", "p.toml", "--ipfix-collector", "nope"],
+                          default_config="/nonexistent")
+    f = tmp_path / "skyguard.toml"
+    f.write_text('interfaces = ["eth0"]\npolicy = "p.toml"\nipfix_collector = "[2001:db8::9]:4739"\n'
+                 "ipfix_mtu = 100\n")
+    with pytest.raises(ConfigError, match=r"skyguard.toml:4: ipfix_mtu"):
+        load_config(f)

@@ -54,6 +54,13 @@ class Config:
     on_stop: str = "keep"  # keep: programs and maps stay pinned and enforcing; detach: remove them
     idle_timeout: IdleTimeouts = field(default_factory=IdleTimeouts)
     stats_interval: float = 60.0  # seconds between stats log lines; 0 = never
+    # IPFIX export (RFC 7011 over UDP) of every flow's record: off unless a collector is set
+    ipfix_collector: str | None = None  # HOST:PORT
+    ipfix_active_timeout: float = 60.0  # s between records of a long flow
+    ipfix_domain: int = 1  # observation domain id
+    ipfix_template_refresh: float = 60.0  # s between template re-sends (RFC 7011 section 8.4)
+    ipfix_template_refresh_packets: int = 0  # also re-send after this many messages; 0 = by time only
+    ipfix_mtu: int = 1500  # path MTU to the collector: no message is larger than it less the IP and UDP headers
     path: str | None = None  # the file this came from (None: defaults and flags only)
 
 
@@ -145,7 +152,22 @@ CHECKS = {
     "pin_path": _abs_path,
     "on_stop": _choice(ON_STOP),
     "stats_interval": _seconds(allow_zero=True),
+    "ipfix_collector": lambda v: _collector(_str(v)),
+    "ipfix_active_timeout": _seconds(allow_zero=False),
+    "ipfix_domain": _int_range(0, 0xFFFFFFFF),
+    "ipfix_template_refresh": _seconds(allow_zero=False),
+    "ipfix_template_refresh_packets": _int_range(0, 1 << 31),
+    "ipfix_mtu": _int_range(576, 65535),
 }
+IPFIX_FLAGS = {"ipfix_collector": str, "ipfix_active_timeout": float, "ipfix_domain": int,
+               "ipfix_template_refresh": float, "ipfix_template_refresh_packets": int, "ipfix_mtu": int}
+
+
+def _collector(v: str) -> str:
+    from skyguard.export.ipfix import collector_address
+
+    collector_address(v)
+    return v
 IDLE_CHECKS = {f.name: _seconds(allow_zero=False) for f in fields(IdleTimeouts)}
 
 
@@ -223,6 +245,9 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", metavar="FMT", choices=LOG_FORMATS, help="json | console | auto")
     p.add_argument("--check", action="store_true",
                    help="check the config and the policy it names, print the verdict and exit (nothing is attached)")
+    for key, typ in IPFIX_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=typ, metavar=key.split("_", 1)[1].upper(),
+                       help=f"config key {key}")
     p.add_argument("--version", action="version", version=f"skyguardd {__version__}")
     return p
 
@@ -257,6 +282,12 @@ def parse_daemon_args(argv: Sequence[str] | None = None, *, default_config: str 
         flags["xdp_mode"] = args.xdp_mode
     if args.log_format:
         flags["log_format"] = args.log_format
+    for key in IPFIX_FLAGS:
+        if getattr(args, key) is not None:
+            try:
+                flags[key] = CHECKS[key](getattr(args, key))
+            except ValueError as e:
+                raise ConfigError(f"{where}: --{key.replace('_', '-')} {e}") from None
     cfg = replace(cfg, **flags)
 
     origin = cfg.path or where

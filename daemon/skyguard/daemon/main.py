@@ -15,11 +15,13 @@ import sys
 import time
 from typing import Any
 
-from skyguard import __version__
+from skyguard import __version__, wire
 from skyguard.daemon.commands import Commands
 from skyguard.daemon.config import Config, ConfigError, parse_daemon_args
 from skyguard.daemon.control import ControlServer
+from skyguard.daemon.metrics import DaemonMetrics
 from skyguard.daemon.sdnotify import Notifier
+from skyguard.export.ipfix import Exporter
 from skyguard.kernel.flowtable import FlowTable
 from skyguard.kernel.ifaces import (
     Attached,
@@ -57,6 +59,8 @@ class Daemon:
         self.adopted_flows = 0
         self.commands = Commands(self)
         self.pins_before: bool | None = None  # whether the pin path held pins when start() looked (None: not yet)
+        self.ipfix: Exporter | None = None
+        self.metrics: DaemonMetrics | None = None
 
     # ---- start ------------------------------------------------------------------------------------------------------
 
@@ -82,8 +86,12 @@ class Daemon:
         self.table = FlowTable(self.kernel, cap=cfg.flows_max)
         self.engine.table = self.table
         self.policy_loaded_at = time.time()
+        if cfg.ipfix_collector:
+            self._start_ipfix()
         for ifname in cfg.interfaces:
             self._attach(ifname)
+        self.metrics = DaemonMetrics(self)
+        self.metrics.start()
         self.control = ControlServer(cfg.socket, self.commands, mode=cfg.socket_mode, group=cfg.socket_group)
         self.engine.subscribe(self.control.publish, lambda: self.control.subscribers > 0)
         self.links = LinkWatcher()
@@ -102,6 +110,16 @@ class Daemon:
                       flow_clock=self.kernel.clock_note,
                       prog_id=self.prog_id(), socket=str(cfg.socket))
         self.notify.ready(f"enforcing {policy.name} on {modes}")
+
+    def _start_ipfix(self) -> None:
+        cfg, eng = self.cfg, self.engine
+        self.ipfix = Exporter(cfg.ipfix_collector, domain=cfg.ipfix_domain, active_timeout_s=cfg.ipfix_active_timeout,
+                              mtu=cfg.ipfix_mtu, template_refresh_s=cfg.ipfix_template_refresh,
+                              template_refresh_messages=cfg.ipfix_template_refresh_packets,
+                              describe=lambda k, f: (f.class_name, wire.reason_name(f.reason), eng.action_of(f)))
+        eng.on_flow_end.append(self.ipfix.flow_ended)
+        self.log.info("ipfix export", collector=cfg.ipfix_collector, domain=cfg.ipfix_domain,
+                      active_timeout_s=cfg.ipfix_active_timeout)
 
     def _attach(self, ifname: str) -> None:
         a = attach(self.kernel.prog_fd, ifname, self.cfg.xdp_mode)
@@ -155,6 +173,10 @@ class Daemon:
                     self.reload(source="SIGHUP")
             if self.table.step():
                 self._expire_idle()  # a fresh snapshot: its idle flows are the expiry candidates
+                if self.ipfix is not None:
+                    self.ipfix.active_timeouts(self.table.snapshot, self.kernel.flow)
+            if self.ipfix is not None and (self.ipfix.pending or self.ipfix.outbox):
+                self.ipfix.flush()  # non-blocking: what the socket does not take now waits for the next turn
             now = time.monotonic()
             if wd and now >= next_wd:
                 self.notify.watchdog()
@@ -172,6 +194,8 @@ class Daemon:
         for pc in self.engine.slow.take_prefix_changes():
             self.engine.apply_prefix(pc)
         self.engine.expire_blocks(time.time_ns())
+        if self.metrics is not None:
+            self.metrics.tick()
 
     def _expire_idle(self) -> None:
         t = self.cfg.idle_timeout
@@ -221,10 +245,14 @@ class Daemon:
             self.log.error("policy reload refused: running policy kept", error=str(e), source=source,
                            running=self.engine.policy.name)
             self.notify.ready(f"reload refused: {e}")
+            if self.metrics is not None:
+                self.metrics.note_reload(False)
             raise
         self.engine.set_policy(policy)
         self.policy_loaded_at = time.time()
         self.log.info("policy reloaded", policy=policy.name, source=source)
+        if self.metrics is not None:
+            self.metrics.note_reload(True)
         self.notify.ready(f"enforcing {policy.name}")
         return policy
 
@@ -238,6 +266,10 @@ class Daemon:
                 self.log.info("xdp detached", interface=ifname)
         else:
             self.log.info("stopping: program stays attached, maps stay pinned", pin_path=self.cfg.pin_path)
+        if self.ipfix is not None and self.kernel is not None:
+            sent = self.ipfix.stop(self.kernel.flows())  # a forced-end record for every flow still in the table
+            self.log.info("ipfix export stopped", all_sent=sent, **self.ipfix.status())
+            self.ipfix = None
         self._close()
 
     def abort(self, error: Exception) -> None:
@@ -263,6 +295,10 @@ class Daemon:
         self._close()
 
     def _close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.ipfix is not None:
+            self.ipfix.close()
         if self.control:
             self.control.close()
         if self.links:

@@ -89,6 +89,8 @@ class Engine:
         self.table = None  # flowtable.FlowTable: the daemon sets one (scans at a million flows)
         # key, old class, new class, ts_ns, packets of the flow when decided
         self.on_decision: list[Callable[[wire.FlowKey, int, int, int, int], None]] = []
+        # key and flow as last read, just before the daemon deletes it (idle expiry): the IPFIX exporter's flow end
+        self.on_flow_end: list[Callable[[wire.FlowKey, wire.Flow], None]] = []
         kernel.load_policy(policy)
 
     # ---- flow-table scans --------------------------------------------------------------------------------------------
@@ -350,6 +352,8 @@ class Engine:
             else:
                 t = timeouts.get("tcp" if key.proto == 6 else "udp", 120.0)
             if now_ns - flow.last_ns > t * 1e9:
+                for cb in self.on_flow_end:
+                    cb(key, flow)
                 self.kernel.delete_flow(key)
                 self.slow.forget(key)
                 gone += 1
