@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* skyguard.h: the one header shared by the XDP program and userspace.
+/* skyguard.h: the one header shared by the XDP program and userspace, and the one description of what they exchange.
  *
- * daemon/skyguard/wire.py reads every `#define SG_<NAME> <int>` below at import time and mirrors the structs with
- * explicit struct formats; tests/unit/test_wire.py compiles this header with gcc and checks every size and offset
- * against the Python side. Change a struct here and in wire.py together.
+ * The daemon reads this file at import time (daemon/skyguard/cheader.py, strictly: anything it cannot read fails
+ * loudly): every `#define SG_<NAME> <integer>`, the wire name of a define whose comment starts with a quoted string
+ * (classes, actions, reasons, events: SG_CLASS_OUT is "skype-out" in logs, the socket and policies), and every
+ * struct's layout, from which it builds its struct formats and numpy dtypes; tests/unit/test_wire.py checks those
+ * layouts against gcc's sizes and offsets. Members named _pad... are padding; a [SG_DIRS] array holds one value per
+ * direction (dir 0 = lo -> hi).
  *
  * Byte order: addresses are in network order (as on the wire), ports/VLAN ids in host order.
  */
@@ -13,12 +16,12 @@
 #include <linux/types.h>
 
 /* ---- classes (stable numbers: maps, events, logs, socket, policies) ---- */
-#define SG_CLASS_UNKNOWN   0
-#define SG_CLASS_OTHER     1
-#define SG_CLASS_SIGNALING 2
-#define SG_CLASS_P2P       3
-#define SG_CLASS_OUT       4
-#define SG_CLASS_RELAY     5
+#define SG_CLASS_UNKNOWN   0 /* "unknown": not decided yet */
+#define SG_CLASS_OTHER     1 /* "other": decided, not Skype */
+#define SG_CLASS_SIGNALING 2 /* "skype-signaling" */
+#define SG_CLASS_P2P       3 /* "skype-p2p": media of a PC-to-PC call */
+#define SG_CLASS_OUT       4 /* "skype-out": media of a PC-to-phone call */
+#define SG_CLASS_RELAY     5 /* "skype-relay": media through a Microsoft relay, leg not known yet */
 #define SG_NCLASSES        6
 /* policy slots past the classes */
 #define SG_POL_MALFORMED   6 /* action for packets that fail to parse */
@@ -26,33 +29,34 @@
 #define SG_POL_SLOTS       8
 
 /* ---- actions ---- */
-#define SG_ACT_PASS 0
-#define SG_ACT_DROP 1
-#define SG_ACT_MARK 2
+#define SG_ACT_PASS 0 /* "pass" */
+#define SG_ACT_DROP 1 /* "drop" */
+#define SG_ACT_MARK 2 /* "mark": rewrite the DSCP, keep the ECN bits */
 
-/* ---- reason bits: which evidence decided a flow's class (flow.reason, classified event) ---- */
-#define SG_R_SOM          0x00000001 /* legacy Start-of-Message header, func byte under 0x8f */
-#define SG_R_SOM_VOICE    0x00000002 /* legacy SoM data frames both ways: an E2E call */
-#define SG_R_E2O_PORT     0x00000004 /* connection-ID repetition towards UDP 12340 */
-#define SG_R_E2O_STATS    0x00000008 /* daemon: CID statistics, chi-square, constant bit rate */
-#define SG_R_MS_STUN      0x00000010 /* STUN/TURN with Microsoft attributes */
-#define SG_R_MS_PREFIX    0x00000020 /* peer in the Microsoft media prefixes */
-#define SG_R_PSTN_PREFIX  0x00000040 /* peer in the policy's PSTN prefixes */
-#define SG_R_PSTN_NAME    0x00000080 /* peer learned from DNS answers for a PSTN name */
-#define SG_R_ICE_LITE     0x00000100 /* far end answers connectivity checks, never sends them */
-#define SG_R_ICE_BOTH     0x00000200 /* both ends send connectivity checks */
-#define SG_R_RTP_STATIC   0x00000400 /* static RTP payload type 0/8/18 on a Skype flow */
-#define SG_R_SNI          0x00000800 /* TLS ClientHello server name of a Skype/Teams service */
-#define SG_R_DNS_NAME     0x00001000 /* peer learned from DNS answers for a Skype/Teams name */
-#define SG_R_NO_EVIDENCE  0x00002000 /* probe window passed without any Skype evidence */
-#define SG_R_WINDOW_END   0x00004000 /* inspection window ended undecided */
-#define SG_R_CONTRADICT   0x00008000 /* later packets contradict the legacy header */
-#define SG_R_MANUAL       0x00010000 /* operator block/unblock */
-#define SG_R_FF10         0x00020000 /* multiplexed TURN framing FF 10 */
-#define SG_R_SILK         0x00040000 /* SILK/G.722 RTP payload types on a Skype flow */
-#define SG_R_ENDPOINT     0x00080000 /* endpoint already known to speak Skype (daemon) */
-#define SG_R_SERVICE_PORT 0x00100000 /* a well-known non-Skype UDP service port (DNS, DHCP, NTP, SSDP, mDNS, SIP) */
-#define SG_R_HOST_CORR    0x00200000 /* daemon: TLS from a client in a Skype/Teams session, to an Azure-hosted server */
+/* ---- reason bits: which evidence decided a flow's class (flow.reason, classified event) ----
+ * Listed in priority order: a flow whose reason holds several bits is named by the first one listed. */
+#define SG_R_MANUAL       0x00010000 /* "manual": operator block/unblock */
+#define SG_R_PSTN_PREFIX  0x00000040 /* "pstn-prefix": peer in the policy's PSTN prefixes */
+#define SG_R_PSTN_NAME    0x00000080 /* "pstn-name": peer learned from DNS answers for a PSTN name */
+#define SG_R_E2O_PORT     0x00000004 /* "e2o-port": connection-ID repetition towards UDP 12340 */
+#define SG_R_E2O_STATS    0x00000008 /* "e2o-stats": daemon: CID statistics, chi-square, constant bit rate */
+#define SG_R_RTP_STATIC   0x00000400 /* "rtp-static-pt": static RTP payload type 0/8/18 on a Skype flow */
+#define SG_R_ICE_LITE     0x00000100 /* "ice-lite": far end answers connectivity checks, never sends them */
+#define SG_R_ICE_BOTH     0x00000200 /* "ice-both": both ends send connectivity checks */
+#define SG_R_SILK         0x00040000 /* "silk-pt": SILK/G.722 RTP payload types on a Skype flow */
+#define SG_R_MS_PREFIX    0x00000020 /* "ms-prefix": peer in the Microsoft media prefixes */
+#define SG_R_MS_STUN      0x00000010 /* "ms-stun-attr": STUN/TURN with Microsoft attributes */
+#define SG_R_FF10         0x00020000 /* "ms-turn-ff10": multiplexed TURN framing FF 10 */
+#define SG_R_SOM_VOICE    0x00000002 /* "som-voice": legacy SoM data frames both ways: an E2E call */
+#define SG_R_SOM          0x00000001 /* "som-header": legacy Start-of-Message header, func byte under 0x8f */
+#define SG_R_SNI          0x00000800 /* "tls-sni": TLS ClientHello server name of a Skype/Teams service */
+#define SG_R_DNS_NAME     0x00001000 /* "dns-name": peer learned from DNS answers for a Skype/Teams name */
+#define SG_R_HOST_CORR    0x00200000 /* "host-corr": daemon: TLS from a client in a Skype/Teams session, to Azure */
+#define SG_R_ENDPOINT     0x00080000 /* "known-endpoint": endpoint already known to speak Skype (daemon) */
+#define SG_R_CONTRADICT   0x00008000 /* "contradicted": later packets contradict the legacy header */
+#define SG_R_SERVICE_PORT 0x00100000 /* "service-port": a well-known non-Skype UDP service (DNS, NTP, SIP...) */
+#define SG_R_NO_EVIDENCE  0x00002000 /* "no-evidence": probe window passed without any Skype evidence */
+#define SG_R_WINDOW_END   0x00004000 /* "window-end": inspection window ended undecided */
 
 /* ---- flow.evidence: facts seen so far that are not decisive alone ---- */
 #define SG_E_SOM          0x0001 /* a packet carried a valid SoM func */
@@ -131,10 +135,10 @@ struct sg_stats {
 };
 
 /* ---- ring buffer events ---- */
-#define SG_EV_CLASSIFIED 1
-#define SG_EV_SAMPLE     2
-#define SG_EV_DNS        3
-#define SG_EV_TLS        4 /* first TCP payload that starts a TLS handshake: for the SNI (not in DESIGN.md's list) */
+#define SG_EV_CLASSIFIED 1 /* "classified": a flow's class changed */
+#define SG_EV_SAMPLE     2 /* "sample": payload of an inspected packet of a candidate flow */
+#define SG_EV_DNS        3 /* "dns": a DNS response, for learning names -> addresses */
+#define SG_EV_TLS        4 /* "tls": first TCP payload that starts a TLS handshake, for the server name */
 #define SG_SAMPLE_BYTES  64
 #define SG_BIG_BYTES     512
 
@@ -173,15 +177,16 @@ struct sg_flow_key {
 }; /* 40 bytes */
 
 /* Per-flow state. dir 0 = lo -> hi, dir 1 = hi -> lo. */
+#define SG_DIRS 2
 struct sg_flow {
 	__u64 first_ns;
 	__u64 last_ns;
-	__u64 pkts[2];
-	__u64 bytes[2];
+	__u64 pkts[SG_DIRS];
+	__u64 bytes[SG_DIRS];
 	__u64 dropped;
 	__u32 reason;      /* SG_R_* that decided the class */
-	__u32 prev_cid[2]; /* first 4 payload bytes of the previous packet per direction */
-	__u16 cid_rep[2];  /* packets whose first 4 bytes repeat the previous packet's and byte 4 differs */
+	__u32 prev_cid[SG_DIRS]; /* first 4 payload bytes of the previous packet per direction */
+	__u16 cid_rep[SG_DIRS];  /* packets whose first 4 bytes repeat the previous packet's and byte 4 differs */
 	__u16 evidence;    /* SG_E_* */
 	__u16 inspected;   /* packets that ran the signatures */
 	__u8 cls;
@@ -189,11 +194,11 @@ struct sg_flow {
 	__u8 som_func;     /* SoM func (payload[2] & 0x8f) of the first packet, 0xff none */
 	__u8 som_ok;       /* packets with a valid SoM func (saturating) */
 	__u8 som_data;     /* SoM data frames (func 0x0d) (saturating) */
-	__u8 stun[2];      /* SG_S_* per direction */
-	__u8 rtp_pt[2];    /* last RTP payload type per direction, 0xff none */
-	__u8 rtp_cnt[2];   /* RTP packets per direction (saturating) */
+	__u8 stun[SG_DIRS];      /* SG_S_* per direction */
+	__u8 rtp_pt[SG_DIRS];    /* last RTP payload type per direction, 0xff none */
+	__u8 rtp_cnt[SG_DIRS];   /* RTP packets per direction (saturating) */
 	__u8 flags;        /* SG_F_* */
-	__u8 prev_b4[2];   /* byte 4 of the previous payload per direction (the CID rule needs it) */
+	__u8 prev_b4[SG_DIRS];   /* byte 4 of the previous payload per direction (the CID rule needs it) */
 	__u8 _pad;
 	__u8 scratch;      /* kernel-private per-packet scratch bits, cleared before each inspected packet */
 	__u8 _pad2[4];
@@ -274,7 +279,7 @@ struct sg_ev_big {
 }; /* 576 bytes */
 
 /* XDP metadata a replay hands to the program (BPF_PROG_TEST_RUN ctx data_meta): the packet's capture timestamp. */
-#define SG_META_MAGIC 0x5347544d /* "SGTM" */
+#define SG_META_MAGIC 0x5347544d /* the bytes SGTM */
 struct sg_meta {
 	__u32 magic;
 	__u32 _pad;

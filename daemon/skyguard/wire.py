@@ -1,22 +1,25 @@
 """Wire structures shared with the XDP program: the mirror of bpf/skyguard.h.
 
-Numeric constants are read from the header itself (one source of truth); struct layouts are explicit `struct`
-formats that tests/unit/test_wire.py checks against the C compiler's sizes and offsets.
+Everything here comes from the header itself (one source of truth): numeric constants, the wire names of classes,
+actions, reasons and events, and the struct layouts behind every struct format (cheader.py reads them, strictly).
+tests/unit/test_wire.py checks the layouts against the C compiler's sizes and offsets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+from skyguard import cheader
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Locating bpf/ and reading its constants
+# Locating bpf/ and reading its header
 
 
 def bpf_dir() -> Path:
@@ -31,66 +34,55 @@ def bpf_dir() -> Path:
     raise FileNotFoundError(f"bpf/skyguard.h not found near {here}; set SKYGUARD_BPF_DIR")
 
 
-_DEFINE = re.compile(r"^#define\s+(SG_[A-Z0-9_]+)\s+(\(?[0-9xXa-fA-F<\s()]+\)?)\s*(?:/\*.*)?$", re.M)
-
-
 @cache
+def header() -> cheader.Header:
+    return cheader.read(bpf_dir() / "skyguard.h")
+
+
 def constants() -> dict[str, int]:
     """Every `#define SG_X <integer expression>` in skyguard.h."""
-    text = (bpf_dir() / "skyguard.h").read_text()
-    out: dict[str, int] = {}
-    for name, expr in _DEFINE.findall(text):
-        expr = expr.strip()
-        if not re.fullmatch(r"[0-9xXa-fA-F<\s()]+", expr):
-            continue
-        out.setdefault(name, int(eval(expr, {"__builtins__": {}}, {})))  # noqa: S307 - digits, shifts, parens only
-    return out
+    return header().consts
 
 
 C = constants()
+STRUCTS = header().structs
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Classes, actions, reasons
+# Classes, actions, reasons, default limits
 
-CLASS_NAMES = ("unknown", "other", "skype-signaling", "skype-p2p", "skype-out", "skype-relay")
+
+def _names(prefix: str, count: int | None = None) -> tuple[str, ...]:
+    """The wire names of a group of defines numbered 0..n-1 (classes, actions)."""
+    group = header().group(prefix)
+    if sorted(group) != list(range(len(group))) or (count is not None and len(group) != count):
+        raise cheader.HeaderError(f"skyguard.h: the named {prefix}* defines are not numbered 0..{len(group) - 1}")
+    return tuple(group[i] for i in range(len(group)))
+
+
+CLASS_NAMES = _names("SG_CLASS_", C["SG_NCLASSES"])
 CLASS_IDS = {n: i for i, n in enumerate(CLASS_NAMES)}
-ACTION_NAMES = ("pass", "drop", "mark")
+ACTION_NAMES = _names("SG_ACT_")
 ACTION_IDS = {n: i for i, n in enumerate(ACTION_NAMES)}
 NCLASSES = C["SG_NCLASSES"]
 POL_MALFORMED = C["SG_POL_MALFORMED"]
 POL_BLOCKED = C["SG_POL_BLOCKED"]
 POL_SLOTS = C["SG_POL_SLOTS"]
-assert len(CLASS_NAMES) == NCLASSES
 
-UNKNOWN, OTHER, SIGNALING, P2P, OUT, RELAY = range(6)
-PASS, DROP, MARK = range(3)
+UNKNOWN, OTHER, SIGNALING, P2P, OUT, RELAY = (C[f"SG_CLASS_{n}"] for n in
+                                              ("UNKNOWN", "OTHER", "SIGNALING", "P2P", "OUT", "RELAY"))
+PASS, DROP, MARK = C["SG_ACT_PASS"], C["SG_ACT_DROP"], C["SG_ACT_MARK"]
 
-# reason bit -> short name used in replay JSON, events, logs and the socket. Order = priority when several are set.
-REASONS: dict[int, str] = {
-    C["SG_R_MANUAL"]: "manual",
-    C["SG_R_PSTN_PREFIX"]: "pstn-prefix",
-    C["SG_R_PSTN_NAME"]: "pstn-name",
-    C["SG_R_E2O_PORT"]: "e2o-port",
-    C["SG_R_E2O_STATS"]: "e2o-stats",
-    C["SG_R_RTP_STATIC"]: "rtp-static-pt",
-    C["SG_R_ICE_LITE"]: "ice-lite",
-    C["SG_R_ICE_BOTH"]: "ice-both",
-    C["SG_R_SILK"]: "silk-pt",
-    C["SG_R_MS_PREFIX"]: "ms-prefix",
-    C["SG_R_MS_STUN"]: "ms-stun-attr",
-    C["SG_R_FF10"]: "ms-turn-ff10",
-    C["SG_R_SOM_VOICE"]: "som-voice",
-    C["SG_R_SOM"]: "som-header",
-    C["SG_R_SNI"]: "tls-sni",
-    C["SG_R_DNS_NAME"]: "dns-name",
-    C["SG_R_HOST_CORR"]: "host-corr",
-    C["SG_R_ENDPOINT"]: "known-endpoint",
-    C["SG_R_CONTRADICT"]: "contradicted",
-    C["SG_R_SERVICE_PORT"]: "service-port",
-    C["SG_R_NO_EVIDENCE"]: "no-evidence",
-    C["SG_R_WINDOW_END"]: "window-end",
-}
+# reason bit -> short name used in replay JSON, events, logs and the socket; in the header's order, which is the
+# priority when several are set
+REASONS: dict[int, str] = header().group("SG_R_")
 REASON_BITS = {v: k for k, v in REASONS.items()}
+
+# the program's default limits (the daemon overrides them with -D cflags)
+FLOWS_MAX = C["SG_FLOWS_MAX"]
+WINDOW = C["SG_WINDOW"]
+PROBE = C["SG_PROBE"]
+LPM_MAX = C["SG_LPM_MAX"]
+RINGBUF_BYTES = C["SG_RINGBUF_BYTES"]
 
 
 def reason_name(bits: int) -> str:
@@ -139,14 +131,47 @@ def endpoint_str(raw: bytes, port: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Structures
+# Structures: layouts from the header, Python types whose fields are checked against them at import
 
 PROTO_NAMES = {6: "tcp", 17: "udp"}
+_PY_NAME = {"bytes": "bytes_"}  # header member -> Python field where the C name shadows a builtin
+
+
+def _fmt(name: str, pads: bool = False) -> struct.Struct:
+    """The `struct` format of a whole header struct (`pads`: its _pad members as values, else skipped)."""
+    return struct.Struct("<" + STRUCTS[name].codes(pads=pads))
+
+
+def _part(name: str, start: str | None = None, stop: str | None = None) -> tuple[int, struct.Struct]:
+    """(offset, format) of the members of a header struct from `start` up to `stop` (pads skipped)."""
+    st = STRUCTS[name]
+    return (st.offset(start) if start else 0), struct.Struct("<" + st.codes(start, stop))
+
+
+def _check_fields(cls: type, sname: str, names: tuple[str, ...]) -> None:
+    """The Python type's fields are the header struct's members, in order: fail at import otherwise."""
+    want = tuple(_PY_NAME.get(m.name, m.name) for m in STRUCTS[sname].members)
+    if names != want:
+        raise cheader.HeaderError(f"{cls.__name__} fields {names} do not match struct {sname} in skyguard.h {want}")
+
+
+def _grouper(sname: str):
+    """A function that turns the flat values of struct.unpack into one value per member (a tuple per array)."""
+    spans, at = [], 0
+    for m in STRUCTS[sname].members:
+        n = m.values()
+        spans.append((at, at + n, m.count and not m.is_bytes))
+        at += n
+
+    def group(v: tuple) -> list:
+        return [tuple(v[a:b]) if arr else v[a] for a, b, arr in spans]
+
+    return group
 
 
 class FlowKey(NamedTuple):
     """struct sg_flow_key. A named tuple rather than a frozen dataclass: the daemon builds one per ring-buffer event,
-    and a tuple is built 4x faster (0.23 against 1.0 us, measured) and hashes faster as a dict key."""
+    and a tuple is built faster and hashes faster as a dict key."""
 
     lo_addr: bytes
     hi_addr: bytes
@@ -155,14 +180,14 @@ class FlowKey(NamedTuple):
     vlan: int
     proto: int
 
-    FMT = struct.Struct("<16s16sHHHBx")
+    FMT = _fmt("sg_flow_key")
 
     @classmethod
     def unpack(cls, raw: bytes | bytearray | memoryview, offset: int = 0) -> FlowKey:
         return cls._make(cls.FMT.unpack_from(raw, offset))
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.lo_addr, self.hi_addr, self.lo_port, self.hi_port, self.vlan, self.proto)
+        return self.FMT.pack(*self)
 
     @classmethod
     def make(cls, src: str, sport: int, dst: str, dport: int, proto: int, vlan: int = 0) -> FlowKey:
@@ -186,8 +211,14 @@ class FlowKey(NamedTuple):
         return f"{self.proto_name} {a} <-> {b}" + (f" vlan {self.vlan}" if self.vlan else "")
 
 
+_check_fields(FlowKey, "sg_flow_key", FlowKey._fields)
+_group_flow = _grouper("sg_flow")
+
+
 @dataclass(slots=True)
 class Flow:
+    """struct sg_flow (its members' meaning: the header)."""
+
     first_ns: int = 0
     last_ns: int = 0
     pkts: tuple[int, int] = (0, 0)
@@ -210,24 +241,21 @@ class Flow:
     prev_b4: tuple[int, int] = (0, 0)
     scratch: int = 0
 
-    FMT = struct.Struct("<QQ2Q2QQI2I2HHHBBBBB2B2B2BB2BxB4x")
+    FMT = _fmt("sg_flow")
 
     @classmethod
     def unpack(cls, raw: bytes) -> Flow:
-        v = cls.FMT.unpack(bytes(raw[: cls.FMT.size]))
-        return cls(
-            first_ns=v[0], last_ns=v[1], pkts=(v[2], v[3]), bytes_=(v[4], v[5]), dropped=v[6], reason=v[7],
-            prev_cid=(v[8], v[9]), cid_rep=(v[10], v[11]), evidence=v[12], inspected=v[13], cls=v[14],
-            init_dir=v[15], som_func=v[16], som_ok=v[17], som_data=v[18], stun=(v[19], v[20]),
-            rtp_pt=(v[21], v[22]), rtp_cnt=(v[23], v[24]), flags=v[25], prev_b4=(v[26], v[27]), scratch=v[28],
-        )
+        return cls(*_group_flow(cls.FMT.unpack_from(raw)))
 
     def pack(self) -> bytes:
-        return self.FMT.pack(
-            self.first_ns, self.last_ns, *self.pkts, *self.bytes_, self.dropped, self.reason, *self.prev_cid,
-            *self.cid_rep, self.evidence, self.inspected, self.cls, self.init_dir, self.som_func, self.som_ok,
-            self.som_data, *self.stun, *self.rtp_pt, *self.rtp_cnt, self.flags, *self.prev_b4, self.scratch,
-        )
+        out: list = []
+        for name in _FLOW_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, tuple):
+                out.extend(v)
+            else:
+                out.append(v)
+        return self.FMT.pack(*out)
 
     @property
     def packets(self) -> int:
@@ -242,28 +270,37 @@ class Flow:
         return CLASS_NAMES[self.cls] if self.cls < NCLASSES else str(self.cls)
 
 
+_FLOW_FIELDS = tuple(f.name for f in dataclasses.fields(Flow))
+_check_fields(Flow, "sg_flow", _FLOW_FIELDS)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySlot:
+    """struct sg_policy."""
+
     action: int = PASS
     dscp: int = 0
     log: bool = False
 
-    FMT = struct.Struct("<BBBx")
+    FMT = _fmt("sg_policy")
 
     def pack(self) -> bytes:
         return self.FMT.pack(self.action, self.dscp, 1 if self.log else 0)
 
     @classmethod
     def unpack(cls, raw: bytes) -> PolicySlot:
-        a, d, lg = cls.FMT.unpack(bytes(raw[: cls.FMT.size]))
+        a, d, lg = cls.FMT.unpack_from(raw)
         return cls(a, d, bool(lg))
 
 
-CONFIG_FMT = struct.Struct("<IIQ")  # struct sg_config
-LPM4_FMT = struct.Struct("<IB4s")  # struct sg_lpm4 (packed)
-LPM6_FMT = struct.Struct("<IB16s")  # struct sg_lpm6 (packed)
-PREFIX_FMT = struct.Struct("<IIQ")  # struct sg_prefix
-META_FMT = struct.Struct("<IIQ")  # struct sg_meta
+_check_fields(PolicySlot, "sg_policy", tuple(f.name for f in dataclasses.fields(PolicySlot)))
+
+# these formats keep the structs' _pad members as values (pack them as 0)
+CONFIG_FMT = _fmt("sg_config", pads=True)
+LPM4_FMT = _fmt("sg_lpm4", pads=True)
+LPM6_FMT = _fmt("sg_lpm6", pads=True)
+PREFIX_FMT = _fmt("sg_prefix", pads=True)
+META_FMT = _fmt("sg_meta", pads=True)
 META_MAGIC = C["SG_META_MAGIC"]
 SRC_POLICY, SRC_LEARNED, SRC_MANUAL = C["SG_SRC_POLICY"], C["SG_SRC_LEARNED"], C["SG_SRC_MANUAL"]
 
@@ -283,11 +320,17 @@ def prefix_val(source: int, expires_ns: int = 0) -> bytes:
 # Events
 
 EV_CLASSIFIED, EV_SAMPLE, EV_DNS, EV_TLS = (C["SG_EV_CLASSIFIED"], C["SG_EV_SAMPLE"], C["SG_EV_DNS"], C["SG_EV_TLS"])
-EV_HDR_FMT = struct.Struct("<BBHIQ")  # + 40-byte key = 56
-EV_HDR_SIZE = EV_HDR_FMT.size + FlowKey.FMT.size
-EV_CLASSIFIED_FMT = struct.Struct("<BBHIQ")  # old, new, pad, reason, pkts
-EV_PAYLOAD_FMT = struct.Struct("<HHHH")  # sample: payload_len, caplen, inspected, pad; big: payload_len, caplen, pad(4)
-EVENT_NAMES = {EV_CLASSIFIED: "classified", EV_SAMPLE: "sample", EV_DNS: "dns", EV_TLS: "tls"}
+EVENT_NAMES = header().group("SG_EV_")
+SAMPLE_BYTES, BIG_BYTES = C["SG_SAMPLE_BYTES"], C["SG_BIG_BYTES"]
+_, EV_HDR_FMT = _part("sg_ev_hdr", stop="key")  # type, dir, ts_ns
+EV_KEY_OFF = STRUCTS["sg_ev_hdr"].offset("key")
+EV_HDR_SIZE = STRUCTS["sg_ev_hdr"].size
+_, EV_CLASSIFIED_FMT = _part("sg_ev_classified", "old_cls")  # old_cls, new_cls, reason, pkts
+_SAMPLE_OFF, _SAMPLE_FMT = _part("sg_ev_sample", "payload_len", "data")  # payload_len, caplen, inspected
+_SAMPLE_DATA = STRUCTS["sg_ev_sample"].offset("data")
+_BIG_OFF, _BIG_FMT = _part("sg_ev_big", "payload_len", "data")  # payload_len, caplen
+_BIG_DATA = STRUCTS["sg_ev_big"].offset("data")
+assert STRUCTS["sg_ev_classified"].offset("old_cls") == EV_HDR_SIZE == _SAMPLE_OFF == _BIG_OFF
 
 
 @dataclass(slots=True)
@@ -312,26 +355,27 @@ class Event:
     def unpack(cls, raw: bytes) -> Event:
         if len(raw) < EV_HDR_SIZE:
             raise ValueError(f"event of {len(raw)} bytes is shorter than its {EV_HDR_SIZE}-byte header")
-        typ, d, _p, _p2, ts = EV_HDR_FMT.unpack_from(raw, 0)
-        key = FlowKey.unpack(raw, EV_HDR_FMT.size)
-        ev = cls(typ, d, ts, key)
+        typ, d, ts = EV_HDR_FMT.unpack_from(raw, 0)
+        ev = cls(typ, d, ts, FlowKey.unpack(raw, EV_KEY_OFF))
         if typ == EV_CLASSIFIED:
-            ev.old_cls, ev.new_cls, _, ev.reason, ev.pkts = EV_CLASSIFIED_FMT.unpack_from(raw, EV_HDR_SIZE)
-        elif typ in (EV_SAMPLE, EV_DNS, EV_TLS):
-            plen, caplen, insp, _ = EV_PAYLOAD_FMT.unpack_from(raw, EV_HDR_SIZE)
-            ev.payload_len = plen
-            ev.inspected = insp if typ == EV_SAMPLE else 0
-            ev.data = bytes(raw[EV_HDR_SIZE + 8 : EV_HDR_SIZE + 8 + caplen])
+            ev.old_cls, ev.new_cls, ev.reason, ev.pkts = EV_CLASSIFIED_FMT.unpack_from(raw, EV_HDR_SIZE)
+        elif typ == EV_SAMPLE:
+            ev.payload_len, caplen, ev.inspected = _SAMPLE_FMT.unpack_from(raw, EV_HDR_SIZE)
+            ev.data = bytes(raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen])
+        elif typ in (EV_DNS, EV_TLS):
+            ev.payload_len, caplen = _BIG_FMT.unpack_from(raw, EV_HDR_SIZE)
+            ev.data = bytes(raw[_BIG_DATA:_BIG_DATA + caplen])
         else:
             raise ValueError(f"unknown event type {typ}")
         return ev
 
     def pack(self) -> bytes:
         """Inverse of unpack (used by tests and by tools that synthesise events)."""
-        hdr = EV_HDR_FMT.pack(self.type, self.dir, 0, 0, self.ts_ns) + self.key.pack()
+        hdr = EV_HDR_FMT.pack(self.type, self.dir, self.ts_ns) + self.key.pack()
         if self.type == EV_CLASSIFIED:
-            return hdr + EV_CLASSIFIED_FMT.pack(self.old_cls, self.new_cls, 0, self.reason, self.pkts)
-        size = C["SG_SAMPLE_BYTES"] if self.type == EV_SAMPLE else C["SG_BIG_BYTES"]
-        data = self.data[:size]
-        insp = self.inspected if self.type == EV_SAMPLE else 0
-        return hdr + EV_PAYLOAD_FMT.pack(self.payload_len, len(data), insp, 0) + data.ljust(size, b"\0")
+            return hdr + EV_CLASSIFIED_FMT.pack(self.old_cls, self.new_cls, self.reason, self.pkts)
+        if self.type == EV_SAMPLE:
+            data = self.data[:SAMPLE_BYTES]
+            return hdr + _SAMPLE_FMT.pack(self.payload_len, len(data), self.inspected) + data.ljust(SAMPLE_BYTES, b"\0")
+        data = self.data[:BIG_BYTES]
+        return hdr + _BIG_FMT.pack(self.payload_len, len(data)) + data.ljust(BIG_BYTES, b"\0")

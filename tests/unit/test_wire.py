@@ -1,39 +1,31 @@
-"""The Python mirror (wire.py) agrees with the C header byte for byte: sizes and offsets from gcc itself."""
+"""bpf/skyguard.h is the one source: the layouts read from it agree with gcc byte for byte, the Python types follow it,
+the reader refuses what it does not understand, and the sample config and the daemon's defaults are the header's."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 
-from skyguard import wire
-
-FIELDS = {
-    "sg_flow_key": ["lo_addr", "hi_addr", "lo_port", "hi_port", "vlan", "proto"],
-    "sg_flow": ["first_ns", "last_ns", "pkts", "bytes", "dropped", "reason", "prev_cid", "cid_rep", "evidence",
-                "inspected", "cls", "init_dir", "som_func", "som_ok", "som_data", "stun", "rtp_pt", "rtp_cnt",
-                "flags", "prev_b4", "scratch"],
-    "sg_ev_hdr": ["type", "dir", "ts_ns", "key"],
-    "sg_ev_classified": ["hdr", "old_cls", "new_cls", "reason", "pkts"],
-    "sg_ev_sample": ["hdr", "payload_len", "caplen", "inspected", "data"],
-    "sg_ev_big": ["hdr", "payload_len", "caplen", "data"],
-}
-STRUCTS = [*FIELDS, "sg_policy", "sg_config", "sg_lpm4", "sg_lpm6", "sg_prefix", "sg_meta", "sg_stats"]
+from skyguard import cheader, wire
+from skyguard.daemon.config import Config
+from tests.conftest import ROOT, skip_or_fail
 
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory) -> dict[str, int]:
+    """sizeof of every struct and offsetof of every member in the header, as gcc lays them out."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if not cc:
-        pytest.skip("no C compiler")
+        skip_or_fail("no C compiler (gcc or cc) to check the header's layouts with")
     d = tmp_path_factory.mktemp("wire")
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "skyguard.h"', "int main(void) {"]
-    for s in STRUCTS:
+    lines = ["#include <stdio.h>", "#include <stddef.h>", '#include "skyguard.h"', "int main(void) {"]
+    for s, st in wire.STRUCTS.items():
         lines.append(f'printf("{s} %zu\\n", sizeof(struct {s}));')
-    for s, fields in FIELDS.items():
-        for f in fields:
-            lines.append(f'printf("{s}.{f} %zu\\n", offsetof(struct {s}, {f}));')
+        for m in st.fields:
+            lines.append(f'printf("{s}.{m.name} %zu\\n", offsetof(struct {s}, {m.name}));')
     lines.append("return 0; }")
     (d / "l.c").write_text("\n".join(lines))
     subprocess.run([cc, "-I", str(wire.bpf_dir()), "-o", str(d / "l"), str(d / "l.c")], check=True)
@@ -41,7 +33,17 @@ def layout(tmp_path_factory) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
-def test_struct_sizes(layout):
+def test_every_struct_and_member_where_gcc_puts_it(layout):
+    assert set(wire.STRUCTS) >= {"sg_flow_key", "sg_flow", "sg_policy", "sg_config", "sg_lpm4", "sg_lpm6",
+                                 "sg_prefix", "sg_ev_hdr", "sg_ev_classified", "sg_ev_sample", "sg_ev_big",
+                                 "sg_meta", "sg_stats"}
+    for s, st in wire.STRUCTS.items():
+        assert layout[s] == st.size, s
+        for m in st.fields:
+            assert layout[f"{s}.{m.name}"] == m.offset, f"{s}.{m.name}"
+
+
+def test_struct_formats_have_the_c_sizes(layout):
     assert layout["sg_flow_key"] == wire.FlowKey.FMT.size == 40
     assert layout["sg_flow"] == wire.Flow.FMT.size == 96
     assert layout["sg_policy"] == wire.PolicySlot.FMT.size
@@ -53,23 +55,30 @@ def test_struct_sizes(layout):
     assert layout["sg_stats"] == 8 * wire.C["SG_ST_MAX"]
     assert layout["sg_ev_hdr"] == wire.EV_HDR_SIZE
     assert layout["sg_ev_classified"] == wire.EV_HDR_SIZE + wire.EV_CLASSIFIED_FMT.size
-    assert layout["sg_ev_sample"] == wire.EV_HDR_SIZE + 8 + wire.C["SG_SAMPLE_BYTES"]
-    assert layout["sg_ev_big"] == wire.EV_HDR_SIZE + 8 + wire.C["SG_BIG_BYTES"]
+
+
+def test_numpy_dtypes_have_the_c_layout(layout):
+    from skyguard.kernel.flowtable import FLOW_DTYPE, KEY_DTYPE
+
+    for dt, s in ((KEY_DTYPE, "sg_flow_key"), (FLOW_DTYPE, "sg_flow")):
+        assert dt.itemsize == layout[s]
+        for name in dt.names:
+            assert dt.fields[name][1] == layout[f"{s}.{name}"], name
 
 
 def test_flow_offsets(layout):
     """Each Flow field sits where the C compiler put it: pack a value with one distinct byte per field."""
-    f = wire.Flow(first_ns=1, last_ns=2, pkts=(3, 4), bytes_=(5, 6), dropped=7, reason=8, prev_cid=(9, 10),
-                  cid_rep=(11, 12), evidence=13, inspected=14, cls=15, init_dir=16, som_func=17, som_ok=18,
-                  som_data=19, stun=(20, 21), rtp_pt=(22, 23), rtp_cnt=(24, 25), flags=26,
-                  prev_b4=(27, 28), scratch=29)
+    names = [f for f in wire.Flow.__dataclass_fields__]
+    vals = {}
+    for i, name in enumerate(names, 1):
+        default = getattr(wire.Flow(), name)
+        vals[name] = (2 * i, 2 * i + 1) if isinstance(default, tuple) else 2 * i
+    f = wire.Flow(**vals)
     raw = f.pack()
-    expect = {"first_ns": 1, "last_ns": 2, "pkts": 3, "bytes": 5, "dropped": 7, "reason": 8, "prev_cid": 9,
-              "cid_rep": 11, "evidence": 13, "inspected": 14, "cls": 15, "init_dir": 16, "som_func": 17,
-              "som_ok": 18, "som_data": 19, "stun": 20, "rtp_pt": 22, "rtp_cnt": 24, "flags": 26,
-              "prev_b4": 27, "scratch": 29}
-    for name, val in expect.items():
-        assert raw[layout[f"sg_flow.{name}"]] == val, name
+    for name in names:
+        c_name = "bytes" if name == "bytes_" else name
+        first = vals[name][0] if isinstance(vals[name], tuple) else vals[name]
+        assert raw[layout[f"sg_flow.{c_name}"]] == first, name
     assert wire.Flow.unpack(raw) == f
 
 
@@ -85,18 +94,61 @@ def test_key_offsets_and_direction(layout):
     assert wire.FlowKey.make("2001:db8::1", 1, "2001:db8::2", 2, 6).endpoints()[0] == "[2001:db8::1]:1"
 
 
-def test_event_roundtrip():
+def test_event_roundtrip(layout):
     k = wire.FlowKey.make("192.0.2.1", 1, "198.51.100.2", 2, 17)
     for ev in (wire.Event(wire.EV_CLASSIFIED, 1, 99, k, old_cls=0, new_cls=4, reason=0x40, pkts=3),
                wire.Event(wire.EV_SAMPLE, 0, 5, k, payload_len=67, inspected=9, data=bytes(range(64))),
                wire.Event(wire.EV_DNS, 1, 6, k, payload_len=100, data=b"x" * 100)):
-        assert wire.Event.unpack(ev.pack()) == ev
+        raw = ev.pack()
+        assert len(raw) == layout[{wire.EV_CLASSIFIED: "sg_ev_classified", wire.EV_SAMPLE: "sg_ev_sample",
+                                   wire.EV_DNS: "sg_ev_big"}[ev.type]]
+        assert wire.Event.unpack(raw) == ev
+    raw = wire.Event(wire.EV_SAMPLE, 0, 5, k, payload_len=67, inspected=9, data=b"abc").pack()
+    assert raw[layout["sg_ev_sample.data"]:][:3] == b"abc" and raw[layout["sg_ev_sample.inspected"]] == 9
     with pytest.raises(ValueError):
         wire.Event.unpack(b"\x01" * 10)
 
 
+def test_names_come_from_the_header():
+    assert wire.CLASS_NAMES == ("unknown", "other", "skype-signaling", "skype-p2p", "skype-out", "skype-relay")
+    assert wire.ACTION_NAMES == ("pass", "drop", "mark")
+    assert [wire.C[f"SG_CLASS_{n}"] for n in ("OUT", "RELAY")] == [wire.CLASS_IDS["skype-out"], wire.RELAY]
+    assert wire.EVENT_NAMES == {1: "classified", 2: "sample", 3: "dns", 4: "tls"}
+    assert len(wire.REASONS) == sum(1 for k in wire.C if k.startswith("SG_R_"))  # every reason bit has a name
+
+
 def test_reason_names_are_unique_bits():
-    assert len(set(wire.REASONS)) == len(wire.REASONS)
+    assert len(set(wire.REASONS.values())) == len(wire.REASONS)
     for bit in wire.REASONS:
         assert bit & (bit - 1) == 0
     assert wire.reason_name(wire.REASON_BITS["ms-prefix"] | wire.REASON_BITS["ms-stun-attr"]) == "ms-prefix"
+    assert wire.reason_name(wire.REASON_BITS["manual"] | wire.REASON_BITS["window-end"]) == "manual"
+
+
+@pytest.mark.parametrize("text, what", [
+    ("#define SG_X foo\n", "not an integer"),
+    ('#define SG_X 1 /* "Not-A-Name" */\n', "wire name"),
+    ("struct sg_a {\n\tint x;\n};\n", "cannot read this member"),
+    ("struct sg_a {\n\t__u8 x[SG_NOPE];\n};\n", "array dimension"),
+    ("struct sg_a {\n\tstruct sg_b b;\n};\n", "before it is defined"),
+    ("struct sg_a {\n\t__u8 x;\n", "not closed"),
+    ("struct sg_a {\n\t__u8 x; __u8 y;\n};\n", "cannot read this member"),
+])
+def test_the_reader_refuses_what_it_does_not_understand(text, what):
+    with pytest.raises(cheader.HeaderError, match=what):
+        cheader.parse(text, "t.h")
+
+
+def test_reader_layout_rules():
+    h = cheader.parse("#define SG_N 3\nstruct sg_a {\n\t__u8 a;\n\t__u32 b[SG_N];\n\t__u16 c;\n};\n"
+                      "struct sg_p {\n\t__u32 x;\n\t__u8 y;\n} __attribute__((packed));\n", "t.h")
+    a, p = h.structs["sg_a"], h.structs["sg_p"]
+    assert [(m.name, m.offset) for m in a.fields] == [("a", 0), ("b", 4), ("c", 16)] and a.size == 20
+    assert p.size == 5 and a.codes() == "B3x3IH2x"
+
+
+def test_sample_config_and_daemon_defaults_are_the_headers():
+    """systemd/skyguard.toml documents the defaults: they are the header's, and so are the daemon's."""
+    sample = tomllib.loads((ROOT / "systemd" / "skyguard.toml").read_text())
+    assert sample["flows_max"] == wire.C["SG_FLOWS_MAX"] == Config().flows_max
+    assert sample["window"] == wire.C["SG_WINDOW"] == Config().window

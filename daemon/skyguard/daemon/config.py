@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from skyguard import __version__
+from skyguard import __version__, wire
 from skyguard.tomlpos import Locator, syntax_error_position
 
 DEFAULT_CONFIG = "/etc/skyguard/skyguard.toml"
@@ -43,8 +43,8 @@ class Config:
     interfaces: tuple[str, ...] = ()
     xdp_mode: str = "auto"  # native | generic | auto (native, then generic)
     policy: str | None = None
-    flows_max: int = 262144
-    window: int = 160  # inspection window: packets per flow that the signatures look at
+    flows_max: int = wire.FLOWS_MAX
+    window: int = wire.WINDOW  # inspection window: packets per flow that the signatures look at
     socket: str = DEFAULT_SOCKET
     socket_mode: int = 0o660
     socket_group: str | None = None

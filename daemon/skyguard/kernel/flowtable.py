@@ -1,8 +1,8 @@
 """A snapshot of the kernel's flow table for the daemon: queries and expiry at a million flows.
 
-Reading 1M flows costs the kernel ~350 ms of copying and decoding them in Python seconds, so the daemon never scans
-per request. It keeps one compact, columnar copy of the table (key, first/last seen, packets, bytes, class: 73 bytes a
-flow instead of 136) and refreshes it in place, one 8192-flow batch (one bpf_map_lookup_batch) per loop iteration:
+Reading a million flows and decoding them in Python takes seconds, so the daemon never scans per request. It keeps
+one compact, columnar copy of the table (key, first/last seen, packets, bytes, class: 73 bytes a flow instead of the
+kernel's 136) and refreshes it in place, one 8192-flow batch (one bpf_map_lookup_batch) per loop iteration:
 a rolling snapshot, never two copies at once. Queries select with numpy over the columns and read only the rows they
 return afresh from the kernel. During a refresh the rows are a mix of this round's and the last round's, like any
 view of a table that changes while it is read; a row that vanished meanwhile is skipped when it is read back.
@@ -19,13 +19,9 @@ import numpy as np
 
 from skyguard import wire
 
-KEY_DTYPE = np.dtype([("lo_addr", "S16"), ("hi_addr", "S16"), ("lo_port", "<u2"), ("hi_port", "<u2"),
-                      ("vlan", "<u2"), ("proto", "u1"), ("_pad", "u1")])
-FLOW_DTYPE = np.dtype([("first_ns", "<u8"), ("last_ns", "<u8"), ("pkts", "<u8", (2,)), ("bytes", "<u8", (2,)),
-                       ("dropped", "<u8"), ("reason", "<u4"), ("prev_cid", "<u4", (2,)), ("cid_rep", "<u2", (2,)),
-                       ("evidence", "<u2"), ("inspected", "<u2"), ("cls", "u1"), ("init_dir", "u1"),
-                       ("rest", "V18")])
-assert KEY_DTYPE.itemsize == wire.FlowKey.FMT.size and FLOW_DTYPE.itemsize == wire.Flow.FMT.size
+# the kernel's struct sg_flow_key and struct sg_flow, laid out as skyguard.h declares them
+KEY_DTYPE = np.dtype(wire.STRUCTS["sg_flow_key"].numpy_spec())
+FLOW_DTYPE = np.dtype(wire.STRUCTS["sg_flow"].numpy_spec())
 
 SORTS = ("packets", "bytes", "last", "first")
 TOP_N = 1000  # unfiltered requests up to this limit are served from a per-snapshot top list
