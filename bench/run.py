@@ -16,6 +16,7 @@ import common
 import daemon_scale
 import fastpath
 import growth
+import ipfix_export
 import live
 import peer
 import scale
@@ -38,6 +39,7 @@ def main() -> int:
         ("live_redirect", lambda: live.measure(0.6 if q else 1.5, 1 if q else 5, feed="redirect"), live.format_table),
         ("daemon_scale", lambda: daemon_scale.measure(100_000 if q else 1_000_000, 50 if q else 200, 5.0 if q else 20.0,
                                                       None, 3.0 if q else 10.0), daemon_scale.format_table),
+        ("ipfix_export", lambda: ipfix_export.measure(10_000, 4.0 if q else 10.0), ipfix_export.format_table),
     ]
     out = []
     for name, fn, fmt in steps:
