@@ -21,7 +21,8 @@ def syntax_error_position(text: str, e: tomllib.TOMLDecodeError) -> tuple[int, i
     if not m:
         return 0, None, msg
     if m.group(1) is None:
-        return max(1, len(text.splitlines())), None, msg[: m.start()]
+        last = nlines - 1 if text.endswith("\n") and nlines > 1 else nlines  # lines end at "\n" only, as tomllib's
+        return last, None, msg[: m.start()]
     return min(max(int(m.group(1)), 0), nlines), int(m.group(2)), msg[: m.start()]
 
 
