@@ -181,6 +181,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("unblock", "remove a manual block", args=(_PREFIX,), reply=("unblocked",)),
     Command("blocks", "the manual blocks, with their expiry", reply=("blocks",), row=("prefix", "expires_ns")),
     Command("events", "follow classification events (until the client closes)", reply=("subscribed",)),
+    Command("metrics", "the Prometheus metrics as a scrape returns them (text exposition format)", reply=("text",)),
 )
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
 COMMAND_NAMES: tuple[str, ...] = tuple(BY_NAME)
@@ -242,6 +243,8 @@ _EXAMPLES: dict[str, Any] = {
     "unblock": {"unblocked": "10.1.0.0/16"},
     "blocks": {"blocks": [{"prefix": "10.1.0.0/16", "expires_ns": 0}]},
     "events": {"subscribed": True},
+    "metrics": {"text": "# HELP skyguard_events_lost_total Ring-buffer events the kernel dropped\n"
+                        "# TYPE skyguard_events_lost_total counter\nskyguard_events_lost_total 0.0\n"},
 }
 
 

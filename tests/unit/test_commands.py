@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from skyguard import proto, wire
 from skyguard.daemon.commands import Commands
 from skyguard.daemon.config import Config
+from skyguard.daemon.metrics import DaemonMetrics
 from skyguard.policy import Policy, parse_policy
 from skyguard.proto import ControlError
 from skyguard.slowpath.engine import Engine
@@ -88,6 +90,10 @@ class State:
         self.kernel = FakeKernel()
         self.engine = Engine(self.kernel, parse_policy('name = "running"\n', policy_path), logger=_Log())
         self.reloads = 0
+        self.attached: dict = {}  # nothing attached: eth0 shows as configured, not attached, in the metrics
+        self.table = SimpleNamespace(snapshot=None)
+        self.metrics = DaemonMetrics(self)
+        self.metrics.tick()
 
     def interfaces(self) -> list[dict[str, Any]]:
         return [{"name": "eth0", "ifindex": 2, "mode": "native"}]
@@ -120,7 +126,7 @@ def test_every_reply_has_protos_shape(commands: Commands, st: State) -> None:
     calls = {
         "status": {}, "stats": {}, "flows": {}, "flow": {"a": "192.168.1.6:50010", "b": "52.114.250.5:3478"},
         "policy.show": {}, "policy.check": {}, "policy.reload": {}, "block": {"prefix": "10.1.0.0/16"},
-        "unblock": {"prefix": "10.1.0.0/16"}, "blocks": {},
+        "unblock": {"prefix": "10.1.0.0/16"}, "blocks": {}, "metrics": {},
     }
     assert set(calls) | {"events"} == set(proto.COMMAND_NAMES)
     for cmd, args in calls.items():
@@ -218,3 +224,12 @@ def test_sort_keys_are_the_flow_tables() -> None:
     from skyguard.kernel.flowtable import SORTS
 
     assert proto.SORT_KEYS == SORTS
+
+
+def test_metrics_is_the_exposition_of_the_daemons_counters(commands: Commands, st: State) -> None:
+    st.kernel.stats = lambda: {"packets": 9, "out_flow": 9, "class_other": 9}
+    st.metrics.tick()
+    text = commands("metrics", {})["text"]
+    assert 'skyguard_packets_total{action="pass",class="other"} 9.0' in text
+    assert 'skyguard_xdp_attached{interface="eth0",mode="native"} 0.0' in text
+    assert 'skyguard_build_info{policy="running",version=' in text

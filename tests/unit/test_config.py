@@ -35,9 +35,10 @@ def test_example_config_sets_every_key_and_loads() -> None:
     cfg = load_config(EXAMPLE)
     text = EXAMPLE.read_text()
     for f in fields(Config):
-        if f.name not in ("path", "socket_group"):
+        if f.name not in ("path", "socket_group", "metrics_listen"):
             assert f"\n{f.name} = " in text or f"[{f.name}]" in text, f"example config lacks {f.name}"
     assert "socket_group" in text
+    assert "\n# metrics_listen = " in text and cfg.metrics_listen is None  # off by default: shown commented out
     assert cfg.interfaces == ("eth0",) and cfg.policy == "/etc/skyguard/policy.toml"
     assert cfg.idle_timeout == IdleTimeouts() and cfg.path == str(EXAMPLE)
 
@@ -232,3 +233,17 @@ def test_rate_limiter_is_bounded() -> None:
         rl.allow(i)
     assert len(rl) == 100
     assert rl.allow(0)  # forgotten keys start afresh
+
+
+def test_metrics_listen_from_file_and_flag(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('interfaces = ["eth0"]\npolicy = "p.toml"\nmetrics_listen = "127.0.0.1:9377"\n')
+    assert load_config(p).metrics_listen == "127.0.0.1:9377"
+    cfg, _ = parse_daemon_args(["--config", str(p), "--metrics-listen", "[::1]:9400"])
+    assert cfg.metrics_listen == "[::1]:9400"
+    p.write_text('interfaces = ["eth0"]\npolicy = "p.toml"\nmetrics_listen = "localhost:9377"\n')
+    with pytest.raises(ConfigError, match=r":3: metrics_listen "):
+        load_config(p)
+    with pytest.raises(ConfigError, match="--metrics-listen"):
+        parse_daemon_args(["--interface", "eth0", "--policy", "x", "--metrics-listen", "9377"],
+                          default_config=str(tmp_path / "absent.toml"))

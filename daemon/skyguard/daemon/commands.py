@@ -53,6 +53,7 @@ class Commands:
             "block": self.block,
             "unblock": self.unblock,
             "blocks": self.blocks,
+            "metrics": self.metrics,
         }
         missing = set(proto.COMMAND_NAMES) - set(self.table) - {"events"}
         assert not missing and set(self.table) <= set(proto.COMMAND_NAMES), missing
@@ -141,6 +142,9 @@ class Commands:
         if not self.engine.unblock(net):
             raise ControlError(NOT_FOUND, f"{net} is not blocked")
         return {"unblocked": str(net)}
+
+    def metrics(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"text": self.state.metrics.text()}
 
     def blocks(self, args: dict[str, Any]) -> dict[str, Any]:
         rows = sorted(self.engine.blocks(), key=lambda b: (b[0].version, b[0]))

@@ -54,6 +54,7 @@ class Config:
     on_stop: str = "keep"  # keep: programs and maps stay pinned and enforcing; detach: remove them
     idle_timeout: IdleTimeouts = field(default_factory=IdleTimeouts)
     stats_interval: float = 60.0  # seconds between stats log lines; 0 = never
+    metrics_listen: str | None = None  # ADDR:PORT of the Prometheus endpoint; None: no endpoint (off by default)
     # IPFIX export (RFC 7011 over UDP) of every flow's record: off unless a collector is set
     ipfix_collector: str | None = None  # HOST:PORT
     ipfix_active_timeout: float = 60.0  # s between records of a long flow
@@ -152,6 +153,7 @@ CHECKS = {
     "pin_path": _abs_path,
     "on_stop": _choice(ON_STOP),
     "stats_interval": _seconds(allow_zero=True),
+    "metrics_listen": lambda v: _listen(_str(v)),
     "ipfix_collector": lambda v: _collector(_str(v)),
     "ipfix_active_timeout": _seconds(allow_zero=False),
     "ipfix_domain": _int_range(0, 0xFFFFFFFF),
@@ -168,6 +170,15 @@ def _collector(v: str) -> str:
 
     collector_address(v)
     return v
+
+
+def _listen(v: str) -> str:
+    from skyguard.endpoints import parse_endpoint
+
+    parse_endpoint(v)
+    return v
+
+
 IDLE_CHECKS = {f.name: _seconds(allow_zero=False) for f in fields(IdleTimeouts)}
 
 
@@ -248,6 +259,8 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     for key, typ in IPFIX_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), type=typ, metavar=key.split("_", 1)[1].upper(),
                        help=f"config key {key}")
+    p.add_argument("--metrics-listen", metavar="ADDR:PORT", help="serve Prometheus metrics on ADDR:PORT (config "
+                   "metrics_listen; off by default)")
     p.add_argument("--version", action="version", version=f"skyguardd {__version__}")
     return p
 
@@ -282,6 +295,11 @@ def parse_daemon_args(argv: Sequence[str] | None = None, *, default_config: str 
         flags["xdp_mode"] = args.xdp_mode
     if args.log_format:
         flags["log_format"] = args.log_format
+    if args.metrics_listen:
+        try:
+            flags["metrics_listen"] = _listen(args.metrics_listen)
+        except ValueError as e:
+            raise ConfigError(f"{where}: --metrics-listen {e}") from None
     for key in IPFIX_FLAGS:
         if getattr(args, key) is not None:
             try:
