@@ -158,7 +158,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         return sp
 
     add("status", h["status"])
-    add("stats", h["stats"])
+    st = add("stats", h["stats"])
+    st.add_argument("--format", choices=("table", "prometheus"), default="table",
+                    help="prometheus: the daemon's metrics in the text exposition format, as a scrape returns them "
+                         "(for node_exporter's textfile collector)")
     fl = add("flows", h["flows"])
     flows_args = proto.BY_NAME["flows"]
     fl.add_argument("--class", dest="cls", choices=wire.CLASS_NAMES, help=flows_args.arg("class").help)

@@ -55,6 +55,13 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def cmd_stats(client: Client, args: argparse.Namespace, out: Out) -> int:
+    if getattr(args, "format", "table") == "prometheus":
+        sys.stdout.write(client.call("metrics")["text"])
+        return EXIT_OK
+    return cmd_status(client, args, out)
+
+
 def cmd_flows(client: Client, args: argparse.Namespace, out: Out) -> int:
     req: dict[str, Any] = {"sort": args.sort}
     if args.cls:
@@ -138,7 +145,7 @@ def cmd_blocks(client: Client, args: argparse.Namespace, out: Out) -> int:
 
 
 DAEMON_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, Out], int]] = {
-    "status": cmd_status, "stats": cmd_status, "flows": cmd_flows, "flow": cmd_flow, "events": cmd_events,
+    "status": cmd_status, "stats": cmd_stats, "flows": cmd_flows, "flow": cmd_flow, "events": cmd_events,
     "block": cmd_block, "unblock": cmd_unblock, "blocks": cmd_blocks,
 }
 
