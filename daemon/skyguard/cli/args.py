@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from skyguard import __version__, proto, wire
+from skyguard.cli.client import DEFAULT_SOCKET
 from skyguard.endpoints import normalize_endpoint, parse_network, parse_prefix
-
-DEFAULT_SOCKET = "/run/skyguard/skyguard.sock"
 
 REPLAY_DESCRIPTION = (
     "Run captures (pcap, pcapng) through the same XDP program as the daemon, via BPF_PROG_TEST_RUN, with the "
