@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from skyguard.journal import PriorityPrefixed, stream_is_journal
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -41,6 +43,8 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
         shared += [structlog.processors.dict_tracebacks]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_colors(stream))
+    if stream_is_journal(stream):  # journald's stdout stream: `<N>` gives each line its syslog priority
+        renderer = PriorityPrefixed(renderer)
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
