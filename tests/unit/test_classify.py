@@ -11,6 +11,7 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR
 from skyguard import wire
 from skyguard.policy import Policy
 from skyguard.slowpath.classify import Decision, PrefixChange, SlowPath
+from tests.scapy_compat import dns_answers
 
 from .test_e2o import e2e_flow, e2o_flow, game_flow, random_flow, wireguard_flow
 
@@ -185,7 +186,7 @@ def test_tls_uses_policy_names_and_respects_kernel_media_classes() -> None:
 
 def _dns(ttl: int) -> bytes:
     pkt = DNS(id=3, qr=1, rd=1, ra=1, qd=DNSQR(qname="sip.pstnhub.microsoft.com"),
-              an=[DNSRR(rrname="sip.pstnhub.microsoft.com", type="A", rdata="52.114.16.74", ttl=ttl)])
+              an=dns_answers([DNSRR(rrname="sip.pstnhub.microsoft.com", type="A", rdata="52.114.16.74", ttl=ttl)]))
     return bytes(pkt.compress())
 
 
@@ -217,7 +218,8 @@ def test_dns_memory_bound_and_garbage() -> None:
     k = key()
     for i in range(10):
         pkt = DNS(id=i, qr=1, qd=DNSQR(qname="sip.pstnhub.microsoft.com"),
-                  an=[DNSRR(rrname="sip.pstnhub.microsoft.com", type="A", rdata=f"52.114.1.{i + 1}", ttl=60)])
+                  an=dns_answers([DNSRR(rrname="sip.pstnhub.microsoft.com", type="A", rdata=f"52.114.1.{i + 1}",
+                                           ttl=60)]))
         sp.on_event(big(k, wire.EV_DNS, bytes(pkt)))
     sp.on_event(big(k, wire.EV_DNS, b"\xff" * 40))
     st = sp.status()
@@ -232,8 +234,8 @@ CLIENT, MS_SERVER, AZURE_SERVER = "198.51.100.20", "52.113.194.132", "104.40.187
 
 def _azure_dns(name: str, addr: str, ttl: int = 300, via: str = "api.stream.trafficmanager.net") -> bytes:
     pkt = DNS(id=9, qr=1, rd=1, ra=1, qd=DNSQR(qname=name),
-              an=[DNSRR(rrname=name, type="CNAME", rdata=via, ttl=ttl),
-                  DNSRR(rrname=via, type="A", rdata=addr, ttl=ttl)])
+              an=dns_answers([DNSRR(rrname=name, type="CNAME", rdata=via, ttl=ttl),
+                              DNSRR(rrname=via, type="A", rdata=addr, ttl=ttl)]))
     return bytes(pkt)
 
 

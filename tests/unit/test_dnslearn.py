@@ -22,6 +22,7 @@ from skyguard.slowpath.dnslearn import (
     read_name,
     resolve_chain,
 )
+from tests.scapy_compat import dns_answers
 
 S = 1_000_000_000
 PSTN = ("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com")
@@ -30,7 +31,7 @@ PSTN = ("sip.pstnhub.microsoft.com", "sip2.pstnhub.microsoft.com")
 def response(qname: str, *rrs: tuple[str, str, object, int], qtype: str = "A") -> bytes:
     """A compressed DNS response (scapy compresses names) with answers (name, type, value, ttl)."""
     an = [DNSRR(rrname=n, type=t, rdata=v, ttl=ttl) for n, t, v, ttl in rrs]
-    pkt = DNS(id=7, qr=1, aa=0, rd=1, ra=1, qd=DNSQR(qname=qname, qtype=qtype), an=an)
+    pkt = DNS(id=7, qr=1, aa=0, rd=1, ra=1, qd=DNSQR(qname=qname, qtype=qtype), an=dns_answers(an))
     return bytes(pkt.compress())
 
 
