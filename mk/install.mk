@@ -110,6 +110,7 @@ sed -e 's|/usr/local/bin/skyguard|$(PREFIX)/bin/skyguard|g' -e 's|/etc/skyguard/
 put 0644 "$$u" '$(UNITDIR)/skyguard.service'; rm -f "$$u"
 # the metrics drop-in is opt-in: shipped beside the data, copied into /etc/systemd/system/skyguard.service.d/ by hand
 put 0644 systemd/skyguard-metrics.conf '$(SG_DATADIR)/skyguard-metrics.conf'
+put 0644 systemd/skyguard-ipfix.conf '$(SG_DATADIR)/skyguard-ipfix.conf'
 put 0644 systemd/skyguard.sysusers '$(SYSUSERSDIR)/skyguard.conf'
 
 # 6. the manifest: earlier records first, duplicates dropped, itself last

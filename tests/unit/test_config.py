@@ -35,10 +35,11 @@ def test_example_config_sets_every_key_and_loads() -> None:
     cfg = load_config(EXAMPLE)
     text = EXAMPLE.read_text()
     for f in fields(Config):
-        if f.name not in ("path", "socket_group", "metrics_listen"):
+        if f.name not in ("path", "socket_group", "metrics_listen", "ipfix_collector"):
             assert f"\n{f.name} = " in text or f"[{f.name}]" in text, f"example config lacks {f.name}"
     assert "socket_group" in text
     assert "\n# metrics_listen = " in text and cfg.metrics_listen is None  # off by default: shown commented out
+    assert "\n# ipfix_collector = " in text and cfg.ipfix_collector is None
     assert cfg.interfaces == ("eth0",) and cfg.policy == "/etc/skyguard/policy.toml"
     assert cfg.idle_timeout == IdleTimeouts() and cfg.path == str(EXAMPLE)
 
