@@ -18,6 +18,7 @@ import fastpath
 import growth
 import ipfix_export
 import live
+import metrics_scrape
 import peer
 import scale
 
@@ -40,6 +41,8 @@ def main() -> int:
         ("daemon_scale", lambda: daemon_scale.measure(100_000 if q else 1_000_000, 50 if q else 200, 5.0 if q else 20.0,
                                                       None, 3.0 if q else 10.0), daemon_scale.format_table),
         ("ipfix_export", lambda: ipfix_export.measure(10_000, 4.0 if q else 10.0), ipfix_export.format_table),
+        ("metrics_scrape", lambda: metrics_scrape.measure(100_000 if q else 1_000_000, 50 if q else 200),
+         metrics_scrape.format_table),
     ]
     out = []
     for name, fn, fmt in steps:
