@@ -80,8 +80,10 @@ def test_every_line_of_a_multiline_rendering_is_prefixed():
 JOURNALD_SCRIPT = textwrap.dedent("""
     set -eu
     # a private journald: tmpfs over its socket and storage directories in this mount namespace only
-    mkdir -p /run/systemd /var/log/journal
+    # (/run/log: journald writes there until a flush PID 1 never asks for)
+    mkdir -p /run/systemd /run/log /var/log/journal
     mount -t tmpfs tmpfs /run/systemd
+    mount -t tmpfs tmpfs /run/log
     mount -t tmpfs tmpfs /var/log/journal
     mkdir -p /run/systemd/journal
     /lib/systemd/systemd-journald & jd=$!
