@@ -174,22 +174,40 @@ def test_dns_learner_stays_bounded_under_100k_answers():
 
 @pytest.mark.slow
 def test_default_size_flooded_with_5m_flows(bpf_ok):
+    """README (Reliability): 5 million flows against the default table: no insert failure, counters balanced, and a
+    call to a PSTN gateway evicted by the LRU is dropped again at its next packet. The call is probed only every
+    flows_max * 1.25 new flows, so that the flood has evicted it in between (checked, as in the CI-sized test)."""
     from skyguard.kernel.loader import Kernel
 
     with Kernel(lpm_max=1024, replay=True) as k:  # default SG_FLOWS_MAX
+        flows_max = wire.C["SG_FLOWS_MAX"]
+        assert flows_max == 262144
         k.load_policy(block_policy())
         before = k.stats()
+        key = wire.FlowKey.make("192.168.9.9", 40000, GATEWAY, 12340, 17)
         assert k.test_run(call_packet(0), ts_ns=1).verdict == DROP
+        assert k.flow(key).cls == wire.OUT
         t0 = time.perf_counter()
+        probes = evicted_and_reblocked = 0
 
         def probe(i: int) -> None:
+            nonlocal probes, evicted_and_reblocked
+            gone = k.flow(key) is None
             assert k.test_run(call_packet(i), ts_ns=30_000_000_000 + i).verdict == DROP
+            f = k.flow(key)
+            assert f is not None and f.cls == wire.OUT and f.reason & wire.C["SG_R_PSTN_PREFIX"]
+            probes += 1
+            evicted_and_reblocked += gone
 
-        flood(k, 5_000_000, check_every=65536, probe=probe)
+        flood(k, 5_000_000, check_every=flows_max * 5 // 4, probe=probe)
         delta = {n: v - before[n] for n, v in k.stats().items()}
         balanced(delta)
         assert delta["out_no_flow"] == 0 and delta["flow_new"] >= 5_000_000
-        print(f"\n5M flows in {time.perf_counter() - t0:.1f} s; flows in map {k.flow_count()}; {delta['flow_new']} new")
+        assert k.flow_count() <= flows_max
+        assert probes == 5_000_000 // (flows_max * 5 // 4)
+        assert evicted_and_reblocked > 0, "the flood never evicted the call's flow: the test proves nothing"
+        print(f"\n5M flows in {time.perf_counter() - t0:.1f} s; flows in map {k.flow_count()}; "
+              f"{delta['flow_new']} new; call evicted and re-blocked at {evicted_and_reblocked} of {probes} probes")
 
 
 def test_drain_hands_events_over_in_bounded_batches(bpf_ok):
