@@ -207,10 +207,27 @@ def test_fake_ms_stun_from_non_microsoft_address(kern, policy, tmp_path):
 
 def test_fake_ms_stun_with_g711_is_blocked(kern, policy, tmp_path):
     a, b = (CLIENT, 42010), ("198.51.100.42", 42011)
+    # bystanders sharing an endpoint with the crafting flow, interleaved with it: one from the same client address and
+    # port to another host, one from another client port to the same remote endpoint; plain text datagrams both ways
+    # (text: no byte pattern of a Skype header)
+    by_a, by_b = (a, ("198.51.100.43", 42013)), ((CLIENT, 42014), b)
     pkts = [(T0, P.udp(*a, *b, stun(0x0001, [(0x8055, b"\x00\x01\x00\x01")])))]
     pkts += [(T0 + (i + 1) * 20 * MS, P.udp(*a, *b, rtp(8, i))) for i in range(20)]
+    rng = random.Random(8)
+    for x, y in (by_a, by_b):
+        for i in range(30):
+            src, dst = (x, y) if i % 2 == 0 else (y, x)
+            payload = b"plain datagram " + bytes(rng.choice(b"abcdefgh") for _ in range(rng.randrange(20, 120)))
+            pkts.append((T0 + i * 15 * MS + 3 * MS, P.udp(*src, *dst, payload)))
     res = play(kern, policy, tmp_path, pkts)
-    [flow] = rows(res)
+    by_ends = {frozenset((r["a"], r["b"])): r for r in rows(res)}
+    flow = by_ends[frozenset((f"{a[0]}:{a[1]}", f"{b[0]}:{b[1]}"))]
     # a crafted flow can only get itself dropped: the MS attribute plus a static payload type reads as a phone leg
     assert flow["class"] == "skype-out" and flow["reason"] == "rtp-static-pt" and flow["dropped"] == 20
     assert wire.CLASS_IDS[flow["class"]] == wire.OUT
+    # ... and only itself: flows sharing either of its endpoints keep their own class and lose nothing
+    for x, y in (by_a, by_b):
+        other = by_ends[frozenset((f"{x[0]}:{x[1]}", f"{y[0]}:{y[1]}"))]
+        assert other["packets"] == 30 and other["dropped"] == 0, other
+        assert other["class"] == "other" and other["action"] == "pass", other
+    assert len(by_ends) == 3
