@@ -1,4 +1,4 @@
-# skyguard: make setup | demo | test | bench | lint | install | uninstall
+# skyguard: make setup | demo | test | bench | lint | install | uninstall | deb | test-debian
 PY      := .venv/bin/python
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -27,6 +27,7 @@ lint: setup
 	$(PY) -m ruff check daemon tests bench tools
 
 include mk/install.mk
+include mk/deb.mk
 
 clean:
-	rm -rf .venv build *.egg-info daemon/*.egg-info .pytest_cache .ruff_cache
+	rm -rf .venv build dist *.egg-info daemon/*.egg-info .pytest_cache .ruff_cache
