@@ -15,7 +15,9 @@
 #include <linux/tcp.h>
 #include "skyguard.h"
 
-#define SG_VLAN_MAX 2 /* 802.1ad + 802.1Q; a third tag is SG_ST_ERR_VLAN_DEPTH */
+#ifndef SG_VLAN_MAX
+#define SG_VLAN_MAX 2 /* 802.1ad + 802.1Q; one more tag is SG_ST_ERR_VLAN_DEPTH */
+#endif
 
 struct hdr_cursor {
 	void *pos;

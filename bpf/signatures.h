@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* signatures.h: payload tests on the L4 payload (packet pointers, every read bounds-checked against data_end).
- * Wire facts: /work/shared/SIGNATURES.md (STUN RFC 5389, MS-TURN, legacy Skype Start-of-Message, RTP RFC 3550). */
+ * Wire facts and their sources: docs/signatures.md (STUN RFC 5389, MS-TURN, legacy Skype Start-of-Message, RTP RFC
+ * 3550). */
 #ifndef SKYGUARD_SIGNATURES_H
 #define SKYGUARD_SIGNATURES_H
 
@@ -55,9 +56,12 @@ static __always_inline int sg_ms_attr(__u16 at)
 
 /* Per-packet scratch bits (flow.scratch). Results live in map memory rather than in locals: the verifier
  * tracks constants in registers and stack, and every path that sets a different constant would be a separate state. */
-#define SG_PK_CHECK  0x01 /* STUN request carried PRIORITY, ICE-CONTROLLED/-CONTROLLING or USE-CANDIDATE */
-#define SG_PK_CIDREP 0x02 /* this packet repeated the previous CID */
-#define SG_PK_STUN   0x04 /* this packet is STUN/TURN */
+#define SG_PK_CHECK     0x01 /* STUN request carried PRIORITY, ICE-CONTROLLED/-CONTROLLING or USE-CANDIDATE */
+#define SG_PK_CIDREP    0x02 /* this packet repeated the previous CID */
+#define SG_PK_STUN      0x04 /* this packet is STUN/TURN */
+#define SG_PK_FUNC      0x08 /* this packet is long enough to carry a SoM func byte */
+#define SG_PK_SOM       0x10 /* ... and that func is a valid SoM func */
+#define SG_PK_SOM_PROBE 0x20 /* the flow's first packet, and it looks like a legacy SoM probe */
 
 /* STUN/TURN message at p (len bytes of payload). Returns 1 when it parses; ORs SG_S_* bits into *sb (map memory) and
  * SG_PK_CHECK into *pkf. */
@@ -147,8 +151,8 @@ static __always_inline int sg_som_valid(__u8 func)
 }
 
 /* First bytes that a SoM first packet must not start with: nDPI's old rule (0x00, 0x30 ASN.1, 0x80 RTP, 0xc0/0xc1),
- * STUN's 0x01, and DTLS records (0x16/0x17 followed by version 0xfe..). A random message ID may start 0x16 (the
- * 2006 skype_udp.pcap flow starts 16 97 02), so 0x16 alone is not enough to refuse. */
+ * STUN's 0x01, and DTLS records (0x16/0x17 followed by version 0xfe..). A random message ID may start 0x16 (captured
+ * legacy Skype has a flow that starts 16 97 02), so 0x16 alone is not enough to refuse. */
 static __always_inline int sg_som_bad_first(__u8 b0, __u8 b1)
 {
 	if ((b0 == 0x16 || b0 == 0x17) && b1 == 0xfe)
@@ -158,7 +162,7 @@ static __always_inline int sg_som_bad_first(__u8 b0, __u8 b1)
 
 /* A packet that looks like common RTP: v2 without padding or CSRCs (first byte 0x80, or 0x90 with an extension) and a
  * G.711/G.722/G.729 or dynamic payload type. The legacy SoM message ID is random, so v2 alone (a quarter of all IDs,
- * and most of skype.pcap's probes start 0x9b..0x9e) must not count as RTP. */
+ * and captured legacy probes often start 0x9b..0x9e) must not count as RTP. */
 static __always_inline int sg_rtp_looking(__u8 *p, __u32 len, void *data_end)
 {
 	__u8 t;

@@ -47,9 +47,7 @@ SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, block_v6, SG_LPM_MAX, BPF_F
 BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
 /* rcu_inner: the one map rcu_sync holds; nothing reads it */
 BPF_ARRAY(rcu_inner, u32, 1);
-/* rcu_sync: never read here; a write to it returns once every program run already under way has ended (the kernel
- * waits for an RCU grace period on map-in-map writes), which tells a reload that no packet still uses the old
- * generation */
+/* rcu_sync: never read; a write returns once all running programs have ended (RCU), a reload's fence */
 BPF_ARRAY_OF_MAPS(rcu_sync, "rcu_inner", 1);
 
 #define SG_LPM4_BITS (8 + 32)
@@ -148,7 +146,7 @@ static __always_inline __u32 sg_gen(void)
 /* ---- the flow clock ----
  * Flows need ageing resolution, not precision: the live build reads jiffies (the verifier inlines bpf_jiffies64 into
  * one load) and scales it with the tick length and offset the loader measured with clock.bpf.c, which saves the
- * helper call of bpf_ktime_get_coarse_ns on every packet (bench/fastpath.py: ~1.5 ns of ~32). The replay build
+ * helper call of bpf_ktime_get_coarse_ns on every packet. The replay build
  * (SG_META_CLOCK) takes the capture's timestamp from the XDP metadata when a replay hands one over. */
 static __always_inline __u64 sg_clock(struct xdp_md *ctx, void *data, __u8 *from_meta)
 {
@@ -309,7 +307,7 @@ static __always_inline int sg_mark(struct sg_run *r, __u8 dscp)
 	return 1;
 }
 
-/* Microsoft's media ports on a flow to a Microsoft media prefix (SIGNATURES.md, endpoint set 11): UDP 3478-3481 on
+/* Microsoft's media ports on a flow to a Microsoft media prefix (docs/signatures.md, endpoint set 11): UDP 3478-3481 on
  * either end, or TCP 443 from a client media port 50000-50059 (media falling back to TCP through the relay). */
 static __always_inline __u8 sg_ms_media_ports(struct sg_pkt *pk)
 {
@@ -393,144 +391,198 @@ static __always_inline __u8 *sg_payload(struct sg_run *r, __u32 skip)
 	off &= SG_OFF_MASK;
 	return r->data + off;
 }
-static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk)
+/* ---- evidence: what this packet shows. Facts that last go into the flow, facts about this packet alone into
+ * flow.scratch (SG_PK_*); nothing here decides a class. ---- */
+
+/* E2O connection ID: the first 4 payload bytes repeat the previous packet's (same direction) and byte 4 differs. */
+static __always_inline void sg_see_cid(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk, __u8 d)
+{
+	__u8 *p = sg_payload(r, 0);
+	__u32 cid;
+	__u8 b4;
+
+	if (pk->plen < 5 || (void *)(p + 5) > r->data_end)
+		return;
+	cid = ((__u32)p[0]) | ((__u32)p[1] << 8) | ((__u32)p[2] << 16) | ((__u32)p[3] << 24);
+	b4 = p[4];
+	if (f->pkts[d] > 1 && (cid & 0xffff) == (f->prev_cid[d] & 0xffff))
+		f->evidence |= SG_E_IDREP;
+	if (f->pkts[d] > 1 && cid == f->prev_cid[d] && b4 != SG_PREV_B4(f, d)) {
+		SG_PKF(f) |= SG_PK_CIDREP;
+		if (f->cid_rep[d] < 0xffff)
+			f->cid_rep[d]++;
+		if (f->cid_rep[d] >= 2)
+			f->evidence |= SG_E_CID;
+	}
+	f->prev_cid[d] = cid;
+	SG_PREV_B4(f, d) = b4;
+}
+
+/* STUN/TURN, else RTP: in the payload itself or inside FF 10 multiplexed TURN framing (inner packet at 12). */
+static __always_inline void sg_see_media(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk, __u8 d)
 {
 	void *data_end = r->data_end;
-	__u32 plen = pk->plen;
-	__u8 d = r->dir & 1;
-	__u32 qlen = plen, skip = 0;
+	__u32 plen = pk->plen, qlen = plen, skip = 0;
+	__u8 *p = sg_payload(r, 0);
 	__u8 pt = 0;
-	__u8 *p, *q;
 
-	SG_PKF(f) = 0;
-	/* E2O connection ID: first 4 bytes repeat the previous packet's (same direction), byte 4 differs */
-	p = sg_payload(r, 0);
-	if (plen >= 5 && (void *)(p + 5) <= data_end) {
-		__u32 cid = ((__u32)p[0]) | ((__u32)p[1] << 8) | ((__u32)p[2] << 16) | ((__u32)p[3] << 24);
-		__u8 b4 = p[4];
-
-		if (f->pkts[d] > 1 && (cid & 0xffff) == (f->prev_cid[d] & 0xffff))
-			f->evidence |= SG_E_IDREP;
-		if (f->pkts[d] > 1 && cid == f->prev_cid[d] && b4 != SG_PREV_B4(f, d)) {
-			SG_PKF(f) |= SG_PK_CIDREP;
-			if (f->cid_rep[d] < 0xffff)
-				f->cid_rep[d]++;
-			if (f->cid_rep[d] >= 2)
-				f->evidence |= SG_E_CID;
-		}
-		f->prev_cid[d] = cid;
-		SG_PREV_B4(f, d) = b4;
-	}
-
-	/* FF 10 multiplexed TURN framing: the inner packet starts at offset 12 */
-	p = sg_payload(r, 0);
 	if (plen >= SG_FF10_HDR + 12 && (void *)(p + 2) <= data_end && p[0] == 0xff && p[1] == 0x10) {
 		qlen = plen - SG_FF10_HDR;
 		skip = SG_FF10_HDR;
 	}
-	q = sg_payload(r, skip);
-	if (sg_stun(q, qlen, data_end, &f->stun[d], &SG_PKF(f))) {
+	if (sg_stun(sg_payload(r, skip), qlen, data_end, &f->stun[d], &SG_PKF(f))) {
 		SG_PKF(f) |= SG_PK_STUN;
 		f->evidence |= SG_E_STUN;
 		if (f->stun[d] & SG_S_MS)
 			f->evidence |= SG_E_MS_ATTR;
 		if (skip)
 			f->evidence |= SG_E_FF10;
-	} else {
-		q = sg_payload(r, skip);
-		if (sg_rtp(q, qlen, data_end, &pt)) {
-			f->evidence |= SG_E_RTP;
-			f->rtp_pt[d] = pt;
-			if (f->rtp_cnt[d] < 0xff)
-				f->rtp_cnt[d]++;
-			if (pt == 0 || pt == 8 || pt == 18)
-				f->stun[d] |= SG_S_STATIC_PT;
-			if (skip)
-				f->evidence |= SG_E_FF10;
-		}
+		return;
 	}
+	if (!sg_rtp(sg_payload(r, skip), qlen, data_end, &pt))
+		return;
+	f->evidence |= SG_E_RTP;
+	f->rtp_pt[d] = pt;
+	if (f->rtp_cnt[d] < 0xff)
+		f->rtp_cnt[d]++;
+	if (pt == 0 || pt == 8 || pt == 18)
+		f->sent[d] |= SG_SENT_STATIC_PT;
+	if (skip)
+		f->evidence |= SG_E_FF10;
+}
 
-	/* Legacy Start-of-Message */
-	p = sg_payload(r, 0);
-	if (plen >= 3 && (void *)(p + 3) <= data_end) {
-		__u8 func = p[2] & 0x8f;
+/* Legacy Start-of-Message: the func byte (payload[2] & 0x8f) of this packet, and whether the flow's first packet
+ * looks like a SoM probe (nDPI's old rule, tightened against STUN, RTP, DTLS and DNS). */
+static __always_inline void sg_see_som(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk, __u8 d)
+{
+	void *data_end = r->data_end;
+	__u32 plen = pk->plen;
+	__u8 *p = sg_payload(r, 0);
+	__u8 func;
 
-		if (f->pkts[0] + f->pkts[1] == 1) { /* the flow's first packet */
-			f->som_func = func;
-			if ((func == 0x02 || func == 0x03) && plen >= 12 && plen <= 100 && !sg_som_bad_first(p[0], p[1]) &&
-			    !(SG_PKF(f) & SG_PK_STUN) && pk->sport != 53 && pk->dport != 53 &&
-			    f->cls == SG_CLASS_UNKNOWN && !sg_rtp_looking(sg_payload(r, 0), plen, data_end)) {
-				f->evidence |= SG_E_SOM;
-				sg_set_class(r, f, SG_CLASS_SIGNALING, SG_R_SOM, 0);
-			}
-		}
-		if (sg_som_valid(func)) {
-			if (f->som_ok < 0xff)
-				f->som_ok++;
-			if (func == 0x0d && plen > 4) {
-				if (f->som_data < 0xff)
-					f->som_data++;
-				f->evidence |= SG_E_SOM_DATA;
-				f->stun[d] |= SG_S_SOMDATA;
-			}
-			/* a first packet the probe rule refused (a message ID starting 0x00/0x80/..., a data frame), but
-			 * every packet so far carries a valid func: random bytes pass 4 in a row 0.06% of the time */
-			if (f->cls == SG_CLASS_UNKNOWN && !(f->evidence & SG_E_SOM) && f->inspected >= 4 &&
-			    f->som_ok >= f->inspected && !(f->evidence & (SG_E_STUN | SG_E_CID | SG_E_IDREP))) {
-				f->evidence |= SG_E_SOM;
-				sg_set_class(r, f, SG_CLASS_SIGNALING, SG_R_SOM, 0);
-			}
-		} else if (!(SG_PKF(f) & SG_PK_CIDREP) && f->inspected > 1 && sg_som_valid(f->som_func) &&
-			   (f->cls == SG_CLASS_UNKNOWN || (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM)))) {
-			/* a later packet contradicts a first packet that carried a SoM func (DNSCrypt, random UDP) */
-			/* keep inspecting: a legacy E2O call starts with SoM signalling and goes on with a connection ID
-			 * whose func byte may be anything, and the daemon needs its samples */
-			sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 0);
-			return;
-		}
+	if (plen < 3 || (void *)(p + 3) > data_end)
+		return;
+	func = p[2] & 0x8f;
+	SG_PKF(f) |= SG_PK_FUNC;
+	if (f->pkts[0] + f->pkts[1] == 1) {
+		f->som_func = func;
+		if ((func == 0x02 || func == 0x03) && plen >= 12 && plen <= 100 && !sg_som_bad_first(p[0], p[1]) &&
+		    !(SG_PKF(f) & SG_PK_STUN) && pk->sport != 53 && pk->dport != 53 &&
+		    !sg_rtp_looking(sg_payload(r, 0), plen, data_end))
+			SG_PKF(f) |= SG_PK_SOM_PROBE;
 	}
+	if (!sg_som_valid(func))
+		return;
+	SG_PKF(f) |= SG_PK_SOM;
+	if (f->som_ok < 0xff)
+		f->som_ok++;
+	if (func == 0x0d && plen > 4) {
+		if (f->som_data < 0xff)
+			f->som_data++;
+		f->evidence |= SG_E_SOM_DATA;
+		f->sent[d] |= SG_SENT_SOM_DATA;
+	}
+}
 
-	/* The SoM message ID is random per message: a constant first 4 bytes packet after packet is no SoM header.
-	 * It is either a legacy E2O call's connection ID (the daemon decides from the samples) or a constant-header
-	 * protocol (games): not signalling either way. */
-	if (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM) && (__u32)f->cid_rep[0] + f->cid_rep[1] >= 8) {
+/* ---- decision: one walk down this table after each inspected UDP packet, in this order. A row that ends in
+ * "stop" ends the walk for this packet; "done" also ends the flow's inspection. The class's reason is in brackets.
+ *
+ *  1 som-probe     the flow's first packet is a SoM probe, flow still unknown      -> skype-signaling [som-header]
+ *  2 som-run       >= 4 packets, each with a valid SoM func, no STUN, CID or
+ *                  repeated ID, flow still unknown                                 -> skype-signaling [som-header]
+ *  3 som-broken    a later packet's func is no SoM func (and repeats no CID), the
+ *                  first one's was, flow unknown or SoM signalling                  -> other [contradicted], stop
+ *  4 som-constant  SoM signalling whose first 4 bytes repeated >= 8 times           -> other [contradicted], stop
+ *  5 e2e-voice     SoM signalling, >= 16 data frames, some from each direction,
+ *                  CID repeats under a quarter of them                             -> skype-p2p [som-voice], done
+ *  6 e2o-port      >= 8 CID repeats on a flow with UDP port 12340                  -> skype-out [e2o-port], done
+ *  7 ms-stun       a Microsoft STUN attribute was seen, then the first of:
+ *    a             an endpoint in the Microsoft media prefixes                     -> skype-relay [ms-prefix], done
+ *    b             RTP with a static payload type either way                       -> skype-out [rtp-static-pt], done
+ *    c             both ends sent connectivity checks                              -> skype-p2p [ice-both], done
+ *    d             the initiator sent checks, the far end only answered, >= 6
+ *                  packets from the far end                                        -> skype-out [ice-lite], done
+ *    e             otherwise                                                       -> skype-relay [ms-stun-attr]
+ * 7's reasons also carry ms-stun-attr, and ms-turn-ff10 when the STUN came inside FF 10 framing. Then, for UDP and TCP
+ * alike (sg_inspect), on a flow not done:
+ *  8 no-evidence   SG_PROBE packets without decisive evidence, flow still unknown   -> other [no-evidence], done
+ *  9 window-end    SG_WINDOW packets inspected: an unknown or other flow            -> other [window-end], done;
+ *                  any other class stays                                           -> done
+ */
+static __always_inline void sg_decide_udp(struct sg_run *r, struct sg_flow *f)
+{
+	__u8 pkf = SG_PKF(f);
+	__u32 cid_reps = (__u32)f->cid_rep[0] + f->cid_rep[1];
+	__u8 som_sig;
+
+	/* 1 som-probe */
+	if ((pkf & SG_PK_SOM_PROBE) && f->cls == SG_CLASS_UNKNOWN) {
+		f->evidence |= SG_E_SOM;
+		sg_set_class(r, f, SG_CLASS_SIGNALING, SG_R_SOM, 0);
+	}
+	/* 2 som-run: a first packet the probe rule refused (a message ID starting 0x00/0x80/..., a data frame), but every
+	 * packet so far carries a valid func: random bytes pass 4 in a row 0.06% of the time */
+	if ((pkf & SG_PK_SOM) && f->cls == SG_CLASS_UNKNOWN && !(f->evidence & SG_E_SOM) && f->inspected >= 4 &&
+	    f->som_ok >= f->inspected && !(f->evidence & (SG_E_STUN | SG_E_CID | SG_E_IDREP))) {
+		f->evidence |= SG_E_SOM;
+		sg_set_class(r, f, SG_CLASS_SIGNALING, SG_R_SOM, 0);
+	}
+	som_sig = f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM);
+	/* 3 som-broken (DNSCrypt, random UDP). Not done: a legacy E2O call starts with SoM signalling and goes on with a
+	 * connection ID whose func byte may be anything, and the daemon needs its samples. */
+	if ((pkf & (SG_PK_FUNC | SG_PK_SOM | SG_PK_CIDREP)) == SG_PK_FUNC && f->inspected > 1 &&
+	    sg_som_valid(f->som_func) && (f->cls == SG_CLASS_UNKNOWN || som_sig)) {
 		sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 0);
 		return;
 	}
-
-	/* E2E voice: SoM data frames both ways, few CID repeats */
-	if (f->cls == SG_CLASS_SIGNALING && (f->reason & SG_R_SOM) && f->som_data >= 16 &&
-	    (f->stun[0] & SG_S_SOMDATA) && (f->stun[1] & SG_S_SOMDATA) &&
-	    ((__u32)f->cid_rep[0] + f->cid_rep[1]) * 4 < f->som_data) {
+	/* 4 som-constant: the SoM message ID is random per message, so a constant first 4 bytes is no SoM header; it is
+	 * a legacy E2O call's connection ID (the daemon decides from the samples) or a constant-header protocol (games) */
+	if (som_sig && cid_reps >= 8) {
+		sg_set_class(r, f, SG_CLASS_OTHER, SG_R_CONTRADICT, 0);
+		return;
+	}
+	/* 5 e2e-voice */
+	if (som_sig && f->som_data >= 16 && (f->sent[0] & SG_SENT_SOM_DATA) && (f->sent[1] & SG_SENT_SOM_DATA) &&
+	    cid_reps * 4 < f->som_data) {
 		sg_set_class(r, f, SG_CLASS_P2P, SG_R_SOM | SG_R_SOM_VOICE, 1);
 		return;
 	}
-	/* E2O: CID repetition towards UDP 12340 */
-	if ((f->evidence & SG_E_PORT12340) && (__u32)f->cid_rep[0] + f->cid_rep[1] >= 8) {
+	/* 6 e2o-port */
+	if ((f->evidence & SG_E_PORT12340) && cid_reps >= 8) {
 		sg_set_class(r, f, SG_CLASS_OUT, SG_R_E2O_PORT, 1);
 		return;
 	}
-	/* Skype/Teams media (Microsoft STUN attributes) */
+	/* 7 ms-stun */
 	if (f->evidence & SG_E_MS_ATTR) {
 		__u8 s0 = f->stun[0], s1 = f->stun[1];
 		__u8 ini = f->init_dir & 1;
 		__u8 si = f->stun[ini], so = f->stun[ini ^ 1];
-		__u64 pkts_other = f->pkts[ini ^ 1];
 		__u32 extra = SG_R_MS_STUN;
 
 		if (f->evidence & SG_E_FF10)
 			extra |= SG_R_FF10;
 		if (f->evidence & SG_E_MS_PREFIX)
 			sg_set_class(r, f, SG_CLASS_RELAY, SG_R_MS_PREFIX | extra, 1);
-		else if ((s0 | s1) & SG_S_STATIC_PT)
+		else if ((f->sent[0] | f->sent[1]) & SG_SENT_STATIC_PT)
 			sg_set_class(r, f, SG_CLASS_OUT, SG_R_RTP_STATIC | extra, 1);
 		else if ((s0 & SG_S_CHECK) && (s1 & SG_S_CHECK))
 			sg_set_class(r, f, SG_CLASS_P2P, SG_R_ICE_BOTH | extra, 1);
-		else if ((si & SG_S_CHECK) && (so & SG_S_RESP) && !(so & SG_S_REQ) && pkts_other >= 6)
+		else if ((si & SG_S_CHECK) && (so & SG_S_RESP) && !(so & SG_S_REQ) && f->pkts[ini ^ 1] >= 6)
 			sg_set_class(r, f, SG_CLASS_OUT, SG_R_ICE_LITE | extra, 1);
 		else
-			sg_set_class(r, f, SG_CLASS_RELAY, extra, 0); /* provisional: Skype for sure, leg unknown */
+			sg_set_class(r, f, SG_CLASS_RELAY, extra, 0); /* Skype for sure, which leg not yet */
 	}
+}
+
+static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk)
+{
+	__u8 d = r->dir & 1;
+
+	SG_PKF(f) = 0;
+	sg_see_cid(r, f, pk, d);
+	sg_see_media(r, f, pk, d);
+	sg_see_som(r, f, pk, d);
+	sg_decide_udp(r, f);
 }
 
 static __always_inline void sg_inspect_tcp(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk)
@@ -539,9 +591,9 @@ static __always_inline void sg_inspect_tcp(struct sg_run *r, struct sg_flow *f, 
 
 	/* the first payload of each direction: the client's ClientHello (SNI) and the server's ServerHello and
 	 * certificate (names, for hellos without SNI) */
-	if (pk->plen == 0 || (f->stun[r->dir & 1] & SG_S_TCP_PAYLOAD))
+	if (pk->plen == 0 || (f->sent[r->dir & 1] & SG_SENT_TCP_PAYLOAD))
 		return;
-	f->stun[r->dir & 1] |= SG_S_TCP_PAYLOAD;
+	f->sent[r->dir & 1] |= SG_SENT_TCP_PAYLOAD;
 	if ((void *)(p + 2) <= r->data_end && p[0] == 0x16 && p[1] == 0x03) {
 		f->evidence |= SG_E_TLS;
 		sg_emit_big(r, pk, SG_EV_TLS);
@@ -577,21 +629,26 @@ static __always_inline void sg_inspect(struct sg_run *r, struct sg_flow *f, stru
 	}
 }
 
-/* ---- enforcement ---- */
-static __always_inline int sg_enforce(struct sg_run *r, struct sg_policy *pol, struct sg_flow *f)
+/* ---- enforcement: every packet that reaches the policy goes through here, malformed ones included ----
+ * The action of policy slot `slot` (a class, or SG_POL_MALFORMED) in generation `gen`, counted. `dropped` is the
+ * flow's drop counter (none for a malformed packet); `can_mark` says the IP header parsed, so a mark may rewrite it
+ * (a malformed packet's header cannot be trusted: its mark is counted as skipped). */
+static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, __u64 *dropped, int can_mark)
 {
 	struct sg_stats *st = r->st;
-
+	__u32 idx = gen * SG_POL_SLOTS + slot;
+	struct sg_policy *pol = policy.lookup(&idx);
 	__u8 action = pol ? pol->action : SG_ACT_PASS;
 
 	if (action == SG_ACT_DROP) {
 		st->c[SG_ST_ACT_DROP]++;
-		f->dropped++;
+		if (dropped)
+			(*dropped)++;
 		return XDP_DROP;
 	}
 	if (action == SG_ACT_MARK) {
 		st->c[SG_ST_ACT_MARK]++;
-		if (!sg_mark(r, pol->dscp))
+		if (!can_mark || !sg_mark(r, pol->dscp))
 			st->c[SG_ST_MARK_SKIPPED]++;
 		return XDP_PASS;
 	}
@@ -631,7 +688,6 @@ int xdp_skyguard(struct xdp_md *ctx)
 	struct sg_pkt pk = {};
 	struct sg_flow_key key = {};
 	struct sg_run r = {};
-	struct sg_policy *pol;
 	struct sg_stats *st;
 	struct sg_flow *f;
 	__u32 zero = 0, idx, gen;
@@ -654,30 +710,18 @@ int xdp_skyguard(struct xdp_md *ctx)
 		st->c[SG_ST_ACT_PASS]++;
 		return XDP_PASS;
 	}
+	r.st = st;
 	if (rc < 0) { /* malformed: counted, then the action of the SG_POL_MALFORMED slot */
 		idx = -rc;
 		if (idx < SG_ST_MAX)
 			st->c[idx]++;
-		idx = sg_gen() * SG_POL_SLOTS + SG_POL_MALFORMED;
-		pol = policy.lookup(&idx);
-		if (pol && pol->action == SG_ACT_DROP) {
-			st->c[SG_ST_ACT_DROP]++;
-			return XDP_DROP;
-		}
-		if (pol && pol->action == SG_ACT_MARK) {
-			st->c[SG_ST_ACT_MARK]++; /* the headers cannot be trusted: no rewrite */
-			st->c[SG_ST_MARK_SKIPPED]++;
-			return XDP_PASS;
-		}
-		st->c[SG_ST_ACT_PASS]++;
-		return XDP_PASS;
+		return sg_enforce(&r, sg_gen(), SG_POL_MALFORMED, 0, 0);
 	}
 
 	dir = sg_flow_key(&pk, &key);
 	r.ctx = ctx;
 	r.data = data;
 	r.data_end = data_end;
-	r.st = st;
 	r.key = &key;
 	r.dir = dir;
 	r.v6 = pk.v6;
@@ -687,7 +731,7 @@ int xdp_skyguard(struct xdp_md *ctx)
 	f = flows.lookup(&key);
 	if (f && (f->flags & (SG_F_DONE | SG_F_DAEMON)) && !(f->flags & SG_F_DNS)) {
 		/* the fast path: nothing left to inspect, so nothing of the parse but the key and the IP header's place
-		 * stays live across the lookup (keeping the parse's fields for the slow path cost ~1 ns here) */
+		 * stays live across the lookup (the slow path parses again rather than keep the parse's fields) */
 		rc = sg_account(&r, f);
 		if (rc >= 0)
 			return rc;
@@ -722,7 +766,5 @@ int xdp_skyguard(struct xdp_md *ctx)
 	if (cls >= SG_NCLASSES)
 		cls = SG_CLASS_UNKNOWN;
 	st->c[SG_ST_CLASS_BASE + cls]++;
-	idx = gen * SG_POL_SLOTS + cls;
-	pol = policy.lookup(&idx);
-	return sg_enforce(&r, pol, f);
+	return sg_enforce(&r, gen, cls, &f->dropped, 1);
 }

@@ -72,22 +72,24 @@
 #define SG_E_IDREP        0x0400 /* the first 2 payload bytes repeated packet to packet: no random SoM message ID */
 #define SG_E_CANDIDATE    0x8000 /* flow emits `sample` events */
 
-/* ---- flow.stun[dir]: STUN/ICE facts per direction ---- */
+/* ---- flow.stun[dir]: what each direction's STUN/TURN messages showed ---- */
 #define SG_S_REQ      0x01 /* sent a Binding request */
 #define SG_S_RESP     0x02 /* sent a Binding success/error response */
 #define SG_S_CHECK    0x04 /* sent a connectivity check (request with PRIORITY or ICE-CONTROLLING/ED) */
 #define SG_S_MS       0x08 /* sent a Microsoft attribute */
 #define SG_S_COOKIE   0x10 /* RFC 5389 magic cookie present */
 #define SG_S_TURN     0x20 /* TURN allocate/send/data/channel */
-#define SG_S_SOMDATA  0x40 /* UDP: this direction sent a SoM data frame (func 0x0d) */
-#define SG_S_STATIC_PT 0x80 /* UDP: this direction sent RTP with a static payload type 0/8/18 */
-#define SG_S_TCP_PAYLOAD 0x40 /* TCP: this direction's first payload was seen */
+
+/* ---- flow.sent[dir]: what else each direction has sent ---- */
+#define SG_SENT_SOM_DATA    0x01 /* UDP: a legacy SoM data frame (func 0x0d) */
+#define SG_SENT_STATIC_PT   0x02 /* UDP: RTP with a static payload type 0/8/18 (G.711, G.729) */
+#define SG_SENT_TCP_PAYLOAD 0x04 /* TCP: its first payload (the one the TLS check looks at) */
 
 /* ---- flow.flags ---- */
 #define SG_F_DAEMON   0x02 /* class written by the daemon: the kernel no longer re-classifies */
 #define SG_F_DONE     0x04 /* inspection finished: fast path only */
 #define SG_F_LOGGED   0x08 /* a classified event was emitted */
-#define SG_F_BLOCKED  0x10 /* an endpoint is in block_v4/6 (set at flow creation; the daemon re-syncs on block/unblock) */
+#define SG_F_BLOCKED  0x10 /* an endpoint is in block_v4/6 (set at flow creation; re-synced on block/unblock) */
 #define SG_F_EXEMPT   0x20 /* an endpoint is in exempt_v4/6 (set at flow creation; re-synced on reload) */
 #define SG_F_DNS      0x40 /* UDP port 53 on either end (set at creation): its responses go to the daemon as events */
 
@@ -194,14 +196,15 @@ struct sg_flow {
 	__u8 som_func;     /* SoM func (payload[2] & 0x8f) of the first packet, 0xff none */
 	__u8 som_ok;       /* packets with a valid SoM func (saturating) */
 	__u8 som_data;     /* SoM data frames (func 0x0d) (saturating) */
-	__u8 stun[SG_DIRS];      /* SG_S_* per direction */
+	__u8 stun[SG_DIRS];      /* SG_S_* per direction: STUN/ICE facts */
 	__u8 rtp_pt[SG_DIRS];    /* last RTP payload type per direction, 0xff none */
 	__u8 rtp_cnt[SG_DIRS];   /* RTP packets per direction (saturating) */
 	__u8 flags;        /* SG_F_* */
 	__u8 prev_b4[SG_DIRS];   /* byte 4 of the previous payload per direction (the CID rule needs it) */
 	__u8 _pad;
 	__u8 scratch;      /* kernel-private per-packet scratch bits, cleared before each inspected packet */
-	__u8 _pad2[4];
+	__u8 sent[SG_DIRS];      /* SG_SENT_* per direction */
+	__u8 _pad2[2];
 }; /* 96 bytes */
 
 /* Policy slot (class or SG_POL_*). */

@@ -240,6 +240,7 @@ class Flow:
     flags: int = 0
     prev_b4: tuple[int, int] = (0, 0)
     scratch: int = 0
+    sent: tuple[int, int] = (0, 0)
 
     FMT = _fmt("sg_flow")
 

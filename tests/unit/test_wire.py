@@ -125,6 +125,13 @@ def test_reason_names_are_unique_bits():
     assert wire.reason_name(wire.REASON_BITS["manual"] | wire.REASON_BITS["window-end"]) == "manual"
 
 
+def test_flag_and_bit_values_are_unique_within_their_field():
+    for prefix in ("SG_E_", "SG_S_", "SG_SENT_", "SG_F_", "SG_R_"):
+        bits = [v for k, v in wire.C.items() if k.startswith(prefix) and k != "SG_E_DECISIVE"]
+        assert len(bits) == len(set(bits)), prefix
+        assert all(b and b & (b - 1) == 0 for b in bits), prefix
+
+
 @pytest.mark.parametrize("text, what", [
     ("#define SG_X foo\n", "not an integer"),
     ('#define SG_X 1 /* "Not-A-Name" */\n', "wire name"),
