@@ -139,6 +139,7 @@ def test_capture_filter_and_empty_family() -> None:
     assert [lf.capture for lf in s.unmatched] == ["teams.pcap"]
     assert s.fp_rate == 0.0 and s.as_dict()["families"] == {"stun": {"total": 1, "hit": 0, "recall": 0.0}}
     assert math.isnan(s.recall("legacy-udp"))  # no flow of the family: no figure, not 0% or 100%
+    assert "legacy-udp" not in s.as_dict()["families"]  # and asking did not add an empty family to the report
 
 
 def test_read_labels(tmp_path: Path) -> None:
@@ -184,3 +185,4 @@ def test_generated_confusion(tmp_path: Path) -> None:
         ["skype-signaling", "1", "0", "0", "0", "0", "0", "0.0%"]]
     assert c.recall("skype-out") == 0.5 and c.recall("skype-signaling") == 0.0 and math.isnan(c.recall("unknown"))
     assert c.false_out() == 2  # the "other" and the skype-p2p flow called skype-out
+    assert "unknown" not in c.matrix and c.table() == "\n".join(table)  # asking for a recall added no row

@@ -8,6 +8,7 @@ from one piece of code.
 from __future__ import annotations
 
 import csv
+import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +20,20 @@ GENERIC_IN_SKYPE = {"TLS", "TLS.Microsoft", "TLS.Microsoft365", "TLS.Azure", "Mi
 
 
 def flow_id(capture: str, proto: str, a: str, b: str) -> tuple:
-    return (capture, proto, *sorted((a, b)))
+    """A flow's identity whichever end is named first and however its addresses are spelt: nDPI and Python write
+    the same IPv6 address differently (where `::` stands for a single zero group)."""
+    return (capture, proto, *sorted((_canonical(a), _canonical(b))))
+
+
+def _canonical(endpoint: str) -> str:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep:
+        return endpoint
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return endpoint
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 @dataclass
@@ -66,7 +80,7 @@ class Score:
     unmatched: list[LabelledFlow] = field(default_factory=list)
 
     def recall(self, fam: str) -> float:
-        c = self.per_family[fam]
+        c = self.per_family.get(fam, {"hit": 0, "total": 0})  # .get: asking must not add an empty family
         return c["hit"] / c["total"] if c["total"] else float("nan")
 
     @property
@@ -123,7 +137,7 @@ class Confusion:
         self.matrix[expected][got] += 1
 
     def recall(self, cls: str) -> float:
-        row = self.matrix[cls]
+        row = self.matrix.get(cls, Counter())  # .get: asking must not add an empty row
         n = sum(row.values())
         return row[cls] / n if n else float("nan")
 
