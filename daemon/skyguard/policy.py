@@ -15,6 +15,8 @@ File format (see policies/*.toml for commented examples)::
     log = true | false
     [pstn]            prefixes = [CIDR...], names = [DNS name...]   # PSTN gateways / SBCs
     [microsoft_media] prefixes = [CIDR...]   # absent: DEFAULT_MSMEDIA_PREFIXES; an explicit list replaces it
+                      feed = PATH            # Microsoft's endpoints JSON (feed.py): its Skype Optimize ranges join
+                                             # the listed prefixes, and the built-in ones are no longer used
     [exempt]          prefixes = [CIDR...]   # never classified or touched
     [skype]           names = [DNS name...]  # service name suffixes added to names.BUILTIN_SKYPE_NAMES
 
@@ -45,6 +47,7 @@ from typing import Any
 from skyguard import names as names_mod
 from skyguard import wire
 from skyguard.endpoints import parse_prefix
+from skyguard.feed import Feed, FeedError, load_feed, resolve
 from skyguard.tomlpos import KeyPath, Locator, syntax_error_position
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -74,6 +77,7 @@ class Policy:
     exempt_prefixes: tuple[Network, ...] = ()
     skype_names: tuple[str, ...] = ()  # Skype/Teams service name suffixes (SNI and DNS learning)
     host_corr_s: int = 60  # host correlation window (classify.py), 0 = off
+    feed: Feed | None = None  # Microsoft's endpoint feed, read at load time; its ranges are in msmedia_prefixes
     loaded_ns: int = 0  # time.time_ns() when loaded
     digest: str = ""  # sha256 of the file text
     extra: dict = field(default_factory=dict, compare=False)
@@ -148,9 +152,10 @@ class _Checker:
     """Checks a parsed document and collects every refusal. Each check raises PolicyError for its own item;
     `part()` records it and lets the checks of the other items run, so one bad key does not hide the next."""
 
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, feed_override: str | None = None) -> None:
         self.text = text
         self.path = path
+        self.feed_override = feed_override
         self.loc = Locator(text)
         self.errors: list[tuple[int, str]] = []
 
@@ -274,6 +279,24 @@ class _Checker:
             seen[n] = w
         return tuple(seen)
 
+    def feed(self, tbl: dict | None) -> Feed | None:
+        """Read the feed `microsoft_media.feed` names (or the override: `skyguard policy check --feed`); a refused
+        feed is a refusal of the policy at the `feed` key's line, with the feed's own file:line:column."""
+        w: KeyPath = ("microsoft_media", "feed")
+        if tbl is None or "feed" not in tbl:
+            if self.feed_override:
+                raise self.fail((), f"microsoft_media.feed is not set: the feed file {self.feed_override} would not "
+                                "be read", line=0)
+            return None
+        val = tbl["feed"]
+        if not isinstance(val, str) or not val.strip() or "\0" in val:
+            what = _type_name(val) if not isinstance(val, str) else repr(val)
+            raise self.fail(w, f"microsoft_media.feed must be the path of Microsoft's endpoints JSON file, not {what}")
+        try:
+            return load_feed(self.feed_override or resolve(val, self.path))
+        except FeedError as e:
+            raise self.fail(w, f"microsoft_media.feed: {e}") from None
+
     def check(self, doc: dict) -> dict[str, Any]:
         """The Policy fields; raises PolicyError listing every refusal (in file order) if there was any."""
         try:
@@ -339,7 +362,7 @@ class _Checker:
         slots[wire.POL_BLOCKED] = blocked
 
         tables: dict[str, dict | None] = {}
-        for key, allowed in (("pstn", ("prefixes", "names")), ("microsoft_media", ("prefixes",)),
+        for key, allowed in (("pstn", ("prefixes", "names")), ("microsoft_media", ("prefixes", "feed")),
                              ("exempt", ("prefixes",)), ("skype", ("names", "host_correlation_s"))):
             tables[key] = None
             with self.part():
@@ -353,7 +376,12 @@ class _Checker:
         pstn_prefixes = each(lambda: self.prefixes(tables["pstn"], ("pstn",)), None) or ()
         pstn_names = each(lambda: self.dns_names(tables["pstn"], ("pstn",)), None) or ()
         msmedia = each(lambda: self.prefixes(tables["microsoft_media"], ("microsoft_media",)), None)
-        if msmedia is None:
+        feed = each(lambda: self.feed(tables["microsoft_media"]), None)
+        if feed is not None:
+            # the feed replaces the built-in list (which holds ranges Microsoft has since dropped); the policy's own
+            # prefixes stay, e.g. for a relay Microsoft has not published yet
+            msmedia = tuple(dict.fromkeys((*(msmedia or ()), *feed.prefixes)))
+        elif msmedia is None:
             msmedia = tuple(ipaddress.ip_network(p) for p in DEFAULT_MSMEDIA_PREFIXES)
         exempt_prefixes = each(lambda: self.prefixes(tables["exempt"], ("exempt",)), None) or ()
         extra_names = each(lambda: self.dns_names(tables["skype"], ("skype",)), None) or ()
@@ -368,6 +396,7 @@ class _Checker:
             "exempt_prefixes": exempt_prefixes,
             "skype_names": skype_names,
             "host_corr_s": host_corr,
+            "feed": feed,
         }
 
     def _class(self, classes: dict, cname: str) -> wire.PolicySlot:
@@ -404,9 +433,10 @@ def _syntax_error(text: str, path: str, e: tomllib.TOMLDecodeError) -> PolicyErr
     return PolicyError(path, line, f"TOML syntax error: {msg} ({where})")
 
 
-def parse_policy(text: str, path: str = "<string>") -> Policy:
+def parse_policy(text: str, path: str = "<string>", *, feed_override: str | None = None) -> Policy:
     """Validate a policy text; PolicyError (every refusal, file:line: reason) on any refusal, never another
-    exception."""
+    exception. A `[microsoft_media] feed` is read here (from `feed_override` instead, when given), so every load,
+    reload and check reads the feed as it is now."""
     try:
         if not isinstance(text, str):
             raise PolicyError(path, 0, f"policy text must be a string, not {type(text).__name__}")
@@ -414,7 +444,7 @@ def parse_policy(text: str, path: str = "<string>") -> Policy:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise _syntax_error(text, path, e) from None
-        fields = _Checker(text, path).check(doc)
+        fields = _Checker(text, path, feed_override).check(doc)
         return Policy(
             path=path,
             loaded_ns=time.time_ns(),
@@ -427,8 +457,8 @@ def parse_policy(text: str, path: str = "<string>") -> Policy:
         raise PolicyError(path, 0, f"internal error while checking the policy: {type(e).__name__}: {e}") from e
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file (UTF-8, at most 1 MiB)."""
+def load_policy(path: str | Path, *, feed_override: str | None = None) -> Policy:
+    """Read and validate a policy file (UTF-8, at most 1 MiB), with its feed (or `feed_override`)."""
     p = str(path)
     try:
         with open(p, "rb") as f:
@@ -443,7 +473,7 @@ def load_policy(path: str | Path) -> Policy:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(p, data.count(b"\n", 0, e.start) + 1, f"not valid UTF-8 (byte {e.start})") from None
-    return parse_policy(text, p)
+    return parse_policy(text, p, feed_override=feed_override)
 
 
 def default_policy() -> Policy:

@@ -8,10 +8,11 @@ reused by those modules' own entry points (`python -m skyguard.offline.replay`, 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any
 
-from skyguard import __version__, proto, wire
+from skyguard import __version__, feed, proto, wire
 from skyguard.cli.client import DEFAULT_SOCKET
 from skyguard.endpoints import normalize_endpoint, parse_network, parse_prefix
 
@@ -24,6 +25,10 @@ LAB_DESCRIPTION = (
     "operator SBC, a Microsoft relay) in network namespaces, plays PC-to-PC calls, PC-to-phone calls and background "
     "traffic through the router, shows the operator's view while they run, and ends with which calls passed and which "
     "were blocked. Removes everything it made. Needs root."
+)
+FEED_UPDATE_HELP = (
+    "download Microsoft's endpoint feed to a temporary file beside --output, check it, rename it over --output and "
+    "reload the daemon; a failed download or check leaves the old file and the running policy"
 )
 
 
@@ -183,9 +188,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add("show", h["policy.show"], under=posub, key="policy show")
     pc = add("check", "validate a policy file: every error as file:line: reason (no daemon needed)", under=posub,
              key="policy check")
-    pc.add_argument("file", metavar="FILE")
+    pc.add_argument("file", metavar="FILE", nargs="?", help="the policy file (checked with the feed it names)")
+    pc.add_argument("--feed", metavar="FEED",
+                    help="a feed file in Microsoft's endpoints JSON format: checked alone, or with FILE in place of "
+                         "the feed FILE names")
     pc.add_argument("--daemon", action="store_true", help="let the daemon check the file instead")
     add("reload", h["policy.reload"], under=posub, key="policy reload")
+
+    fe = add("feed", "Microsoft's endpoint feed (Teams/Skype media ranges)")
+    fesub = fe.add_subparsers(dest="feed_cmd", metavar="ACTION", required=True)
+    fu = add("update", FEED_UPDATE_HELP, under=fesub, key="feed update")
+    fu.add_argument("--url", default=os.environ.get("SKYGUARD_FEED_URL") or feed.DEFAULT_URL,
+                    help=f"where to download from (env SKYGUARD_FEED_URL, default {feed.DEFAULT_URL}; a "
+                         "clientrequestid for this machine is added to Microsoft's URLs that lack one)")
+    fu.add_argument("--output", metavar="FILE", default=feed.DEFAULT_FILE,
+                    help=f"the feed file the policy names (default {feed.DEFAULT_FILE})")
+    fu.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                    help="network timeout (default 60)")
+    fu.add_argument("--no-reload", action="store_true", help="install the file but do not reload the daemon")
 
     bl = add("block", h["block"])
     bl.add_argument("prefix", type=_prefix, metavar="ADDR[/LEN]", help=proto.BY_NAME["block"].arg("prefix").help)
@@ -202,4 +222,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def command_key(args: argparse.Namespace) -> str:
+    if args.command == "feed":
+        return f"feed {args.feed_cmd}"
     return f"policy {args.policy_cmd}" if args.command == "policy" else args.command

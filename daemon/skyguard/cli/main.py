@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from skyguard.cli import fmt
 from skyguard.cli.args import DEFAULT_SOCKET, UsageError, build_parser, command_key, parse_keyspec
 from skyguard.cli.client import Client, ClientError, ConnectError
+from skyguard.feed import FeedError, load_feed
 from skyguard.policy import PolicyError, load_policy
 
 __all__ = ["main", "parse_keyspec"]
@@ -97,8 +98,15 @@ def cmd_events(client: Client, args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_policy(client_factory: Callable[[], Client], args: argparse.Namespace, out: Out) -> int:
-    if args.policy_cmd == "check" and not args.daemon:
-        return policy_check_offline(args.file, out)
+    if args.policy_cmd == "check":
+        if args.file is None and args.feed is None:
+            raise UsageError("give a policy FILE, a --feed FEED, or both")
+        if args.daemon and (args.feed is not None or args.file is None):
+            raise UsageError("--daemon checks a policy FILE with the feed it names; --feed is checked here")
+        if args.file is None:
+            return feed_check_offline(args.feed, out)
+        if not args.daemon:
+            return policy_check_offline(args.file, out, feed=args.feed)
     with client_factory() as client:
         if args.policy_cmd == "show":
             out.emit(client.call("policy.show"), fmt.kv)
@@ -110,9 +118,9 @@ def cmd_policy(client_factory: Callable[[], Client], args: argparse.Namespace, o
     return EXIT_OK
 
 
-def policy_check_offline(path: str, out: Out) -> int:
+def policy_check_offline(path: str, out: Out, feed: str | None = None) -> int:
     try:
-        pol = load_policy(path)
+        pol = load_policy(path, feed_override=feed)
     except PolicyError as e:
         if out.json:
             out.print(json.dumps({"file": path, "ok": False,
@@ -120,8 +128,34 @@ def policy_check_offline(path: str, out: Out) -> int:
         else:
             out.stderr.write(f"{e}\n")
         return EXIT_ERROR
-    out.emit({"file": path, "ok": True, "name": pol.name}, lambda d: f"{path}: ok (policy {pol.name!r})")
+    data: dict[str, Any] = {"file": path, "ok": True, "name": pol.name}
+    tail = ""
+    if pol.feed is not None:
+        data["feed"] = pol.feed.as_dict()
+        tail = f"; feed {pol.feed.path}: {pol.feed.summary()}"
+    out.emit(data, lambda d: f"{path}: ok (policy {pol.name!r}{tail})")
     return EXIT_OK
+
+
+def feed_check_offline(path: str, out: Out) -> int:
+    """`skyguard policy check --feed FEED`: the feed alone, with the parser a policy load uses."""
+    try:
+        fd = load_feed(path)
+    except FeedError as e:
+        if out.json:
+            out.print(json.dumps({"feed": path, "ok": False,
+                                  "errors": [{"line": e.line, "column": e.col, "reason": e.reason}]}))
+        else:
+            out.stderr.write(f"{e}\n")
+        return EXIT_ERROR
+    out.emit({"feed": path, "ok": True, **fd.as_dict()}, lambda d: f"{path}: ok ({fd.summary()})")
+    return EXIT_OK
+
+
+def cmd_feed(socket_path: str, args: argparse.Namespace, out: Out) -> int:
+    from skyguard.cli import feedupdate  # urllib and friends only for this command
+
+    return feedupdate.run(args, socket_path, out.emit, out.error)
 
 
 def cmd_block(client: Client, args: argparse.Namespace, out: Out) -> int:
@@ -186,6 +220,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             return run_lab(args)
         if args.command == "policy":
             return cmd_policy(connect, args, out)
+        if args.command == "feed":
+            return cmd_feed(path, args, out)
         if args.command == "flow":
             parse_keyspec(args.keyspec)  # usage errors before connecting
         with connect() as client:

@@ -160,6 +160,7 @@ def policy_dict(p: Policy, loaded_at: float) -> dict[str, Any]:
     return {"name": p.name, "path": p.path, "digest": p.digest, "loaded_at": loaded_at, "classes": classes,
             "malformed": {"action": wire.ACTION_NAMES[mal.action], "dscp": mal.dscp},
             "pstn": {"prefixes": [str(n) for n in p.pstn_prefixes], "names": list(p.pstn_names)},
-            "microsoft_media": {"prefixes": [str(n) for n in p.msmedia_prefixes]},
+            "microsoft_media": {"prefixes": [str(n) for n in p.msmedia_prefixes],
+                                **({"feed": p.feed.as_dict()} if p.feed is not None else {})},
             "exempt": {"prefixes": [str(n) for n in p.exempt_prefixes]}, "skype_names": list(p.skype_names),
             "host_correlation_s": p.host_corr_s}
