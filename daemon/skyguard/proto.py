@@ -129,7 +129,8 @@ class Arg:
 # flow's first packet, IPv6 written [addr]:port; class, reason and action are names
 FLOW_ROW_KEYS = ("proto", "a", "b", "vlan", "class", "reason", "action", "packets", "bytes", "dropped", "first_ns",
                  "last_ns")
-FLOW_DETAIL_KEYS = (*FLOW_ROW_KEYS, "reasons", "evidence", "inspected", "stun", "rtp_pt", "cid_rep", "flags")
+FLOW_DETAIL_KEYS = (*FLOW_ROW_KEYS, "reasons", "evidence", "inspected", "stun", "sent", "rtp_pt", "cid_rep",
+                    "flags")
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ _EXAMPLES: dict[str, Any] = {
                                                                      "log_suppressed": 0}},
     "flows": {"flows": [_ROW], "total": 1, "snapshot_age_ms": 0.4},
     "flow": {**_ROW, "reasons": ["ms-stun-attr"], "evidence": 1, "inspected": 12, "stun": [1, 1], "rtp_pt": [0, 0],
-             "cid_rep": [0, 0], "flags": 0},
+             "cid_rep": [0, 0], "sent": [0, 0], "flags": 0},
     "policy.show": {"name": "observe-only", "path": "/etc/skyguard/policy.toml", "digest": "ab12", "loaded_at": 1.7e9,
                     "classes": {"skype-out": {"action": "pass", "dscp": 0, "log": False}},
                     "malformed": {"action": "pass", "dscp": 0}, "pstn": {"prefixes": [], "names": []},

@@ -292,7 +292,8 @@ class Engine:
             return None
         row = self.flow_row(key, flow)
         row.update({"reasons": wire.reason_names(flow.reason), "evidence": flow.evidence, "inspected": flow.inspected,
-                    "stun": list(flow.stun), "rtp_pt": list(flow.rtp_pt), "cid_rep": list(flow.cid_rep),
+                    "stun": list(flow.stun), "sent": list(flow.sent), "rtp_pt": list(flow.rtp_pt),
+                    "cid_rep": list(flow.cid_rep),
                     "flags": flow.flags})
         return row
 
