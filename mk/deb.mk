@@ -8,15 +8,18 @@ SG_DEB := dist/skyguard_$(SG_VERSION)_all.deb
 
 .PHONY: deb test-debian
 
+# Debian's tools and interpreter only: pybuild runs `python3.11` from PATH, which must not be a pyenv or venv one
+SG_DEB_PATH := /usr/sbin:/usr/bin:/sbin:/bin
+
 # Built from a clean copy (git ls-files, bpf/ symlink kept: setuptools follows it) in build/deb/, so neither the work
-# tree's build/, egg-info nor untracked files reach the package; dpkg-buildpackage writes its
+# tree's build/, dist/ or egg-info (ignored by git) reach the package; dpkg-buildpackage writes its
 # outputs beside the copy, and the .deb is moved to dist/.
 deb:
 	@[ "$(SG_VERSION)" = "$(SG_DEB_VERSION)" ] || { echo "deb: skyguard.__version__ $(SG_VERSION) but \
 debian/changelog $(SG_DEB_VERSION): add a changelog entry (dch -v $(SG_VERSION))" >&2; exit 1; }
 	rm -rf build/deb && mkdir -p build/deb/skyguard dist
-	git ls-files -z | xargs -0 cp -P --parents -t build/deb/skyguard
-	cd build/deb/skyguard && dpkg-buildpackage -us -uc -b --no-pre-clean
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp -P --parents -t build/deb/skyguard
+	cd build/deb/skyguard && env PATH=$(SG_DEB_PATH) dpkg-buildpackage -us -uc -b --no-pre-clean
 	mv build/deb/skyguard_$(SG_DEB_VERSION)_all.deb $(SG_DEB)
 	@echo "deb: $(SG_DEB)"
 
