@@ -1,10 +1,15 @@
 """Feed files in the format of the Microsoft 365 IP Address and URL web service's `endpoints` method, written by the
 tests (no download of Microsoft's real feed): a Skype Optimize set with IPv4 and IPv6 ranges (the only one that
-counts), a Skype Allow set and an Exchange Optimize set, with the fields Microsoft publishes."""
+counts), a Skype Allow set and an Exchange Optimize set, with the fields Microsoft publishes; and a local HTTP
+server on 127.0.0.1 that serves them to `skyguard feed update`."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +57,47 @@ def broken_feed_text() -> tuple[str, int, int]:
     line = broken.count("\n") + 1
     col = len(broken) - (broken.rfind("\n") + 1) + 1
     return broken, line, col
+
+
+class Feeds(http.server.ThreadingHTTPServer):
+    """path -> (status, body, extra headers); every request is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: Feeds
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.server.requests.append((self.path, dict(self.headers)))
+        status, body, headers = self.server.routes.get(self.path.split("?")[0], (404, b"not found", {}))
+        self.send_response(status)
+        length = headers.pop("Content-Length", str(len(body)))
+        self.send_header("Content-Length", length)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve() -> Iterator[Feeds]:
+    """A Feeds server on 127.0.0.1 (a free port) in a thread, shut down on exit."""
+    srv = Feeds()
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)

@@ -5,13 +5,11 @@ and no reload."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,48 +22,14 @@ from skyguard.feed import MAX_FEED_BYTES, load_feed
 from skyguard.proto import ControlError
 from tests import feedfiles as ff
 from tests.conftest import ROOT
+from tests.feedfiles import Feeds
 from tests.unit.test_cli import FakeDaemon, run
-
-
-class Feeds(http.server.ThreadingHTTPServer):
-    """path -> (status, body, extra headers); every request is recorded."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: Feeds
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self.server.requests.append((self.path, dict(self.headers)))
-        status, body, headers = self.server.routes.get(self.path.split("?")[0], (404, b"not found", {}))
-        self.send_response(status)
-        length = headers.pop("Content-Length", str(len(body)))
-        self.send_header("Content-Length", length)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
 def feeds() -> Iterator[Feeds]:
-    srv = Feeds()
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    t.join(5)
+    with ff.serve() as srv:
+        yield srv
 
 
 class ReloadDaemon(FakeDaemon):
