@@ -40,6 +40,24 @@ def wait_for(cond, what: str, timeout: float = 30.0, every: float = 0.1, tick=No
         time.sleep(every)
 
 
+def settle(w: lab.Wire, keys, what: str = "", timeout: float = 15.0) -> None:
+    """Receive until every frame sent on the flows `keys` has reached the far end (flows that must pass); fail after
+    `timeout` s naming them. A frame that crosses the router is delivered within microseconds, so once the passing
+    flows have settled, frames of a blocked flow sent before them would have arrived too."""
+    keys = list(keys)
+
+    def done() -> bool:
+        w.receive(0.0)
+        return all(w.recv[k] >= w.sent[k] for k in keys)
+
+    try:
+        wait_for(done, what or "the passing flows' frames to reach the far end", timeout=timeout, every=0.0,
+                 tick=lambda: w.receive(0.05))
+    except AssertionError as e:
+        lost = {k: (w.sent[k], w.recv[k]) for k in keys if w.recv[k] < w.sent[k]}
+        raise AssertionError(f"{e}; (sent, received) short: {lost}") from None
+
+
 def xdp_state(ns: str, ifname: str) -> tuple[str | None, int | None]:
     """(mode, program id) of the XDP program attached to `ifname` in namespace `ns`: mode "native" | "generic" |
     "hw" | "multi", (None, None) when nothing is attached; read from netlink (IFLA_XDP), not from skyguard."""

@@ -12,7 +12,7 @@ import pytest
 from skyguard.lab import demo as lab
 from skyguard.lab.topo import CLIENT, CLIENT2, PEER, PSTN_GW
 
-from .conftest import wait_for
+from .conftest import settle, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -109,7 +109,8 @@ def test_on_stop_keep_leaves_program_enforcing_and_maps_pinned(rig):
     sched, main = rig.schedule([PC_TO_PC, PHONE_PREFIX])
     phone, p2p = main[PHONE_PREFIX], main[PC_TO_PC]
     with rig.wire(sched) as w:
-        w.play(sched, 1.0, 0.0, 1.5, tail_s=0.2)
+        w.play(sched, 1.0, 0.0, 1.5, tail_s=0.1)
+        settle(w, [p2p])
         assert w.sent[phone] > 10 and w.recv[phone] == 0 and w.recv[p2p] == w.sent[p2p] > 10
         assert rig.stop() == 0
         assert "program stays attached" in rig.log()
@@ -120,7 +121,8 @@ def test_on_stop_keep_leaves_program_enforcing_and_maps_pinned(rig):
         # no daemon: the known call stays blocked, the PC call passes, and a new flow to the PSTN gateway (an LPM
         # lookup in the pinned maps) is dropped from its first packet
         sent = w.sent[p2p]
-        w.play(sched, 1.0, 1.5, 3.0, tail_s=0.3)
+        w.play(sched, 1.0, 1.5, 3.0, tail_s=0.1)
+        settle(w, [p2p], "the PC-to-PC call's frames to cross after the daemon stopped (on_stop = keep)")
         assert w.sent[p2p] - sent > 20
         assert w.recv[phone] == 0, "the blocked call crossed after the daemon stopped with on_stop = keep"
         assert w.recv[p2p] == w.sent[p2p], "the PC-to-PC call lost packets after the daemon stopped"
@@ -153,8 +155,10 @@ def test_on_stop_detach_leaves_nothing_attached(rig):
         assert "flows" in _pins(rig), f"on_stop = detach: the pinned maps under {rig.pin_path} went: {_pins(rig)}"
         # nothing enforces any more: the call that was blocked now crosses the router
         sent = w.sent[phone]
-        w.play(sched, 1.0, 1.0, 2.0, tail_s=0.3)
-        assert w.sent[phone] - sent > 5 and w.recv[phone] == w.sent[phone] - sent
+        w.play(sched, 1.0, 1.0, 2.0, tail_s=0.1)
+        assert w.sent[phone] - sent > 5
+        wait_for(lambda: w.recv[phone] == w.sent[phone] - sent, "the once-blocked call to cross after detach",
+                 timeout=10, tick=lambda: w.receive(0.05))
 
 
 # ---- xdp_mode = auto ------------------------------------------------------------------------------------------------
@@ -178,7 +182,8 @@ def test_auto_mode_falls_back_to_generic_and_enforces(rig):
     sched, main = rig.schedule([PC_TO_PC, PHONE_PREFIX])
     phone, p2p = main[PHONE_PREFIX], main[PC_TO_PC]
     with rig.wire(sched) as w:
-        w.play(sched, 1.0, 0.0, 2.0, tail_s=0.3)
+        w.play(sched, 1.0, 0.0, 2.0, tail_s=0.1)
+        settle(w, [p2p], "the PC-to-PC call's frames to cross the generic-mode program")
     assert w.sent[phone] > 10 and w.recv[phone] == 0, "the generic-mode program did not drop the phone call"
     assert w.sent[p2p] > 10 and w.recv[p2p] == w.sent[p2p]
     assert rig.flows()[phone]["dropped"] == w.sent[phone]
@@ -255,7 +260,7 @@ def test_restart_replaces_program_with_traffic_in_flight(rig):
         wait_for(up, "the restarted daemon to answer `status`", timeout=120, every=0.0, tick=lambda: run(0.3))
         gap_rounds = n[0] - rounds_at_stop
         run(1.0)
-        w.receive(0.3)
+        settle(w, passing, "every frame of the passing flows to arrive")
         new_id = ready[0]["prog_id"]
         assert new_id and new_id != old_id, (old_id, new_id)
         assert rig.xdp(t.router_lan_if)[1] == new_id and rig.xdp(t.router_wan_if)[1] == new_id

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 
 import pytest
 
 from skyguard.cli.client import ClientError
 from skyguard.lab import demo as lab
+
+from .conftest import settle, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +45,8 @@ def test_reload_bad_policy_kept_good_policy_swapped(rig):
     sched, main = rig.schedule([PC_TO_PC, PHONE_PREFIX])
     phone, p2p = main[PHONE_PREFIX], main[PC_TO_PC]
     with rig.wire(sched) as w:
-        w.play(sched, 1.0, 0.0, 1.5, tail_s=0.2)
+        w.play(sched, 1.0, 0.0, 1.5, tail_s=0.1)
+        settle(w, [p2p])
         assert w.sent[phone] > 10 and w.recv[phone] == 0
         st0, show0 = rig.call("status"), rig.call("policy.show")
         assert show0["classes"]["skype-out"]["action"] == "drop"
@@ -71,7 +73,8 @@ def test_reload_bad_policy_kept_good_policy_swapped(rig):
         assert show1 == show0
         assert st1["policy"] == st0["policy"]
         assert rig.proc.poll() is None
-        w.play(sched, 1.0, 1.5, 2.5, tail_s=0.2)
+        w.play(sched, 1.0, 1.5, 2.5, tail_s=0.1)
+        settle(w, [p2p])
         assert w.recv[phone] == 0, "the phone call crossed under the kept policy"
 
         # a good file swaps atomically: skype-out now passes and the blocked call flows again
@@ -82,9 +85,11 @@ def test_reload_bad_policy_kept_good_policy_swapped(rig):
         assert show2["classes"]["skype-out"]["action"] == "pass" and show2["digest"] != show0["digest"]
         assert rig.call("status")["policy"]["name"] == "lab-let-phones-through"
         sent = w.sent[phone]
-        w.play(sched, 1.0, 2.5, 3.5, tail_s=0.3)
+        w.play(sched, 1.0, 2.5, 3.5, tail_s=0.1)
         assert w.sent[phone] - sent > 50
-        assert w.recv[phone] == w.sent[phone] - sent, "the phone call did not flow after skype-out became pass"
+        settle(w, [p2p])
+        wait_for(lambda: w.recv[phone] == w.sent[phone] - sent, "the phone call to flow after skype-out became pass",
+                 timeout=10, tick=lambda: w.receive(0.05))
         row = rig.flows()[phone]
         assert row["class"] == "skype-out" and row["action"] == "pass"  # the flow kept its class across reloads
 
@@ -95,9 +100,9 @@ def test_reload_bad_policy_kept_good_policy_swapped(rig):
         rig.wait_log('"policy reloaded"', start=pos)
         assert rig.call("policy.show")["digest"] == show0["digest"]
         recv = w.recv[phone]
-        w.play(sched, 1.0, 3.5, tail_s=0.3)
+        w.play(sched, 1.0, 3.5, tail_s=0.1)
+        settle(w, [p2p])
         assert w.recv[phone] == recv
-        assert w.recv[p2p] == w.sent[p2p]
 
 
 def _ip_xdp_prog(rig, ifname: str) -> int | None:
@@ -115,14 +120,13 @@ def test_interface_recreated_gets_program_back(rig):
     sched, main = rig.schedule([PC_TO_PC, PHONE_PREFIX])
     phone, p2p = main[PHONE_PREFIX], main[PC_TO_PC]
     with rig.wire(sched) as w:
-        w.play(sched, 1.0, 0.0, 1.5, tail_s=0.2)
+        w.play(sched, 1.0, 0.0, 1.5, tail_s=0.1)
+        settle(w, [p2p])
     assert w.recv[phone] == 0 and w.sent[phone] > 10
 
     old_index = next(i["ifindex"] for i in st["interfaces"] if i["name"] == lan_if)
     t.recreate_lan_link()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _ip_xdp_prog(rig, lan_if) is None:
-        time.sleep(0.1)
+    wait_for(lambda: _ip_xdp_prog(rig, lan_if), f"the daemon to attach its program to the re-created {lan_if}")
     assert _ip_xdp_prog(rig, lan_if) == prog0, rig.topo.sh(t.router_ns, "ip", "-d", "link", "show", lan_if).stdout
     ifs = {i["name"]: i for i in rig.call("status")["interfaces"]}
     assert lan_if in ifs and ifs[lan_if]["ifindex"] != old_index, ifs
@@ -135,7 +139,8 @@ def test_interface_recreated_gets_program_back(rig):
     assert phone2 != phone
     later = [x for x in sched if x[0] >= 1.5] + [(ts + 1.5, *rest) for ts, *rest in sched2]
     with rig.wire(sched + sched2) as w:
-        w.play(sorted(later, key=lambda x: x[0]), 1.0, 1.5, tail_s=0.3)
+        w.play(sorted(later, key=lambda x: x[0]), 1.0, 1.5, tail_s=0.1)
+        settle(w, [p2p])
     assert w.sent[phone] > 50 and w.recv[phone] == 0
     assert w.sent[phone2] > 50 and w.recv[phone2] == 0
     assert w.sent[p2p] > 50 and w.recv[p2p] == w.sent[p2p]
