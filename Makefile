@@ -1,4 +1,4 @@
-# skyguard: make setup | demo | test | bench | lint | install | uninstall | deb | test-debian
+# skyguard: make setup | demo | test | bench | lint | install | uninstall | deb | test-debian | lock
 PY      := .venv/bin/python
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -28,6 +28,7 @@ lint: setup
 
 include mk/install.mk
 include mk/deb.mk
+include mk/lock.mk
 
 clean:
 	rm -rf .venv build dist *.egg-info daemon/*.egg-info .pytest_cache .ruff_cache

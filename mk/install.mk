@@ -1,8 +1,9 @@
 # make install / make uninstall (included by the Makefile, which defines PREFIX, DESTDIR, SYSCONFDIR, UNITDIR).
 #
 # install puts skyguard into its own venv ($(PREFIX)/lib/skyguard/venv) made with the system Python, which sees
-# Debian's bcc module (python3-bpfcc) through a .pth file, the same trick as tools/setup.sh. Its dependencies come
-# from PyPI (or from wherever SG_PIP_FLAGS points pip, e.g. "--no-index --find-links=wheels/").
+# Debian's bcc module (python3-bpfcc) through a .pth file, the same trick as tools/setup.sh. Its dependencies are the
+# versions and hashes in requirements/install.txt (make lock), from PyPI (or from wherever SG_PIP_FLAGS points pip,
+# e.g. "--no-index --find-links=wheels/"). Routers that take their software from Debian use `make deb` instead.
 # Every path it creates is listed in $(PREFIX)/share/skyguard/MANIFEST, one per line, as "TYPE PATH" without DESTDIR:
 #   f PATH            a file, symlink or socket-free leaf: removed by uninstall
 #   t PATH            a directory tree made wholly by install (the venv): removed with its contents
@@ -13,6 +14,7 @@
 SG_PYTHON     ?= /usr/bin/python3
 SG_BCC_DIR    ?= /usr/lib/python3/dist-packages/bcc
 SG_PIP_FLAGS  ?=
+SG_LOCK       ?= requirements/install.txt
 SYSUSERSDIR   ?= $(PREFIX)/lib/sysusers.d
 SG_LIBDIR     := $(PREFIX)/lib/skyguard
 SG_VENV       := $(SG_LIBDIR)/venv
@@ -57,7 +59,11 @@ say "installing the skyguard package and its dependencies into $(SG_VENV) (pip)"
 src=$$(mktemp -d); trap 'rm -rf "$$new" "$$src"' EXIT
 cp -rL pyproject.toml daemon "$$src/"; for f in README.md LICENSE; do if [ -f "$$f" ]; then cp "$$f" "$$src/"; fi; done
 rm -rf "$$src"/daemon/*.egg-info; find "$$src" -name __pycache__ -prune -exec rm -rf {} +
-"$$V/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location $(SG_PIP_FLAGS) "$$src"
+# the dependencies and the build backend from the lock, every file checked against its hash; then skyguard itself,
+# built by that setuptools with nothing else fetched
+pipi() { "$$V/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location $(SG_PIP_FLAGS) "$$@"; }
+pipi --require-hashes -r '$(SG_LOCK)'
+pipi --no-deps --no-build-isolation "$$src"
 "$$V/bin/python" -c 'import skyguard.wire as w; assert (w.bpf_dir() / "skyguard.h").is_file()' \
     || { echo "install: the installed package lacks its bpf/ sources" >&2; exit 1; }
 if [ -n "$$D" ]; then

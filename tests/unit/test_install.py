@@ -20,7 +20,8 @@ PREFIX = "/usr"
 VENV = f"{PREFIX}/lib/skyguard/venv"
 MANIFEST = f"{PREFIX}/share/skyguard/MANIFEST"
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
-SOURCES = ("Makefile", "mk", "systemd", "policies", "daemon", "bpf", "pyproject.toml", "README.md", "LICENSE")
+SOURCES = ("Makefile", "mk", "systemd", "policies", "daemon", "bpf", "pyproject.toml", "README.md", "LICENSE",
+           "requirements")
 MINIMAL_CONFIG = 'interfaces = ["eth0"]\npolicy = "/etc/skyguard/policy.toml"\n'
 
 
