@@ -15,7 +15,7 @@ File format (see policies/*.toml for commented examples)::
     log = true | false
     [pstn]            prefixes = [CIDR...], names = [DNS name...]   # PSTN gateways / SBCs
     [microsoft_media] prefixes = [CIDR...]   # absent: DEFAULT_MSMEDIA_PREFIXES; an explicit list replaces it
-                      feed = PATH            # Microsoft's endpoints JSON (feed.py): its Skype Optimize ranges join
+                      feed = PATH            # Microsoft's endpoints JSON file: its Skype Optimize ranges join
                                              # the listed prefixes, and the built-in ones are no longer used
     [exempt]          prefixes = [CIDR...]   # never classified or touched
     [skype]           names = [DNS name...]  # service name suffixes added to names.BUILTIN_SKYPE_NAMES
