@@ -656,9 +656,35 @@ static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, _
 	return XDP_PASS;
 }
 
+/* Does a manual block still cover either end of the flow? A flow caches "blocked" when it is created; the block
+ * prefixes stay the authority, so a blocked flow asks them again on each of its (dropped) packets and is freed by its
+ * first packet after an unblock, whether or not the daemon has seen the flow yet. */
+static __always_inline int sg_still_blocked(struct sg_run *r, __u32 gen)
+{
+	if (r->v6) {
+		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
+
+		__builtin_memcpy(k6.addr, r->key->lo_addr, 16);
+		if (block_v6.lookup(&k6))
+			return 1;
+		__builtin_memcpy(k6.addr, r->key->hi_addr, 16);
+		return block_v6.lookup(&k6) != 0;
+	}
+	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
+
+	__builtin_memcpy(k4.addr, &r->key->lo_addr[12], 4); /* IPv4-mapped: the address is the last 4 bytes */
+	if (block_v4.lookup(&k4))
+		return 1;
+	__builtin_memcpy(k4.addr, &r->key->hi_addr[12], 4);
+	return block_v4.lookup(&k4) != 0;
+}
+
+#define SG_GEN_UNREAD 0xffffffffu
+
 /* The packet's share of the flow's counters, then the flow-wide verdicts that need no class: exempt (pass) and
- * blocked (drop). Returns the XDP verdict for those, -1 for a flow whose class decides. */
-static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f)
+ * blocked (drop). Returns the XDP verdict for those, -1 for a flow whose class decides. `*gen` is the packet's one
+ * policy generation: read here when a blocked flow needs it and it is still SG_GEN_UNREAD. */
+static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32 *gen)
 {
 	struct sg_stats *st = r->st;
 	__u8 d = r->dir & 1;
@@ -672,10 +698,15 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f)
 			st->c[SG_ST_ACT_PASS]++;
 			return XDP_PASS;
 		}
-		st->c[SG_ST_OUT_BLOCKED]++;
-		st->c[SG_ST_ACT_DROP]++;
-		f->dropped++;
-		return XDP_DROP;
+		if (*gen == SG_GEN_UNREAD)
+			*gen = sg_gen();
+		if (sg_still_blocked(r, *gen)) {
+			st->c[SG_ST_OUT_BLOCKED]++;
+			st->c[SG_ST_ACT_DROP]++;
+			f->dropped++;
+			return XDP_DROP;
+		}
+		f->flags &= ~SG_F_BLOCKED; /* unblocked since: its class decides from now on */
 	}
 	st->c[SG_ST_OUT_FLOW]++;
 	return -1;
@@ -732,10 +763,12 @@ int xdp_skyguard(struct xdp_md *ctx)
 	if (f && (f->flags & (SG_F_DONE | SG_F_DAEMON)) && !(f->flags & SG_F_DNS)) {
 		/* the fast path: nothing left to inspect, so nothing of the parse but the key and the IP header's place
 		 * stays live across the lookup (the slow path parses again rather than keep the parse's fields) */
-		rc = sg_account(&r, f);
+		gen = SG_GEN_UNREAD;
+		rc = sg_account(&r, f, &gen);
 		if (rc >= 0)
 			return rc;
-		gen = sg_gen();
+		if (gen == SG_GEN_UNREAD)
+			gen = sg_gen();
 	} else {
 		/* the slow path parses the packet again (identically: same bytes) rather than keep the first parse */
 		struct sg_pkt sp = {};
@@ -753,7 +786,7 @@ int xdp_skyguard(struct xdp_md *ctx)
 				return XDP_PASS;
 			}
 		}
-		rc = sg_account(&r, f);
+		rc = sg_account(&r, f, &gen);
 		if (rc >= 0)
 			return rc;
 		if (sp.proto == IPPROTO_UDP && sp.sport == 53)
