@@ -186,7 +186,18 @@ class Nfacctd:
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        time.sleep(1.0)  # it binds after reading its config; nothing signals readiness
+        self._wait_bound(ip, netns)
+
+    def _wait_bound(self, ip: str, netns: str | None, timeout: float = 15.0) -> None:
+        """nfacctd binds after reading its config and says nothing: wait until its UDP socket is listed."""
+        ss = ["ss", "-Hnlu", f"src {ip}:{self.port}"]
+        if netns:
+            ss = ["ip", "netns", "exec", netns, *ss]
+        deadline = time.monotonic() + timeout
+        while not subprocess.run(ss, capture_output=True, text=True).stdout.strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nfacctd is not bound to {ip}:{self.port}: see {self.log}")
+            time.sleep(0.05)
 
     @staticmethod
     def available() -> bool:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import select
 import signal
 import subprocess
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import pytest
 from skyguard.endpoints import parse_endpoint
 from tests.conftest import skip_or_fail
 from tests.ipfix_tools import Nfacctd, tshark_headers, tshark_records
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +36,14 @@ def _key(row: dict) -> tuple:
 
 
 def _capture(ns: str, port: int, pcap: Path) -> subprocess.Popen:
+    """dumpcap on the router's loopback, returned once it says it is capturing (its stderr's first line)."""
     p = subprocess.Popen(["ip", "netns", "exec", ns, "dumpcap", "-q", "-i", "lo", "-f", f"udp port {port}",
-                          "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not pcap.exists():
-        time.sleep(0.1)
-    time.sleep(0.5)
+                          "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([p.stderr], [], [], 15)
+    line = p.stderr.readline() if ready else ""
+    if not line.startswith("Capturing on"):
+        p.kill()
+        raise AssertionError(f"dumpcap did not start capturing within 15 s: {line!r}")
     return p
 
 
@@ -62,10 +66,8 @@ def test_every_record_decoded_by_tshark_and_nfacctd_equals_flows(rig, tmp_path: 
         with rig.wire(sched) as w:
             w.play(sched, speed=1.0, tail_s=0.3)
         rows_a = {_key(r): r for r in rig.call("flows", sort="first", limit=0, fresh=True)["flows"]}
-        deadline = time.monotonic() + IDLE_S + 15
-        while rig.call("flows", limit=0, fresh=True)["flows"] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not rig.call("flows", limit=0, fresh=True)["flows"], "phase A flows did not expire"
+        wait_for(lambda: not rig.call("flows", limit=0, fresh=True)["flows"], "phase A's flows to expire",
+                 timeout=IDLE_S + 15, every=0.5)
         # phase B: played, listed, then the daemon stops
         sched, _main = rig.schedule(PHASE_B)
         with rig.wire(sched) as w:
@@ -73,7 +75,9 @@ def test_every_record_decoded_by_tshark_and_nfacctd_equals_flows(rig, tmp_path: 
         rows_b = {_key(r): r for r in rig.call("flows", sort="first", limit=0, fresh=True)["flows"]}
         rig.signal(signal.SIGTERM)
         assert rig.proc.wait(30) == 0
-        time.sleep(2.5)  # nfacctd's print plugin writes every second
+        want = sum(r["packets"] for r in (rows_a | rows_b).values())
+        wait_for(lambda: sum(pk for pk, _b in nf.totals().values()) >= want,
+                 f"nfacctd's print plugin to write all {want} exported packets", timeout=30, every=0.5)
     finally:
         cap.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
