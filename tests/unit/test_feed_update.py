@@ -196,7 +196,9 @@ def test_url_from_the_environment_file(feeds: Feeds, state: Path, tmp_path: Path
     """The unit's EnvironmentFile sets SKYGUARD_FEED_URL; the installed command (a subprocess, as systemd runs it)
     downloads from there."""
     feeds.routes["/mirror.json"] = (200, ff.feed_text(["198.51.100.0/24"]).encode(), {})
-    env = {**os.environ, "SKYGUARD_FEED_URL": feeds.url("/mirror.json"), "PYTHONPATH": str(ROOT)}
+    # daemon/ too: under make test-debian (Debian's python3, no venv) skyguard is found only through PYTHONPATH
+    env = {**os.environ, "SKYGUARD_FEED_URL": feeds.url("/mirror.json"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "daemon")])}
     r = subprocess.run([sys.executable, "-m", "skyguard.cli", "feed", "update", "--no-reload", "--output",
                         str(state / "ms-endpoints.json")], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr

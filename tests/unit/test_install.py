@@ -7,6 +7,7 @@ points at wheels); here it takes ~6 s.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ MANIFEST = f"{PREFIX}/share/skyguard/MANIFEST"
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 SOURCES = ("Makefile", "mk", "systemd", "policies", "daemon", "bpf", "pyproject.toml", "README.md", "LICENSE",
            "requirements")
+# the installed venv's own interpreter, without a PYTHONPATH that points at the work tree (make test-debian sets one)
+INSTALLED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 MINIMAL_CONFIG = 'interfaces = ["eth0"]\npolicy = "/etc/skyguard/policy.toml"\n'
 
 
@@ -124,9 +127,11 @@ def test_wrappers_run_the_venv_entry_points(installed: Tree, cmd: str) -> None:
         text=True,
         timeout=60,
         cwd="/",
+        env=INSTALLED_ENV,
     )
     assert where.stdout.startswith(str(installed.at(VENV))), where.stderr
-    r = subprocess.run([py, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+    r = subprocess.run([py, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd="/",
+                       env=INSTALLED_ENV)
     if r.returncode != 0:
         # differential, to say where the fault is: a broken entry point in the sources is not an install problem,
         # but it is a broken command all the same
@@ -141,7 +146,7 @@ def test_wrappers_run_the_venv_entry_points(installed: Tree, cmd: str) -> None:
 def test_venv_has_the_package_with_its_bpf_sources(installed: Tree) -> None:
     py = installed.at(f"{VENV}/bin/python")
     code = "import skyguard.wire as w; d = w.bpf_dir(); print(d); print(sorted(p.name for p in d.iterdir()))"
-    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=60, cwd="/", env=INSTALLED_ENV)
     assert r.returncode == 0, r.stderr
     where, names = r.stdout.splitlines()
     assert where.startswith(str(installed.at(VENV)))  # the installed copy, not the work tree
