@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import types
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from skyguard.daemon import main as dmain
 from skyguard.daemon.config import Config
+from skyguard.daemon.control import ControlServer
 from skyguard.kernel.ifaces import InterfaceError
 
 
@@ -59,7 +61,8 @@ def _abort_line(d: dmain.Daemon, log: _Log, e: Exception) -> tuple[str, dict[str
 
 def test_failed_start_before_the_pins_says_nothing_was_touched(policy: Path, tmp_path: Path) -> None:
     log = _Log()
-    d = dmain.Daemon(Config(interfaces=("sg-missing0",), policy=str(policy), pin_path=str(tmp_path / "pins")), log)
+    d = dmain.Daemon(Config(interfaces=("sg-missing0",), policy=str(policy), pin_path=str(tmp_path / "pins"),
+                            socket=tmp_path / "sock"), log)
     with pytest.raises(InterfaceError) as ei:
         d.start()
     msg, kw = _abort_line(d, log, ei.value)
@@ -74,7 +77,7 @@ def test_failed_start_says_whether_pins_existed_before(policy: Path, tmp_path: P
     pins.mkdir()
     (pins / "flows").write_text("")  # an earlier daemon's pinned map
     log = _Log()
-    d = dmain.Daemon(Config(interfaces=("lo",), policy=str(policy), pin_path=str(pins)), log)
+    d = dmain.Daemon(Config(interfaces=("lo",), policy=str(policy), pin_path=str(pins), socket=tmp_path / "sock"), log)
     with pytest.raises(OSError) as ei:
         d.start()
     msg, kw = _abort_line(d, log, ei.value)
@@ -83,7 +86,7 @@ def test_failed_start_says_whether_pins_existed_before(policy: Path, tmp_path: P
 
     empty = tmp_path / "fresh"
     log = _Log()
-    d = dmain.Daemon(Config(interfaces=("lo",), policy=str(policy), pin_path=str(empty)), log)
+    d = dmain.Daemon(Config(interfaces=("lo",), policy=str(policy), pin_path=str(empty), socket=tmp_path / "sock"), log)
     with pytest.raises(OSError) as ei:
         d.start()
     msg, kw = _abort_line(d, log, ei.value)
@@ -103,3 +106,30 @@ def test_check_verdicts(policy: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     cfg.write_text('interfaces = ["eth0"]\npolicy = "p.toml"\nwindow = 0\n')
     assert dmain.main(["--config", str(cfg), "--check"]) == 1
     assert capsys.readouterr().err.startswith(f"skyguardd: {cfg}:3: window must be")
+
+
+def test_a_second_daemon_stops_at_the_live_socket_before_touching_the_kernel(policy: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second skyguardd started by mistake must not compile, pin or attach: the running one's socket stops it."""
+    built: list[dict] = []
+    mod = types.ModuleType("skyguard.kernel.loader")
+    mod.Kernel = lambda **kw: built.append(kw)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "skyguard.kernel.loader", mod)
+    monkeypatch.setattr(dmain, "ensure_bpffs", lambda: False)
+    sock = tmp_path / "sock"
+    running = ControlServer(sock, lambda _c, _a: None)
+    try:
+        log = _Log()
+        pins = tmp_path / "pins"
+        d = dmain.Daemon(Config(interfaces=("lo",), policy=str(policy), pin_path=str(pins), socket=sock), log)
+        with pytest.raises(OSError) as ei:
+            d.start()
+        assert "in use by a running server" in str(ei.value)
+        msg, _kw = _abort_line(d, log, ei.value)
+        assert msg == "start failed: nothing attached; pin path not touched"
+        assert built == [] and not pins.exists()
+        assert sock.is_socket(), "the failed start removed the running daemon's socket"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(str(sock))  # still bound and listening: the running daemon keeps its clients
+    finally:
+        running.close()

@@ -74,6 +74,9 @@ class Daemon:
         if not cfg.interfaces:
             raise InterfaceError("no interfaces configured (config `interfaces` or --interface)")
         policy = load_policy(cfg.policy)
+        # the socket before the kernel: a second skyguardd started by mistake finds the first one's socket live and
+        # stops here, before it compiles, pins or attaches anything
+        self.control = ControlServer(cfg.socket, self.commands, mode=cfg.socket_mode, group=cfg.socket_group)
         if ensure_bpffs():
             self.log.info("mounted bpffs", path="/sys/fs/bpf")
         self.pins_before = _has_pins(cfg.pin_path)
@@ -92,7 +95,6 @@ class Daemon:
             self._attach(ifname)
         self.metrics = DaemonMetrics(self)
         self.metrics.start()
-        self.control = ControlServer(cfg.socket, self.commands, mode=cfg.socket_mode, group=cfg.socket_group)
         self.engine.subscribe(self.control.publish, lambda: self.control.subscribers > 0)
         self.links = LinkWatcher()
         self.sel.register(self.control, selectors.EVENT_READ, "control")
@@ -143,6 +145,8 @@ class Daemon:
         wd = self.notify.watchdog_interval()
         next_wd = time.monotonic()
         status_every, next_status = 10.0, time.monotonic() + 10.0
+        stats_every = self.cfg.stats_interval
+        next_stats = time.monotonic() + stats_every if stats_every else float("inf")
         while not self._stop:
             now = time.monotonic()
             wait = max(0.0, min(next_tick, next_wd if wd else next_tick) - now)
@@ -187,7 +191,17 @@ class Daemon:
             if now >= next_status:
                 next_status = now + status_every
                 self.notify.status(self._status_line())
+            if now >= next_stats:
+                next_stats = now + stats_every
+                self._log_stats()
         return 0
+
+    def _log_stats(self) -> None:
+        """`stats_interval`: the counters an operator reads in the journal without asking the socket."""
+        st = self.engine.kernel_stats()
+        self.log.info("stats", flows=self.engine.flow_count(), policy=self.engine.policy.name,
+                      **{k: st.get(k, 0) for k in ("packets", "bytes", "act_pass", "act_drop", "act_mark",
+                                                   "classified", "events_lost", "out_no_flow")})
 
     def _housekeeping(self) -> None:
         self.engine.slow.expire(time.time_ns())
