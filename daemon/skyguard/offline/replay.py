@@ -247,21 +247,32 @@ def _walker_factory(engine: str):
     return fastwalk.Walker
 
 
+_worker_kernel = None  # a parallel replay's worker compiles its program once and replays capture after capture
+
+
+def _worker_init() -> None:
+    global _worker_kernel
+    from skyguard.kernel.loader import Kernel
+
+    _worker_kernel = Kernel(replay=True)
+
+
 def _replay_one(path: str, policy, engine: str, log_all: bool) -> ReplayResult:
-    return replay([path], policy, engine=engine, log_all=log_all)
+    return replay([path], policy, kernel=_worker_kernel, engine=engine, log_all=log_all)
 
 
 def _replay_parallel(paths: Sequence[str | os.PathLike], policy, *, jobs: int, log_all: bool,
                      engine: str) -> ReplayResult:
-    """One process per capture (at most `jobs` at a time), each with its own program and maps; merged in the
-    order given. Every capture starts from fresh state anyway, so the merge equals a sequential replay."""
+    """Captures spread over `jobs` worker processes, each with its own program and maps; merged in the order given.
+    Every capture starts from fresh state anyway, so the merge equals a sequential replay."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     from skyguard.policy import default_policy
 
     policy = policy or default_policy()
-    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=mp.get_context("fork")) as ex:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=mp.get_context("fork"),
+                             initializer=_worker_init) as ex:
         parts = list(ex.map(_replay_one, [str(p) for p in paths], [policy] * len(paths), [engine] * len(paths),
                             [log_all] * len(paths)))
     totals: Counter = Counter()
