@@ -23,6 +23,7 @@ from common import ROOT, ratio
 from skyguard.kernel.loader import Kernel  # noqa: E402
 from skyguard.lab import gen
 from skyguard.offline import replay  # noqa: E402
+from skyguard.offline.pcap import read_packets
 
 CAPTURES = ROOT.parent / "shared" / "captures"
 _PPS = re.compile(r"nDPI throughput:\s+([\d.]+)\s*([KM]?) pps")
@@ -47,19 +48,20 @@ def skyguard_run(k: Kernel, path: Path, engine: str = "c") -> dict:
 
 
 def ndpi_seconds(paths: list[Path]) -> float | None:
-    """Wall-clock seconds of ndpiReader over `paths`, one process per file as an analyst runs it."""
-    exe = shutil.which("ndpiReader")
-    if not exe:
-        return None
-    t = time.perf_counter()
+    """ndpiReader's own processing seconds over `paths` (packets / its reported throughput, file by file): its
+    process start-up is left out by ndpiReader itself, which wall-clock differences between small runs drown in."""
+    total = 0.0
     for p in paths:
-        subprocess.run([exe, "-i", str(p)], capture_output=True, timeout=300, check=False)
-    return time.perf_counter() - t
+        pps = ndpi_pps(p)
+        if not pps:
+            return None
+        total += sum(1 for _ in read_packets(p)) / pps
+    return total
 
 
 def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     """Packets/s between two capture sets of the same traffic mix: (P2 - P1) / (T2 - T1), for the replay (kernel
-    already compiled, as for one capture after another) and for ndpiReader (process start-up cancels out)."""
+    already compiled, as for one capture after another; per-capture set-up cancels out) and for ndpiReader."""
     out: dict = {}
     sizes = []
     for paths in (small, large):
