@@ -1,5 +1,7 @@
 """nDPI (ndpiReader) beside skyguard on the same captures: ndpiReader's own packets/s, skyguard's kernel ns/packet
-(the mean BPF_PROG_TEST_RUN duration during a replay) and `skyguard replay` end-to-end packets/s.
+(the mean BPF_PROG_TEST_RUN duration during a replay), `skyguard replay` end-to-end packets/s (the compiled loop, and
+the per-packet Python loop it replaced, both measured here) and their ratio to ndpiReader; then the marginal rate of
+each between two sizes of the same generated traffic (start-up cancels out).
 
 Usage: bench/peer.py [--captures DIR] [--json]
 """
@@ -13,13 +15,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from common import ROOT
+from common import ROOT, ratio
 
 from skyguard.kernel.loader import Kernel  # noqa: E402
 from skyguard.lab import gen
 from skyguard.offline import replay  # noqa: E402
+from skyguard.offline.pcap import read_packets
 
 CAPTURES = ROOT.parent / "shared" / "captures"
 _PPS = re.compile(r"nDPI throughput:\s+([\d.]+)\s*([KM]?) pps")
@@ -36,35 +40,56 @@ def ndpi_pps(path: Path) -> float | None:
     return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6}[m.group(2)]
 
 
-def skyguard_run(k: Kernel, path: Path) -> dict:
-    ns: list[int] = []
-    orig = k.test_run
-
-    def timed(frame, ts_ns=None, repeat=1):
-        r = orig(frame, ts_ns=ts_ns, repeat=repeat)
-        ns.append(r.duration_ns)
-        return r
-
-    k.test_run = timed
-    try:
-        res = replay.replay([path], kernel=k)
-    finally:
-        del k.test_run
+def skyguard_run(k: Kernel, path: Path, engine: str = "c") -> dict:
+    res = replay.replay([path], kernel=k, engine=engine)
     c = res.captures[0]
-    return {"packets": c.packets, "kernel_ns": sum(ns) / len(ns) if ns else None,
+    return {"packets": c.packets, "kernel_ns": c.kernel_ns / c.packets if c.packets else None,
             "replay_pps": c.packets / c.seconds if c.seconds else None}
 
 
-def measure(cdir: Path = CAPTURES) -> dict:
+def ndpi_seconds(paths: list[Path]) -> float | None:
+    """ndpiReader's own processing seconds over `paths` (packets / its reported throughput, file by file): its
+    process start-up is left out by ndpiReader itself, which wall-clock differences between small runs drown in."""
+    total = 0.0
+    for p in paths:
+        pps = ndpi_pps(p)
+        if not pps:
+            return None
+        total += sum(1 for _ in read_packets(p)) / pps
+    return total
+
+
+def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
+    """Packets/s between two capture sets of the same traffic mix: (P2 - P1) / (T2 - T1), for the replay (kernel
+    already compiled, as for one capture after another; per-capture set-up cancels out) and for ndpiReader."""
+    out: dict = {}
+    sizes = []
+    for paths in (small, large):
+        t = time.perf_counter()
+        res = replay.replay(paths, kernel=k, engine="c")
+        sizes.append((sum(c.packets for c in res.captures), time.perf_counter() - t, ndpi_seconds(paths)))
+    (p1, t1, n1), (p2, t2, n2) = sizes
+    out["packets"] = [p1, p2]
+    out["replay_pps"] = (p2 - p1) / (t2 - t1) if t2 > t1 else None
+    out["ndpi_pps"] = (p2 - p1) / (n2 - n1) if n1 is not None and n2 is not None and n2 > n1 else None
+    out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
+    return out
+
+
+def measure(cdir: Path = CAPTURES, small_calls: int = 5, large_calls: int = 40) -> dict:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="sg-peer-") as td, Kernel(replay=True) as k:
-        gen.generate(11, td, calls=5)
+        gen.generate(11, td, calls=small_calls)
         paths = sorted(p for p in cdir.glob("*.pcap*")) + sorted(Path(td).glob("*.pcap"))
         for p in paths:
             row = skyguard_run(k, p)
+            row["python_pps"] = skyguard_run(k, p, "python")["replay_pps"]
             row["ndpi_pps"] = ndpi_pps(p)
             row["kernel_pps"] = 1e9 / row["kernel_ns"] if row["kernel_ns"] else None
             rows[("gen/" if str(p).startswith(td) else "") + p.name] = row
+        big = Path(td) / "large"
+        gen.generate(11, big, calls=large_calls)
+        marg = marginal(k, sorted(Path(td).glob("*.pcap")), sorted(big.glob("*.pcap")))
     tot = sum(r["packets"] for r in rows.values())
 
     def wmean(key):
@@ -72,13 +97,16 @@ def measure(cdir: Path = CAPTURES) -> dict:
         n = sum(w for _v, w in vals)
         return sum(v * w for v, w in vals) / n if n else None
 
-    return {"captures": rows, "packets": tot,
-            "mean": {k: wmean(k) for k in ("ndpi_pps", "kernel_ns", "kernel_pps", "replay_pps")}}
+    mean = {k: wmean(k) for k in ("ndpi_pps", "kernel_ns", "kernel_pps", "replay_pps", "python_pps")}
+    return {"captures": rows, "packets": tot, "mean": mean,
+            "ratio_vs_ndpi": ratio(mean["replay_pps"] or 0, mean["ndpi_pps"] or 0),
+            "python_ratio_vs_ndpi": ratio(mean["python_pps"] or 0, mean["ndpi_pps"] or 0),
+            "marginal": marg}
 
 
 def format_table(res: dict) -> str:
     lines = [f"{'capture':40} {'packets':>7} {'nDPI pps':>10} {'sg kernel ns':>12} {'sg kernel pps':>13} "
-             f"{'sg replay pps':>13}"]
+             f"{'sg replay pps':>13} {'py loop pps':>11}"]
 
     def f(v, fmt):
         return format(v, fmt) if v is not None else "-"
@@ -86,7 +114,13 @@ def format_table(res: dict) -> str:
     mean = ("(packet-weighted mean)", {**res["mean"], "packets": res["packets"]})
     for name, r in [*res["captures"].items(), mean]:
         lines.append(f"{name[:40]:40} {r['packets']:7} {f(r['ndpi_pps'], '10.0f')} {f(r['kernel_ns'], '12.0f')} "
-                     f"{f(r['kernel_pps'], '13.0f')} {f(r['replay_pps'], '13.0f')}")
+                     f"{f(r['kernel_pps'], '13.0f')} {f(r['replay_pps'], '13.0f')} {f(r.get('python_pps'), '11.0f')}")
+    m = res["marginal"]
+    lines += [f"replay / nDPI (packet-weighted pps): {f(res['ratio_vs_ndpi'], '.2f')}x "
+              f"(the per-packet Python loop: {f(res['python_ratio_vs_ndpi'], '.3f')}x)",
+              f"marginal pps between {m['packets'][0]} and {m['packets'][1]} packets of generated traffic: "
+              f"replay {f(m['replay_pps'], '.0f')}, nDPI {f(m['ndpi_pps'], '.0f')}, "
+              f"replay / nDPI {f(m['ratio'], '.2f')}x"]
     return "\n".join(lines)
 
 

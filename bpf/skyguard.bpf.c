@@ -45,6 +45,13 @@ SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, block_v4, SG_LPM_MAX, BPF_F
 SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, block_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
 /* events: ring buffer of classified/sample/dns/tls events for the daemon (never blocks: losses are counted) */
 BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
+/* A replay reads the ring buffer after every run that left a record and never sleeps in epoll: the wake-up of a
+ * poller (an irq_work, a self-interrupt that is dear under virtualisation) would be spent on nobody. */
+#ifdef SG_META_CLOCK
+#define SG_RB_FLAGS BPF_RB_NO_WAKEUP
+#else
+#define SG_RB_FLAGS 0
+#endif
 /* rcu_inner: the one map rcu_sync holds; nothing reads it */
 BPF_ARRAY(rcu_inner, u32, 1);
 /* rcu_sync: never read; a write returns once all running programs have ended (RCU), a reload's fence */
@@ -193,7 +200,7 @@ static __always_inline void sg_emit_classified(struct sg_run *r, struct sg_flow 
 	ev->_pad = 0;
 	ev->reason = reason;
 	ev->pkts = f->pkts[0] + f->pkts[1];
-	events.ringbuf_submit(ev, 0);
+	events.ringbuf_submit(ev, SG_RB_FLAGS);
 }
 
 /* Copy up to `max` payload bytes (what the packet holds) into an event's `buf`; returns how many were copied.
@@ -230,7 +237,7 @@ static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, 
 	ev->inspected = inspected;
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
-	events.ringbuf_submit(ev, 0);
+	events.ringbuf_submit(ev, SG_RB_FLAGS);
 }
 
 /* A `dns` or `tls` event: the first SG_BIG_BYTES payload bytes. */
@@ -246,7 +253,7 @@ static __always_inline void sg_emit_big(struct sg_run *r, struct sg_pkt *pk, __u
 	ev->payload_len = pk->plen;
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
-	events.ringbuf_submit(ev, 0);
+	events.ringbuf_submit(ev, SG_RB_FLAGS);
 }
 
 /* Set the flow's class; a class change emits `classified`. Daemon-owned classes are never touched. */

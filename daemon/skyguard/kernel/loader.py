@@ -146,6 +146,11 @@ class Kernel:
             self.bpf[b"events"].open_ring_buffer(self._on_event)
             self._ring_open = True
 
+    @property
+    def ring_map_fd(self) -> int:
+        """The ring buffer map's own fd (replay's compiled loop maps its positions to see when records wait)."""
+        return self.bpf[b"events"].map_fd
+
     def events_fd(self) -> int | None:
         """An fd that polls readable when events wait (libbpf's ring_buffer__epoll_fd on bcc's ring buffer manager),
         for the daemon's selector; None if this libbpf lacks it (the daemon then polls on a short timer)."""

@@ -30,6 +30,7 @@ class CaptureRun:
     verdicts: Counter = field(default_factory=Counter)
     error: str | None = None
     seconds: float = 0.0
+    kernel_ns: int = 0  # the kernel's own time for the program's runs (BPF_PROG_TEST_RUN durations)
 
 
 @dataclass
@@ -84,14 +85,29 @@ class Progress:
             sys.stderr.write("\n")
 
 
+ENGINES = ("auto", "c", "python")
+PROGRESS_EVERY = 65536  # packets the compiled loop runs before it lets the progress bar move
+
+
 def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, progress: bool = False,
-           on_packet: Callable[[int, int], None] | None = None, log_all: bool = False) -> ReplayResult:
-    """Run captures through the program. Flows and slow-path state start fresh for every capture."""
+           on_packet: Callable[[int, int], None] | None = None, log_all: bool = False, engine: str = "auto",
+           jobs: int = 1) -> ReplayResult:
+    """Run captures through the program. Flows, learned prefixes and slow-path state start fresh for every capture.
+
+    `engine`: "c" runs the packet loop in the compiled helper (fastwalk), "python" one test run per packet from
+    Python (the reference the helper is tested against), "auto" the helper when it builds here, else Python; a
+    per-packet `on_packet` callback needs the Python loop. `jobs` > 1 replays captures in that many processes, each
+    with its own program and maps, and merges the results (only without a caller's `kernel`)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+    if jobs > 1 and kernel is None and len(paths) > 1 and on_packet is None:
+        return _replay_parallel(paths, policy, jobs=jobs, log_all=log_all, engine=engine)
     from skyguard.policy import default_policy
     from skyguard.slowpath.classify import SlowPath
     from skyguard.slowpath.engine import Engine
 
     policy = policy or default_policy()
+    walk = _walker_factory(engine if on_packet is None else "python")
     own_kernel = kernel is None
     if kernel is None:
         from skyguard.kernel.loader import Kernel
@@ -107,37 +123,30 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
         for path in paths:
             run = CaptureRun(str(path))
             runs.append(run)
-            for key, _ in list(kernel.flows()):
-                kernel.delete_flow(key)
-            engine = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all,
-                            logger=_quiet_logger())
+            _fresh_state(kernel)
+            eng = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all, logger=_quiet_logger())
             pkt_index = {"n": 0, "first": {}}
 
             def note(key, old, new, ts_ns, pkts, _run=run, _idx=pkt_index):
                 decisions.append({"capture": Path(_run.path).name, "flow": str(key), "old": _cname(old),
                                   "new": _cname(new), "packet": _idx["n"], "flow_packets": pkts, "ts_ns": ts_ns})
 
-            engine.on_decision.append(note)
+            eng.on_decision.append(note)
             before = kernel.stats()
             total = _count(path) if progress else 0
             bar = Progress(total, Path(path).name, progress and total > 2000)
             t0 = time.perf_counter()
             try:
-                for pkt in read_packets(path):
-                    res = kernel.test_run(pkt.frame, ts_ns=pkt.ts_ns)
-                    run.packets += 1
-                    pkt_index["n"] = run.packets
-                    run.verdicts[XDP_VERDICTS.get(res.verdict, str(res.verdict))] += 1
-                    engine.pump()
-                    if on_packet:
-                        on_packet(run.packets, res.verdict)
-                    bar.update(run.packets)
+                if walk is None:
+                    _loop_python(kernel, eng, path, run, pkt_index, bar, on_packet)
+                else:
+                    _loop_compiled(walk, kernel, eng, path, run, pkt_index, bar)
             except CaptureError as e:
                 run.error = str(e)
             except OSError as e:
                 run.error = f"{path}: {e.strerror or e}"
             finally:
-                engine.pump()
+                eng.pump()
                 bar.update(run.packets, force=True)
                 bar.done()
             run.seconds = time.perf_counter() - t0
@@ -145,7 +154,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             totals.update({k: after.get(k, 0) - before.get(k, 0) for k in after})
             first = {}
             for key, flow in kernel.flows():
-                rows.append({"capture": Path(path).name, **engine.flow_row(key, flow)})
+                rows.append({"capture": Path(path).name, **eng.flow_row(key, flow)})
                 first[str(key)] = flow.first_ns
             for d in decisions:
                 if d["capture"] == Path(path).name and d["flow"] in first and "ms" not in d:
@@ -155,6 +164,124 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             kernel.close()
     rows.sort(key=lambda r: (r["capture"], r["first_ns"], r["a"], r["b"], r["proto"]))
     return ReplayResult(runs, policy.name, rows, dict(totals), decisions)
+
+
+def _fresh_state(kernel) -> None:
+    """No flow and no learned prefix of an earlier capture may decide anything in this one: every capture then
+    gives the same result alone, after others, or in its own process (jobs > 1)."""
+    from skyguard.kernel.loader import PREFIX_KINDS
+
+    for key, _ in list(kernel.flows()):
+        kernel.delete_flow(key)
+    for kind in PREFIX_KINDS:
+        for net, src, _exp in kernel.prefixes(kind):
+            if src == wire.SRC_LEARNED:
+                kernel.remove_prefix(kind, net)
+
+
+def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
+                 on_packet: Callable[[int, int], None] | None) -> None:
+    """One test run per packet from Python, the ring buffer drained and decisions written back after each."""
+    for pkt in read_packets(path):
+        res = kernel.test_run(pkt.frame, ts_ns=pkt.ts_ns)
+        run.packets += 1
+        idx["n"] = run.packets
+        run.verdicts[XDP_VERDICTS.get(res.verdict, str(res.verdict))] += 1
+        run.kernel_ns += res.duration_ns
+        eng.pump()
+        if on_packet:
+            on_packet(run.packets, res.verdict)
+        bar.update(run.packets)
+
+
+def _loop_compiled(walk, kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress) -> None:
+    """The same loop in the compiled helper: it comes back after exactly the packets whose run left records in the
+    ring buffer, and the slow path acts on them (and writes its decisions) before the helper runs the next packet,
+    as the Python loop does. Packets that leave no record need no trip through Python: pumping an empty ring
+    buffer does nothing."""
+    from skyguard.offline import fastwalk as fw
+
+    with walk(path, kernel.prog_fd, kernel.ring_map_fd) as w:
+        try:
+            while True:
+                step = w.run(PROGRESS_EVERY)
+                run.packets = idx["n"] = step.packets
+                if step.status == fw.EVENTS:
+                    eng.pump()
+                elif step.status == fw.PAUSE:
+                    bar.update(run.packets)
+                elif step.status == fw.END:
+                    return
+                elif step.status == fw.ECAPTURE:
+                    off, msg = w.error
+                    raise CaptureError(path, off, msg)
+                else:
+                    err = w.errno
+                    raise OSError(err, f"bpf_prog_test_run_opts failed: {os.strerror(err)}")
+        finally:
+            for v, n in enumerate(w.verdicts):
+                if n:
+                    run.verdicts[XDP_VERDICTS.get(v, "other")] += n
+            run.kernel_ns = w.kernel_ns
+
+
+_build_note_shown = False
+
+
+def _walker_factory(engine: str):
+    """fastwalk.Walker, or None for the Python loop ("python", or "auto" where the helper cannot be built)."""
+    global _build_note_shown
+    if engine == "python":
+        return None
+    from skyguard.offline import fastwalk
+
+    try:
+        fastwalk.lib()
+    except fastwalk.BuildError as e:
+        if engine == "c":
+            raise
+        if not _build_note_shown:
+            print(f"skyguard: {e}; replaying with the slower Python loop", file=sys.stderr)
+            _build_note_shown = True
+        return None
+    return fastwalk.Walker
+
+
+_worker_kernel = None  # a parallel replay's worker compiles its program once and replays capture after capture
+
+
+def _worker_init() -> None:
+    global _worker_kernel
+    from skyguard.kernel.loader import Kernel
+
+    _worker_kernel = Kernel(replay=True)
+
+
+def _replay_one(path: str, policy, engine: str, log_all: bool) -> ReplayResult:
+    return replay([path], policy, kernel=_worker_kernel, engine=engine, log_all=log_all)
+
+
+def _replay_parallel(paths: Sequence[str | os.PathLike], policy, *, jobs: int, log_all: bool,
+                     engine: str) -> ReplayResult:
+    """Captures spread over `jobs` worker processes, each with its own program and maps; merged in the order given.
+    Every capture starts from fresh state anyway, so the merge equals a sequential replay."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from skyguard.policy import default_policy
+
+    policy = policy or default_policy()
+    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=mp.get_context("fork"),
+                             initializer=_worker_init) as ex:
+        parts = list(ex.map(_replay_one, [str(p) for p in paths], [policy] * len(paths), [engine] * len(paths),
+                            [log_all] * len(paths)))
+    totals: Counter = Counter()
+    for r in parts:
+        totals.update(r.stats)
+    rows = [row for r in parts for row in r.flows]
+    rows.sort(key=lambda r: (r["capture"], r["first_ns"], r["a"], r["b"], r["proto"]))
+    return ReplayResult([c for r in parts for c in r.captures], policy.name, rows, dict(totals),
+                        [d for r in parts for d in r.decisions])
 
 
 def _count(path) -> int:
@@ -212,7 +339,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             print(f"skyguard: {c}: no such file", file=sys.stderr)
             return 1
     try:
-        result = replay(args.captures, policy, progress=sys.stderr.isatty() and not args.json)
+        result = replay(args.captures, policy, progress=sys.stderr.isatty() and not args.json,
+                        jobs=max(1, getattr(args, "jobs", 1)))
     except PermissionError as e:
         print(f"skyguard: replay needs root to load the XDP program ({e})", file=sys.stderr)
         return 1

@@ -1,0 +1,567 @@
+/* skyguard replay's packet loop: walks a memory-mapped pcap or pcapng capture and hands every packet to the XDP
+ * program through BPF_PROG_TEST_RUN, with the capture timestamp in the XDP metadata (struct sg_meta).
+ *
+ * Compiled by skyguard itself (offline/fastwalk.py, with the system's gcc, into a cache directory) and called through
+ * ctypes. It returns to Python only when the program's ring buffer holds records after a packet (the slow path must
+ * see them, and write its decisions back, before the next packet: the order the per-packet Python loop gives), at the
+ * end of the capture, on a capture error, or after `max_packets` packets (progress).
+ *
+ * Capture parsing mirrors offline/pcap.py exactly, error messages and byte offsets included: the identical-output
+ * test (tests/bpf/test_replay_fast.py) holds the two to each other. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* The part of union bpf_attr that BPF_PROG_TEST_RUN reads (UAPI, stable); defined here so that the helper needs
+ * only the C library's headers. */
+struct sgw_test_attr {
+	uint32_t prog_fd;
+	uint32_t retval;
+	uint32_t data_size_in;
+	uint32_t data_size_out;
+	uint64_t data_in;
+	uint64_t data_out;
+	uint32_t repeat;
+	uint32_t duration;
+	uint32_t ctx_size_in;
+	uint32_t ctx_size_out;
+	uint64_t ctx_in;
+	uint64_t ctx_out;
+	uint32_t flags;
+	uint32_t cpu;
+	uint32_t batch_size;
+	uint32_t _pad;
+};
+#define SGW_BPF_PROG_TEST_RUN 10
+
+#define META_LEN 16
+#define ETH_LEN 14
+#define MAX_SNAP 262144u
+
+enum { SGW_EVENTS = 1, SGW_END = 2, SGW_PAUSE = 3, SGW_ECAPTURE = -1, SGW_ERUN = -2 };
+
+struct sgw_iface {
+	uint32_t linktype;
+	uint32_t snaplen;
+	int binary; /* units are 2^-exp s, else 10^-exp s */
+	uint32_t exp;
+	__int128 offset_ns;
+};
+
+/* Shared with Python (fastwalk.py mirrors the public fields, in this order). */
+struct sgw {
+	/* results, read by Python */
+	uint64_t packets;          /* packets run so far */
+	uint64_t verdicts[8];      /* XDP verdicts 0..4, [7]: any other value */
+	uint64_t kernel_ns;        /* sum of the kernel's per-run durations */
+	uint64_t err_off;          /* SGW_ECAPTURE: byte offset of the bad header, record or block */
+	int32_t err_no;            /* SGW_ERUN: errno of the failed test run */
+	char err[240];             /* SGW_ECAPTURE: what is wrong (pcap.py's message) */
+	/* private */
+	const uint8_t *buf;
+	uint64_t size;
+	uint64_t off;
+	int fd;
+	int prog_fd;
+	int pcapng;
+	int big;                   /* byte order of the pcap file or the current pcapng section */
+	int started;
+	uint32_t linktype;         /* pcap */
+	uint32_t limit;            /* pcap */
+	uint64_t mult;             /* pcap */
+	uint32_t nifaces;
+	uint32_t cap_ifaces;
+	struct sgw_iface *ifaces;
+	uint64_t seen_lt[4];       /* link types already checked (pcap.py converts lazily: first use raises) */
+	uint8_t *scratch;
+	size_t scratch_cap;
+	const volatile uint64_t *cons, *prod;
+	void *rb_map;
+	size_t rb_len;
+};
+
+static uint32_t rd32(const struct sgw *w, uint64_t off, int big)
+{
+	uint32_t v;
+
+	memcpy(&v, w->buf + off, 4);
+	return big ? __builtin_bswap32(v) : v;
+}
+
+static uint16_t rd16(const struct sgw *w, uint64_t off, int big)
+{
+	uint16_t v;
+
+	memcpy(&v, w->buf + off, 2);
+	return big ? __builtin_bswap16(v) : v;
+}
+
+__attribute__((format(printf, 3, 4))) static int fail(struct sgw *w, uint64_t off, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(w->err, sizeof(w->err), fmt, ap);
+	va_end(ap);
+	w->err_off = off;
+	return SGW_ECAPTURE;
+}
+
+static int lt_supported(uint32_t lt)
+{
+	switch (lt) {
+	case 0: case 1: case 12: case 14: case 101: case 108: case 113: case 228: case 229: case 276:
+		return 1;
+	}
+	return 0;
+}
+
+/* pcap.py's _converter: an unsupported link type fails at the first record that uses it. */
+static int check_lt(struct sgw *w, uint64_t off, uint32_t lt)
+{
+	for (int i = 0; i < 4; i++)
+		if (w->seen_lt[i] == (uint64_t)lt + 1)
+			return 0;
+	if (!lt_supported(lt))
+		return fail(w, off, "unsupported link type %u", lt);
+	for (int i = 0; i < 4; i++)
+		if (!w->seen_lt[i]) {
+			w->seen_lt[i] = (uint64_t)lt + 1;
+			break;
+		}
+	return 0;
+}
+
+static void *grow(struct sgw *w, size_t need)
+{
+	if (need > w->scratch_cap) {
+		size_t cap = need < 65536 ? 65536 : need;
+		uint8_t *p = realloc(w->scratch, cap);
+
+		if (!p)
+			return NULL;
+		w->scratch = p;
+		w->scratch_cap = cap;
+	}
+	return w->scratch;
+}
+
+static uint16_t ip_ethertype(const uint8_t *p, uint64_t n)
+{
+	if (n) {
+		if ((p[0] >> 4) == 4)
+			return 0x0800;
+		if ((p[0] >> 4) == 6)
+			return 0x86DD;
+	}
+	return 0x88B5;
+}
+
+static uint16_t null_ethertype(uint32_t fam, const uint8_t *p, uint64_t n)
+{
+	if (fam == 2)
+		return 0x0800;
+	if (fam == 10 || fam == 24 || fam == 28 || fam == 30)
+		return 0x86DD;
+	return ip_ethertype(p, n);
+}
+
+/* The frame pcap.py's converters make of `len` captured bytes, after room for the metadata; returns its length. */
+static int64_t build_frame(struct sgw *w, uint32_t lt, const uint8_t *d, uint64_t len)
+{
+	static const uint8_t macs[12] = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1};
+	const uint8_t *pl = d;
+	uint64_t pn = len;
+	int32_t et = -1; /* -1: Ethernet as captured */
+	uint8_t *f;
+
+	switch (lt) {
+	case 1:
+		break;
+	case 101: case 12: case 14:
+		et = ip_ethertype(d, len);
+		break;
+	case 228:
+		et = 0x0800;
+		break;
+	case 229:
+		et = 0x86DD;
+		break;
+	case 0: case 108:
+		if (len < 4) {
+			et = 0x88B5, pn = 0;
+		} else {
+			uint32_t fam = (uint32_t)d[0] | d[1] << 8 | d[2] << 16 | (uint32_t)d[3] << 24;
+			uint32_t be = __builtin_bswap32(fam);
+
+			if (lt == 108 || (fam & 0xFFFF0000u))
+				fam = be;
+			pl = d + 4, pn = len - 4;
+			et = null_ethertype(fam, pl, pn);
+		}
+		break;
+	case 113:
+		if (len < 16) {
+			et = 0x88B5, pn = 0;
+		} else {
+			uint16_t proto = d[14] << 8 | d[15];
+
+			pl = d + 16, pn = len - 16;
+			et = proto >= 0x0600 ? proto : ip_ethertype(pl, pn);
+		}
+		break;
+	case 276:
+		if (len < 20) {
+			et = 0x88B5, pn = 0;
+		} else {
+			uint16_t proto = d[0] << 8 | d[1];
+
+			pl = d + 20, pn = len - 20;
+			et = proto >= 0x0600 ? proto : ip_ethertype(pl, pn);
+		}
+		break;
+	}
+	if (et < 0) {
+		if (!(f = grow(w, META_LEN + len)))
+			return -1;
+		memcpy(f + META_LEN, d, len);
+		return len;
+	}
+	if (!(f = grow(w, META_LEN + ETH_LEN + pn)))
+		return -1;
+	memcpy(f + META_LEN, macs, 12);
+	f[META_LEN + 12] = et >> 8;
+	f[META_LEN + 13] = et & 0xFF;
+	memcpy(f + META_LEN + ETH_LEN, pl, pn);
+	return ETH_LEN + pn;
+}
+
+/* The next record of a pcap file: 1 and its fields, 0 at the end, SGW_ECAPTURE. */
+static int next_pcap(struct sgw *w, uint64_t *ts, const uint8_t **d, uint64_t *len, uint32_t *lt, uint64_t *roff)
+{
+	uint64_t off = w->off, size = w->size;
+
+	if (off >= size)
+		return 0;
+	if (off + 16 > size)
+		return fail(w, off, "truncated record header (%lu of 16 bytes)", size - off);
+	uint32_t sec = rd32(w, off, w->big), frac = rd32(w, off + 4, w->big), incl = rd32(w, off + 8, w->big);
+
+	if (incl > w->limit)
+		return fail(w, off, "capture length %u exceeds the largest snapshot length %u", incl, w->limit);
+	uint64_t start = off + 16;
+
+	if (start + incl > size)
+		return fail(w, off, "truncated packet data (%lu of %u bytes)", size - start, incl);
+	*ts = (uint64_t)sec * 1000000000ull + (uint64_t)frac * w->mult;
+	*d = w->buf + start;
+	*len = incl;
+	*lt = w->linktype;
+	*roff = off;
+	w->off = start + incl;
+	return 1;
+}
+
+static void parse_idb(struct sgw *w, struct sgw_iface *ifc, uint64_t off, uint64_t end, int big)
+{
+	ifc->linktype = rd16(w, off + 8, big);
+	ifc->snaplen = rd32(w, off + 12, big);
+	ifc->binary = 0;
+	ifc->exp = 6;
+	ifc->offset_ns = 0;
+	for (uint64_t o = off + 16; o + 4 <= end;) {
+		uint16_t code = rd16(w, o, big), len = rd16(w, o + 2, big);
+
+		if (code == 0 || o + 4 + len > end)
+			return;
+		if (code == 9 && len >= 1) {
+			ifc->binary = !!(w->buf[o + 4] & 0x80);
+			ifc->exp = w->buf[o + 4] & 0x7F;
+		} else if (code == 14 && len >= 8) {
+			uint64_t v;
+
+			memcpy(&v, w->buf + o + 4, 8);
+			if (big)
+				v = __builtin_bswap64(v);
+			ifc->offset_ns = (__int128)(int64_t)v * 1000000000;
+		}
+		o += 4 + ((len + 3u) & ~3u);
+	}
+}
+
+static uint64_t iface_ts(const struct sgw_iface *ifc, uint64_t units)
+{
+	__int128 ns;
+
+	if (!ifc->binary && ifc->exp == 9) {
+		ns = (__int128)units;
+	} else if (ifc->binary) {
+		ns = (__int128)(((unsigned __int128)units * 1000000000u) >> ifc->exp);
+	} else if (ifc->exp > 38) {
+		ns = 0; /* units * 10^9 < 10^29 <= 10^exp */
+	} else {
+		unsigned __int128 div = 1;
+
+		for (uint32_t i = 0; i < ifc->exp; i++)
+			div *= 10;
+		ns = (__int128)(((unsigned __int128)units * 1000000000u) / div);
+	}
+	return (uint64_t)(ns + ifc->offset_ns);
+}
+
+static int next_pcapng(struct sgw *w, uint64_t *ts, const uint8_t **d, uint64_t *len, uint32_t *lt, uint64_t *roff)
+{
+	uint64_t size = w->size;
+
+	while (w->off < size) {
+		uint64_t off = w->off;
+
+		if (off + 12 > size)
+			return fail(w, off, "truncated block header (%lu bytes left)", size - off);
+		uint32_t btype = rd32(w, off, 0);
+
+		if (btype == 0x0A0D0D0A) {
+			uint32_t bom = rd32(w, off + 8, 0);
+
+			if (bom == 0x1A2B3C4D)
+				w->big = 0;
+			else if (bom == 0x4D3C2B1A)
+				w->big = 1;
+			else
+				return fail(w, off, "bad pcapng byte-order magic 0x%08x", bom);
+			w->nifaces = 0;
+		} else if (off == 0) {
+			return fail(w, 0, "pcapng file does not start with a section header block");
+		} else {
+			btype = rd32(w, off, w->big);
+		}
+		uint32_t blen = rd32(w, off + 4, w->big);
+
+		if (blen < 12 || blen % 4)
+			return fail(w, off, "bad block length %u (block type 0x%08x)", blen, btype);
+		if (off + blen > size)
+			return fail(w, off, "block length %u runs past the end of the file (%lu left)", blen, size - off);
+		if (rd32(w, off + blen - 4, w->big) != blen)
+			return fail(w, off, "trailing block length does not match %u", blen);
+		uint64_t body_end = off + blen - 4;
+
+		w->off = off + blen;
+		if (btype == 1) {
+			if (blen < 20)
+				return fail(w, off, "interface description block too short (%u bytes)", blen);
+			if (w->nifaces == w->cap_ifaces) {
+				uint32_t cap = w->cap_ifaces ? 2 * w->cap_ifaces : 8;
+				struct sgw_iface *p = realloc(w->ifaces, cap * sizeof(*p));
+
+				if (!p)
+					return fail(w, off, "out of memory");
+				w->ifaces = p;
+				w->cap_ifaces = cap;
+			}
+			parse_idb(w, &w->ifaces[w->nifaces++], off, body_end, w->big);
+		} else if (btype == 6 || btype == 2) {
+			uint32_t ifid, hi, lo, caplen;
+
+			if (blen < 32)
+				return fail(w, off, "packet block too short (%u bytes)", blen);
+			if (btype == 6) {
+				ifid = rd32(w, off + 8, w->big);
+			} else {
+				ifid = rd16(w, off + 8, w->big);
+			}
+			hi = rd32(w, off + 12, w->big);
+			lo = rd32(w, off + 16, w->big);
+			caplen = rd32(w, off + 20, w->big);
+			if (ifid >= w->nifaces)
+				return fail(w, off, "packet on interface %u, but only %u described", ifid, w->nifaces);
+			if (off + 28 + (uint64_t)caplen > body_end)
+				return fail(w, off, "capture length %u exceeds the block (%u bytes)", caplen, blen);
+			*ts = iface_ts(&w->ifaces[ifid], (uint64_t)hi << 32 | lo);
+			*d = w->buf + off + 28;
+			*len = caplen;
+			*lt = w->ifaces[ifid].linktype;
+			*roff = off;
+			return 1;
+		} else if (btype == 3) {
+			if (!w->nifaces)
+				return fail(w, off, "simple packet block before any interface description");
+			if (blen < 16)
+				return fail(w, off, "simple packet block too short (%u bytes)", blen);
+			uint64_t caplen = rd32(w, off + 8, w->big);
+
+			if (caplen > body_end - (off + 12))
+				caplen = body_end - (off + 12);
+			if (w->ifaces[0].snaplen && caplen > w->ifaces[0].snaplen)
+				caplen = w->ifaces[0].snaplen;
+			*ts = 0;
+			*d = w->buf + off + 12;
+			*len = caplen;
+			*lt = w->ifaces[0].linktype;
+			*roff = off;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* The file's header: pcap.py's _raw_records and _pcap before the first record. */
+static int start(struct sgw *w)
+{
+	w->started = 1;
+	if (w->size < 4)
+		return fail(w, 0, "file too short for a capture (%lu bytes)", w->size);
+	uint32_t le = rd32(w, 0, 0), be = rd32(w, 0, 1);
+
+	if (le == 0x0A0D0D0A) {
+		w->pcapng = 1;
+		return 0;
+	}
+	if (le == 0xA1B2C3D4 || le == 0xA1B23C4D)
+		w->big = 0;
+	else if (be == 0xA1B2C3D4 || be == 0xA1B23C4D)
+		w->big = 1;
+	else
+		return fail(w, 0, "bad magic 0x%02x%02x%02x%02x: neither pcap nor pcapng", w->buf[0], w->buf[1], w->buf[2],
+			    w->buf[3]);
+	w->mult = (w->big ? be : le) == 0xA1B23C4D ? 1 : 1000;
+	if (w->size < 24)
+		return fail(w, 0, "truncated pcap file header (%lu of 24 bytes)", w->size);
+	uint32_t snaplen = rd32(w, 16, w->big);
+
+	w->linktype = rd32(w, 20, w->big) & 0xFFFF;
+	if (check_lt(w, 20, w->linktype))
+		return SGW_ECAPTURE;
+	w->limit = snaplen > MAX_SNAP ? snaplen : MAX_SNAP;
+	w->off = 24;
+	return 0;
+}
+
+/* Open `path` for program `prog_fd` and ring buffer map `rb_fd`; 0, or -errno with nothing left open. */
+int sgw_open(struct sgw *w, const char *path, int prog_fd, int rb_fd)
+{
+	struct stat st;
+	long page = sysconf(_SC_PAGESIZE);
+
+	memset(w, 0, sizeof(*w));
+	w->prog_fd = prog_fd;
+	w->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (w->fd < 0)
+		return -errno;
+	if (fstat(w->fd, &st) < 0)
+		goto err;
+	w->size = st.st_size;
+	if (w->size) {
+		void *p = mmap(NULL, w->size, PROT_READ, MAP_PRIVATE, w->fd, 0);
+
+		if (p == MAP_FAILED)
+			goto err;
+		madvise(p, w->size, MADV_SEQUENTIAL);
+		w->buf = p;
+	}
+	/* the ring buffer's consumer position (first page) and producer position (second page), read-only */
+	w->rb_len = 2 * page;
+	w->rb_map = mmap(NULL, w->rb_len, PROT_READ, MAP_SHARED, rb_fd, 0);
+	if (w->rb_map == MAP_FAILED) {
+		w->rb_map = NULL;
+		goto err;
+	}
+	w->cons = (const volatile uint64_t *)w->rb_map;
+	w->prod = (const volatile uint64_t *)((char *)w->rb_map + page);
+	return 0;
+err:;
+	int e = errno;
+
+	if (w->buf)
+		munmap((void *)w->buf, w->size);
+	close(w->fd);
+	w->buf = NULL;
+	w->fd = -1;
+	return -e;
+}
+
+/* For the Python side's check that its mirror of the struct is large enough. */
+size_t sgw_size(void)
+{
+	return sizeof(struct sgw);
+}
+
+void sgw_close(struct sgw *w)
+{
+	if (w->buf)
+		munmap((void *)w->buf, w->size);
+	if (w->rb_map)
+		munmap(w->rb_map, w->rb_len);
+	if (w->fd >= 0)
+		close(w->fd);
+	free(w->scratch);
+	free(w->ifaces);
+	w->buf = NULL;
+	w->rb_map = NULL;
+	w->fd = -1;
+	w->scratch = NULL;
+	w->ifaces = NULL;
+}
+
+/* Run packets until the ring buffer holds records (SGW_EVENTS), the capture ends (SGW_END), `max_packets` have run
+ * in this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails (SGW_ERUN: err_no). */
+int sgw_run(struct sgw *w, uint64_t max_packets)
+{
+	uint64_t done = 0;
+
+	if (!w->started && start(w))
+		return SGW_ECAPTURE;
+	for (;;) {
+		uint64_t ts = 0, len = 0, roff = 0;
+		const uint8_t *d = NULL;
+		uint32_t lt = 0;
+		int rc = w->pcapng ? next_pcapng(w, &ts, &d, &len, &lt, &roff) : next_pcap(w, &ts, &d, &len, &lt, &roff);
+
+		if (rc < 0)
+			return rc;
+		if (rc == 0)
+			return SGW_END;
+		if (w->pcapng && check_lt(w, roff, lt))
+			return SGW_ECAPTURE;
+		int64_t flen = build_frame(w, lt, d, len);
+
+		if (flen < 0) {
+			w->err_no = ENOMEM;
+			return SGW_ERUN;
+		}
+		uint8_t *f = w->scratch;
+		uint32_t magic = 0x5347544d, zero = 0;
+		uint32_t ctx[6] = {META_LEN, (uint32_t)(META_LEN + flen), 0, 0, 0, 0}; /* struct xdp_md */
+		struct sgw_test_attr a;
+
+		memcpy(f, &magic, 4);
+		memcpy(f + 4, &zero, 4);
+		memcpy(f + 8, &ts, 8);
+		memset(&a, 0, sizeof(a));
+		a.prog_fd = w->prog_fd;
+		a.data_in = (uint64_t)(uintptr_t)f;
+		a.data_size_in = META_LEN + flen;
+		a.ctx_in = (uint64_t)(uintptr_t)ctx;
+		a.ctx_size_in = sizeof(ctx);
+		a.repeat = 1;
+		if (syscall(__NR_bpf, SGW_BPF_PROG_TEST_RUN, &a, sizeof(a)) != 0) {
+			w->err_no = errno;
+			return SGW_ERUN;
+		}
+		w->packets++;
+		w->verdicts[a.retval < 5 ? a.retval : 7]++;
+		w->kernel_ns += a.duration;
+		if (__atomic_load_n(w->prod, __ATOMIC_ACQUIRE) != __atomic_load_n(w->cons, __ATOMIC_ACQUIRE))
+			return SGW_EVENTS;
+		if (++done >= max_packets)
+			return SGW_PAUSE;
+	}
+}

@@ -1,0 +1,196 @@
+"""The compiled replay loop (offline/walk.c) against the per-packet Python loop it replaced: on the shared captures,
+generated ones (IPv4, IPv6, VLAN), other link types, pcapng variants and broken files, both give the same flows,
+classes, reasons, counters, verdicts, decisions with their packet positions (time to verdict) and errors."""
+
+from __future__ import annotations
+
+import glob
+import struct
+from pathlib import Path
+
+import pytest
+
+from skyguard.lab import gen
+from skyguard.offline import fastwalk, replay
+from skyguard.offline.pcap import read_packets, write_pcap
+from skyguard.policy import load_policy
+from tests.conftest import ROOT, skip_or_fail
+
+
+@pytest.fixture(scope="module")
+def kern(bpf_ok):
+    from skyguard.kernel.loader import Kernel
+
+    try:
+        fastwalk.lib()
+    except fastwalk.BuildError as e:
+        skip_or_fail(f"the replay helper does not build here: {e}")
+    with Kernel(replay=True) as k:
+        yield k
+
+
+def outcome(res: replay.ReplayResult) -> dict:
+    """Everything a replay reports, verdicts and the decisions' packet positions included."""
+    return {"json": res.to_json(), "stats": res.stats, "decisions": res.decisions,
+            "captures": [(c.path, c.packets, dict(c.verdicts), c.error) for c in res.captures]}
+
+
+def both(kern, paths, policy=None) -> tuple[dict, dict]:
+    slow = outcome(replay.replay(paths, policy, kernel=kern, engine="python"))
+    fast = outcome(replay.replay(paths, policy, kernel=kern, engine="c"))
+    return slow, fast
+
+
+def assert_same(kern, paths, policy=None) -> dict:
+    slow, fast = both(kern, paths, policy)
+    assert fast == slow
+    return fast
+
+
+def test_shared_captures_identical(kern, captures):
+    paths = sorted(str(p) for p in captures.glob("*.pcap*"))
+    out = assert_same(kern, paths, load_policy(ROOT / "policies" / "block-pc-to-phone.toml"))
+    assert out["json"]["summary"]["packets"] > 5000 and out["decisions"]  # the comparison covered real work
+    assert any(p.endswith(".pcapng") for p in paths)
+
+
+@pytest.mark.parametrize("variant", [{}, {"ipv6": True}, {"vlan": 42}])
+def test_generated_captures_identical(kern, tmp_path, variant):
+    gen.generate(4242, tmp_path, calls=4, **variant)
+    paths = sorted(glob.glob(str(tmp_path / "*.pcap")))
+    out = assert_same(kern, paths, load_policy(ROOT / "policies" / "block-pc-to-phone.toml"))
+    classes = {f["class"] for f in out["json"]["flows"]}
+    assert {"skype-out", "skype-p2p", "skype-relay", "skype-signaling"} <= classes
+    assert any(d["new"] == "skype-out" and d["flow_packets"] > 1 for d in out["decisions"])  # slow-path verdicts
+
+
+def test_parallel_merge_equals_sequential(bpf_ok, kern, tmp_path):
+    gen.generate(77, tmp_path, kinds=["dns-pstn", "modern-sbc", "legacy-e2o"], calls=3)
+    paths = sorted(glob.glob(str(tmp_path / "*.pcap")))
+    seq = outcome(replay.replay(paths, kernel=kern, engine="python"))
+    par = outcome(replay.replay(paths, engine="c", jobs=2))
+    assert par == seq
+
+
+def test_learned_prefix_does_not_leak_into_the_next_capture(kern, tmp_path):
+    """dns-pstn teaches PSTN addresses; a capture replayed after it decides as it would alone (and in parallel)."""
+    gen.generate(31, tmp_path, kinds=["dns-pstn", "modern-sbc"], calls=2)
+    a, b = str(tmp_path / "dns-pstn.pcap"), str(tmp_path / "modern-sbc.pcap")
+    together = replay.replay([a, b], kernel=kern, engine="c")
+    assert together.stats and any(d["new"] == "skype-out" for d in together.decisions)
+    alone = replay.replay([b], kernel=kern, engine="c")
+    assert [f for f in together.flows if f["capture"] == "modern-sbc.pcap"] == alone.flows
+
+
+def _frames(captures: Path, n: int = 400) -> list[tuple[int, bytes]]:
+    return [(p.ts_ns, p.frame) for p in read_packets(captures / "teams.pcap")][:n]
+
+
+@pytest.mark.parametrize("linktype", [101, 228, 113, 276, 0, 108])
+def test_other_link_types_identical(kern, captures, tmp_path, linktype):
+    pkts = _frames(captures)
+    def body(frame: bytes) -> bytes:
+        ip = frame[14:]
+        if linktype in (101, 228):
+            return ip
+        if linktype == 113:
+            return b"\0\0\0\1\0\6" + b"\2" * 8 + frame[12:14] + ip
+        if linktype == 276:
+            return frame[12:14] + b"\0\0" + b"\0\0\0\2" + b"\0\1" + b"\0\6" + b"\2" * 8 + ip
+        return (struct.pack("<I", 2) if linktype == 0 else struct.pack(">I", 2)) + ip
+    path = tmp_path / f"lt{linktype}.pcap"
+    write_pcap(path, [(ts, body(f)) for ts, f in pkts], linktype=linktype)
+    out = assert_same(kern, [str(path)])
+    assert out["captures"][0][1] == len(pkts) and out["json"]["flows"]
+
+
+def _pcapng(pkts: list[tuple[int, bytes]], *, big: bool = False, tsresol: int | None = None,
+            simple: bool = False, linktype: int = 1) -> bytes:
+    bo = ">" if big else "<"
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        n = len(body) + 12
+        return struct.pack(bo + "II", btype, n) + body + struct.pack(bo + "I", n)
+
+    out = block(0x0A0D0D0A, struct.pack(bo + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = b""
+    if tsresol is not None:
+        opts = struct.pack(bo + "HH", 9, 1) + bytes([tsresol]) + b"\0\0\0" + struct.pack(bo + "HH", 0, 0)
+    out += block(1, struct.pack(bo + "HHI", linktype, 0, 65535) + opts)
+    for ts, frame in pkts:
+        if simple:
+            out += block(3, struct.pack(bo + "I", len(frame)) + frame)
+            continue
+        units = ts // 1000 if tsresol is None else (ts * 1024 // 10**9 if tsresol == 0x8A else ts)
+        out += block(6, struct.pack(bo + "IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(frame), len(frame)) + frame)
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"big": True}, {"tsresol": 9}, {"tsresol": 0x8A}, {"simple": True},
+                                {"linktype": 147}])
+def test_pcapng_variants_identical(kern, captures, tmp_path, kw):
+    path = tmp_path / "v.pcapng"
+    path.write_bytes(_pcapng(_frames(captures), **kw))
+    out = assert_same(kern, [str(path)])
+    if kw.get("linktype") == 147:
+        assert "unsupported link type 147" in out["json"]["errors"][0]
+
+
+@pytest.mark.parametrize("cut", [3, 20, 24 + 8, 24 + 16 + 100, 2000, 50_001])
+def test_truncated_pcap_identical(kern, captures, tmp_path, cut):
+    bad = tmp_path / "cut.pcap"
+    bad.write_bytes((captures / "teams.pcap").read_bytes()[:cut])
+    out = assert_same(kern, [str(bad)])
+    assert out["json"]["errors"][0].startswith(f"{bad}: at byte ")
+
+
+@pytest.mark.parametrize("damage", ["blen", "trailer", "ifid", "bom", "cut"])
+def test_broken_pcapng_identical(kern, captures, tmp_path, damage):
+    raw = bytearray(_pcapng(_frames(captures, 50)))
+    third = 28 + 20  # SHB (28 bytes) and IDB (20): the first packet block starts here
+    if damage == "blen":
+        struct.pack_into("<I", raw, third + 4, 13)
+    elif damage == "trailer":
+        blen = struct.unpack_from("<I", raw, third + 4)[0]
+        struct.pack_into("<I", raw, third + blen - 4, blen + 4)
+    elif damage == "ifid":
+        struct.pack_into("<I", raw, third + 8, 3)
+    elif damage == "bom":
+        struct.pack_into("<I", raw, 8, 0x12345678)
+    else:
+        raw = raw[: len(raw) - 37]
+    path = tmp_path / "bad.pcapng"
+    path.write_bytes(bytes(raw))
+    out = assert_same(kern, [str(path)])
+    assert " at byte " in out["json"]["errors"][0]
+
+
+def test_runt_frame_stops_both_loops_alike(kern, captures, tmp_path):
+    """A frame the kernel refuses (shorter than an Ethernet header) ends the capture with the same error."""
+    pkts = _frames(captures, 30)
+    pkts.insert(20, (pkts[19][0], b"\1\2\3"))
+    path = tmp_path / "runt.pcap"
+    write_pcap(path, pkts)
+    out = assert_same(kern, [str(path)])
+    assert out["captures"][0][1] == 20 and "bpf_prog_test_run_opts failed" in out["json"]["errors"][0]
+
+
+def test_garbage_and_empty_identical(kern, tmp_path):
+    g = tmp_path / "garbage.pcap"
+    g.write_bytes(b"this is not a capture at all" * 10)
+    e = tmp_path / "empty.pcap"
+    e.write_bytes(b"")
+    out = assert_same(kern, [str(g), str(e)])
+    assert "bad magic" in out["json"]["errors"][0] and "too short" in out["json"]["errors"][1]
+
+
+def test_without_a_compiler_auto_falls_back_and_c_refuses(monkeypatch, tmp_path):
+    monkeypatch.setattr(fastwalk, "_lib", None)
+    monkeypatch.setenv("SKYGUARD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "no-such-compiler-skyguard")
+    with pytest.raises(fastwalk.BuildError, match="no C compiler"):
+        fastwalk.lib()
+    assert replay._walker_factory("auto") is None
+    with pytest.raises(fastwalk.BuildError):
+        replay._walker_factory("c")
