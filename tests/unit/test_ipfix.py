@@ -162,13 +162,16 @@ def test_nfacctd_decodes_every_record(tmp_path: Path):
         skip_or_fail("nfacctd is missing (Debian package pmacct; make setup installs it)")
     nf = Nfacctd(tmp_path)
     try:
+        nf.prime(rec(500))
         enc = Encoder(max_len=1400, clock=Clock(time.time()))
         recs = [rec(i, v6=i % 5 == 0) for i in range(100)]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for m in enc.encode(recs):
                 s.sendto(m, ("127.0.0.1", nf.port))
-                time.sleep(0.001)
-        time.sleep(2.5)
+        want = sum(r.packets for r in recs)
+        deadline = time.monotonic() + 30
+        while sum(p for p, _b in nf.totals().values()) < want and time.monotonic() < deadline:
+            time.sleep(0.2)  # the print plugin writes once a second: poll its output
     finally:
         nf.stop()
     tot = nf.totals()
