@@ -19,6 +19,7 @@ import pytest
 from skyguard import __version__
 from skyguard.lab import demo as lab
 from skyguard.lab.topo import CLIENT, PEER, PSTN_GW
+from tests.conftest import skip_or_fail
 
 from .conftest import Rig, settle, wait_for
 
@@ -75,7 +76,7 @@ class Live:
 @pytest.fixture(scope="module")
 def live(bpf_ok):
     if not shutil.which("nsenter"):
-        pytest.skip("nsenter (util-linux) is missing")
+        skip_or_fail("nsenter (util-linux) is missing")
     if not SKYGUARD.exists():
         pytest.fail(f"the installed CLI is missing: {SKYGUARD}", pytrace=False)
     rig = Rig()

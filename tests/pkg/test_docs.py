@@ -14,7 +14,7 @@ import pytest
 
 from skyguard.cli.args import build_parser
 from skyguard.daemon.config import Config, build_daemon_parser
-from tests.conftest import ROOT
+from tests.conftest import ROOT, skip_or_fail
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def render(page: Path) -> str:
     if not shutil.which("man"):
-        pytest.skip("man is not installed")
+        skip_or_fail("man is not installed (make setup installs man-db)")
     env = {**os.environ, "MANWIDTH": "200", "LC_ALL": "C.UTF-8", "MAN_KEEP_FORMATTING": ""}
     r = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr

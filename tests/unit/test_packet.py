@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import scapy.all as scapy_all  # a test dependency: where it is missing this module fails, never skips
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skyguard.lab import packet as pk
 
-scapy_all = pytest.importorskip("scapy.all")
 Ether, Dot1Q, Dot1AD = scapy_all.Ether, scapy_all.Dot1Q, scapy_all.Dot1AD
 IP, IPv6, UDP, TCP, Raw = scapy_all.IP, scapy_all.IPv6, scapy_all.UDP, scapy_all.TCP, scapy_all.Raw
 
