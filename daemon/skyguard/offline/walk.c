@@ -176,6 +176,22 @@ static uint16_t null_ethertype(uint32_t fam, const uint8_t *p, uint64_t n)
 }
 
 /* The frame pcap.py's converters make of `len` captured bytes, after room for the metadata; returns its length. */
+/* A Linux cooked capture's header (`hlen` bytes, protocol field at `poff`): the payload after it and its ethertype;
+ * a protocol below 0x0600 is not an ethertype, so the payload's IP version decides. Too short: 0x88B5, no payload. */
+static uint16_t cooked_ethertype(const uint8_t *d, uint64_t len, uint64_t hlen, uint64_t poff, const uint8_t **pl,
+				 uint64_t *pn)
+{
+	uint16_t proto;
+
+	if (len < hlen) {
+		*pn = 0;
+		return 0x88B5;
+	}
+	proto = d[poff] << 8 | d[poff + 1];
+	*pl = d + hlen, *pn = len - hlen;
+	return proto >= 0x0600 ? proto : ip_ethertype(*pl, *pn);
+}
+
 static int64_t build_frame(struct sgw *w, uint32_t lt, const uint8_t *d, uint64_t len)
 {
 	static const uint8_t macs[12] = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1};
@@ -209,25 +225,11 @@ static int64_t build_frame(struct sgw *w, uint32_t lt, const uint8_t *d, uint64_
 			et = null_ethertype(fam, pl, pn);
 		}
 		break;
-	case 113:
-		if (len < 16) {
-			et = 0x88B5, pn = 0;
-		} else {
-			uint16_t proto = d[14] << 8 | d[15];
-
-			pl = d + 16, pn = len - 16;
-			et = proto >= 0x0600 ? proto : ip_ethertype(pl, pn);
-		}
+	case 113: /* Linux cooked v1: 16-byte header, protocol at 14 */
+		et = cooked_ethertype(d, len, 16, 14, &pl, &pn);
 		break;
-	case 276:
-		if (len < 20) {
-			et = 0x88B5, pn = 0;
-		} else {
-			uint16_t proto = d[0] << 8 | d[1];
-
-			pl = d + 20, pn = len - 20;
-			et = proto >= 0x0600 ? proto : ip_ethertype(pl, pn);
-		}
+	case 276: /* Linux cooked v2: 20-byte header, protocol at 0 */
+		et = cooked_ethertype(d, len, 20, 0, &pl, &pn);
 		break;
 	}
 	if (et < 0) {
