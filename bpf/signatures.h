@@ -15,7 +15,7 @@
 /* Decisive evidence: a flow without any of it after SG_PROBE packets is `other`. RTP alone and SoM data-frame funcs
  * alone are not (random bytes look like them too often); neither is plain STUN (WebRTC, WhatsApp, Zoom, ... use it:
  * Skype's shows Microsoft attributes in its first messages) nor TLS (the daemon decides it by name and overrides). */
-#define SG_E_DECISIVE (SG_E_SOM | SG_E_CID | SG_E_MS_ATTR | SG_E_MS_PREFIX | SG_E_PORT12340 | SG_E_FF10)
+#define SG_E_DECISIVE (SG_E_SOM | SG_E_CID | SG_E_MS_ATTR | SG_E_MS_PREFIX | SG_E_PORT12340 | SG_E_FF10 | SG_E_DR_MEDIA)
 
 static __always_inline __u16 sg_be16(const __u8 *p)
 {
@@ -62,6 +62,7 @@ static __always_inline int sg_ms_attr(__u16 at)
 #define SG_PK_FUNC      0x08 /* this packet is long enough to carry a SoM func byte */
 #define SG_PK_SOM       0x10 /* ... and that func is a valid SoM func */
 #define SG_PK_SOM_PROBE 0x20 /* the flow's first packet, and it looks like a legacy SoM probe */
+#define SG_PK_MS        0x40 /* this STUN message carried a Microsoft attribute */
 
 /* STUN/TURN message at p (len bytes of payload). Returns 1 when it parses; ORs SG_S_* bits into *sb (map memory) and
  * SG_PK_CHECK into *pkf. */
@@ -114,17 +115,23 @@ static __always_inline int sg_stun(__u8 *p, __u32 len, void *data_end, __u8 *sb,
 		at = sg_be16(a);
 		alen = sg_be16(a + 2);
 		if (sg_ms_attr(at)) {
-			*sb |= SG_S_MS;
+			*pkf |= SG_PK_MS;
 		} else if (at == 0x000F) { /* MS-TURN MAGIC-COOKIE: only with its fixed value */
 			if ((void *)(a + 8) <= data_end && alen >= 4 && sg_be32(a + 4) == SG_MS_COOKIE_VAL)
-				*sb |= SG_S_MS;
+				*pkf |= SG_PK_MS;
 		} else if (at == 0x0024 || at == 0x8029 || at == 0x802A || at == 0x0025) {
 			*pkf |= SG_PK_CHECK; /* PRIORITY, ICE-CONTROLLED, ICE-CONTROLLING, USE-CANDIDATE */
 		}
 		off += 4 + (((__u32)alen + 3) & ~3U);
 	}
+	if (*pkf & SG_PK_MS)
+		*sb |= SG_S_MS;
 	if (type == 0x0001 && (*pkf & SG_PK_CHECK))
 		*sb |= SG_S_CHECK;
+	/* a Binding request with Microsoft attributes of its own: a Teams/Skype agent's connectivity check, whether or
+	 * not it carries ICE's optional PRIORITY / ICE-CONTROLLING (MS-ICE2 agents may leave them out) */
+	if (type == 0x0001 && (*pkf & SG_PK_MS))
+		*sb |= SG_S_MSREQ;
 	return 1;
 }
 

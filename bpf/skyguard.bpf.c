@@ -43,6 +43,14 @@ SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, exempt_v6, SG_LPM_MAX, BPF_
 SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, block_v4, SG_LPM_MAX, BPF_F_NO_PREALLOC);
 /* block_v6: generation + IPv6 prefix -> operator's manual blocks */
 SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, block_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* drmedia_v4: generation + IPv4 prefix -> Microsoft's Direct Routing media processors (SBC side of phone calls) */
+SG_MAP("lpm_trie", struct sg_lpm4, struct sg_prefix, drmedia_v4, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* drmedia_v6: generation + IPv6 prefix -> Direct Routing media processors */
+SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, drmedia_v6, SG_LPM_MAX, BPF_F_NO_PREALLOC);
+/* qos: generation -> client port ranges and DSCP of each media kind (policy [qos]) */
+SG_MAP("array", u32, struct sg_qos, qos, 2, 0);
+/* endpoints: UDP endpoint (address, port, VLAN) proved Skype by a strong signature -> when, by what (LRU, TTL) */
+SG_MAP("lru_hash", struct sg_ep_key, struct sg_ep, endpoints, SG_EP_MAX, 0);
 /* events: ring buffer of classified/sample/dns/tls events for the daemon (never blocks: losses are counted) */
 BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
 /* A replay reads the ring buffer after every run that left a record and never sleeps in epoll: the wake-up of a
@@ -83,6 +91,7 @@ struct sg_run {
 #define SG_LPM_BLOCK   1
 #define SG_LPM_PSTN    2
 #define SG_LPM_MSMEDIA 3
+#define SG_LPM_DRMEDIA 4
 
 static __always_inline int sg_lpm_hit4(int which, struct sg_lpm4 *k)
 {
@@ -93,6 +102,8 @@ static __always_inline int sg_lpm_hit4(int which, struct sg_lpm4 *k)
 		return block_v4.lookup(k) != 0;
 	case SG_LPM_PSTN:
 		return pstn_v4.lookup(k) != 0;
+	case SG_LPM_DRMEDIA:
+		return drmedia_v4.lookup(k) != 0;
 	default:
 		return msmedia_v4.lookup(k) != 0;
 	}
@@ -107,6 +118,8 @@ static __always_inline int sg_lpm_hit6(int which, struct sg_lpm6 *k)
 		return block_v6.lookup(k) != 0;
 	case SG_LPM_PSTN:
 		return pstn_v6.lookup(k) != 0;
+	case SG_LPM_DRMEDIA:
+		return drmedia_v6.lookup(k) != 0;
 	default:
 		return msmedia_v6.lookup(k) != 0;
 	}
@@ -130,6 +143,21 @@ static __always_inline int sg_in_lpm(struct sg_pkt *pk, __u8 gen, int which)
 	if (sg_lpm_hit4(which, &k4))
 		return 1;
 	__builtin_memcpy(k4.addr, &pk->daddr4, 4);
+	return sg_lpm_hit4(which, &k4);
+}
+
+/* Is the packet's source (src = 1) or destination address in the `which` prefixes of generation `gen`? */
+static __always_inline int sg_addr_in_lpm(struct sg_pkt *pk, __u8 gen, int which, int src)
+{
+	if (pk->v6) {
+		struct sg_lpm6 k6 = { .prefixlen = SG_LPM6_BITS, .gen = gen };
+
+		__builtin_memcpy(k6.addr, src ? (void *)&pk->saddr6 : (void *)&pk->daddr6, 16);
+		return sg_lpm_hit6(which, &k6);
+	}
+	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
+
+	__builtin_memcpy(k4.addr, src ? (void *)&pk->saddr4 : (void *)&pk->daddr4, 4);
 	return sg_lpm_hit4(which, &k4);
 }
 
@@ -334,12 +362,66 @@ static __always_inline __u8 sg_service_port(__u16 p)
 	       p == 5355 || p == 5060;
 }
 
+/* Direct Routing media processors' ports (docs/signatures.md, "Teams Phone at a company's edge") */
+#define SG_DR_PORT_LO 49152
+#define SG_DR_PORT_HI 53247
+
+static __always_inline __u8 sg_dr_port(__u16 p)
+{
+	return p >= SG_DR_PORT_LO && p <= SG_DR_PORT_HI;
+}
+
+/* ---- learned endpoints ----
+ * A flow proved by a strong signature teaches the endpoints that sent the proof; a new UDP flow with a learned
+ * endpoint on either side is Skype from its first packet. Ports under 1024 and Microsoft's relay ports 3478-3481 are
+ * servers' ports, never learned: a busy service must not turn its every client into Skype. */
+static __always_inline __u8 sg_ep_learnable(__u16 port)
+{
+	return port >= 1024 && !(port >= 3478 && port <= 3481);
+}
+
+static __always_inline void sg_ep_fill(struct sg_ep_key *k, struct sg_flow_key *fk, __u8 hi)
+{
+	__builtin_memcpy(k->addr, hi ? fk->hi_addr : fk->lo_addr, 16);
+	k->port = hi ? fk->hi_port : fk->lo_port;
+	k->vlan = fk->vlan;
+}
+
+/* Learn the endpoints of the directions in `dirs` (bit 0: the lo endpoint, sender of dir 0; bit 1: the hi one). */
+static __always_inline void sg_ep_learn(struct sg_run *r, struct sg_flow *f, __u8 dirs)
+{
+	struct sg_ep v = { .proved_ns = r->now, .reason = f->reason, .cls = f->cls };
+	struct sg_ep_key k = {};
+
+	if (r->key->proto != IPPROTO_UDP)
+		return;
+	if ((dirs & 1) && sg_ep_learnable(r->key->lo_port)) {
+		sg_ep_fill(&k, r->key, 0);
+		endpoints.update(&k, &v);
+	}
+	if ((dirs & 2) && sg_ep_learnable(r->key->hi_port)) {
+		sg_ep_fill(&k, r->key, 1);
+		endpoints.update(&k, &v);
+	}
+}
+
+/* Was the lo (hi = 0) or hi endpoint of the key proved Skype within the TTL? */
+static __always_inline int sg_ep_known(struct sg_run *r, __u8 hi)
+{
+	struct sg_ep_key k = {};
+	struct sg_ep *e;
+
+	sg_ep_fill(&k, r->key, hi);
+	e = endpoints.lookup(&k);
+	return e && e->proved_ns + (__u64)SG_EP_TTL_S * 1000000000ULL >= r->now;
+}
+
 /* ---- flow creation: the only place with LPM lookups ---- */
 static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct sg_pkt *pk, __u8 gen)
 {
 	struct sg_flow nf = {};
 	struct sg_flow *f;
-	__u8 pstn = 0, msport = 0, svc = 0;
+	__u8 pstn = 0, msport = 0, svc = 0, known = 0;
 
 	nf.first_ns = r->now;
 	nf.init_dir = r->dir;
@@ -362,6 +444,16 @@ static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct s
 				nf.evidence |= SG_E_PORT12340;
 			if (pk->sport == 53 || pk->dport == 53)
 				nf.flags |= SG_F_DNS; /* its responses go to the daemon: never on the fast path */
+			/* the processor side of Direct Routing media: its port in 49152-53247 and its address in the ranges */
+			if (sg_dr_port(pk->sport) && sg_addr_in_lpm(pk, gen, SG_LPM_DRMEDIA, 1)) {
+				nf.evidence |= SG_E_DR_MEDIA | (r->dir ? SG_E_DR_HI : 0);
+			} else if (sg_dr_port(pk->dport) && sg_addr_in_lpm(pk, gen, SG_LPM_DRMEDIA, 0)) {
+				nf.evidence |= SG_E_DR_MEDIA | (r->dir ? 0 : SG_E_DR_HI);
+			}
+			/* a learned endpoint on either side, unless the far side is a well-known service's port */
+			if (!svc && !msport && ((r->key->hi_port >= 1024 && sg_ep_known(r, 0)) ||
+						(r->key->lo_port >= 1024 && sg_ep_known(r, 1))))
+				known = 1;
 		}
 		/* UDP media and TCP fallback alike: the operator says phone calls leave through these addresses */
 		if (sg_in_pstn(pk, gen)) {
@@ -383,6 +475,8 @@ static __always_inline struct sg_flow *sg_flow_create(struct sg_run *r, struct s
 		sg_set_class(r, f, SG_CLASS_RELAY, SG_R_MS_PREFIX, 0); /* the signatures may still find an SBC leg */
 	else if (svc)
 		sg_set_class(r, f, SG_CLASS_OTHER, SG_R_SERVICE_PORT, 1);
+	else if (known)
+		sg_set_class(r, f, SG_CLASS_SIGNALING, SG_R_ENDPOINT, 0); /* the signatures may still find a call */
 	return f;
 }
 
@@ -503,17 +597,24 @@ static __always_inline void sg_see_som(struct sg_run *r, struct sg_flow *f, stru
  *  5 e2e-voice     SoM signalling, >= 16 data frames, some from each direction,
  *                  CID repeats under a quarter of them                             -> skype-p2p [som-voice], done
  *  6 e2o-port      >= 8 CID repeats on a flow with UDP port 12340                  -> skype-out [e2o-port], done
- *  7 ms-stun       a Microsoft STUN attribute was seen, then the first of:
+ *  7 dr-media      one end a Direct Routing media processor (its address in the
+ *                  drmedia prefixes, its port 49152-53247: set at flow creation),
+ *                  >= 2 RTP packets each way that are at least half of the
+ *                  inspected ones, and the other end sent no Binding request with
+ *                  Microsoft attributes (an SBC is ICE-lite; a Teams client is not) -> skype-out [dr-media], done
+ *  8 ms-stun       a Microsoft STUN attribute was seen, then the first of:
  *    a             an endpoint in the Microsoft media prefixes                     -> skype-relay [ms-prefix], done
  *    b             RTP with a static payload type either way                       -> skype-out [rtp-static-pt], done
- *    c             both ends sent connectivity checks                              -> skype-p2p [ice-both], done
+ *    c             both ends sent connectivity checks, or both sent Binding
+ *                  requests with Microsoft attributes of their own                 -> skype-p2p [ice-both], done
  *    d             the initiator sent checks, the far end only answered, >= 6
  *                  packets from the far end                                        -> skype-out [ice-lite], done
  *    e             otherwise                                                       -> skype-relay [ms-stun-attr]
- * 7's reasons also carry ms-stun-attr, and ms-turn-ff10 when the STUN came inside FF 10 framing. Then, for UDP and TCP
- * alike (sg_inspect), on a flow not done:
- *  8 no-evidence   SG_PROBE packets without decisive evidence, flow still unknown   -> other [no-evidence], done
- *  9 window-end    SG_WINDOW packets inspected: an unknown or other flow            -> other [window-end], done;
+ * 8's reasons also carry ms-stun-attr, and ms-turn-ff10 when the STUN came inside FF 10 framing. Rows 5 and 8a-d, and
+ * 8e when both ends sent Microsoft attributes, teach the `endpoints` map the ends that sent the proof (SoM data
+ * frames, Microsoft attributes). Then, for UDP and TCP alike (sg_inspect), on a flow not done:
+ *  9 no-evidence   SG_PROBE packets without decisive evidence, flow still unknown   -> other [no-evidence], done
+ * 10 window-end    SG_WINDOW packets inspected: an unknown or other flow            -> other [window-end], done;
  *                  any other class stays                                           -> done
  */
 static __always_inline void sg_decide_udp(struct sg_run *r, struct sg_flow *f)
@@ -552,6 +653,7 @@ static __always_inline void sg_decide_udp(struct sg_run *r, struct sg_flow *f)
 	if (som_sig && f->som_data >= 16 && (f->sent[0] & SG_SENT_SOM_DATA) && (f->sent[1] & SG_SENT_SOM_DATA) &&
 	    cid_reps * 4 < f->som_data) {
 		sg_set_class(r, f, SG_CLASS_P2P, SG_R_SOM | SG_R_SOM_VOICE, 1);
+		sg_ep_learn(r, f, 3); /* both ends sent data frames */
 		return;
 	}
 	/* 6 e2o-port */
@@ -559,25 +661,42 @@ static __always_inline void sg_decide_udp(struct sg_run *r, struct sg_flow *f)
 		sg_set_class(r, f, SG_CLASS_OUT, SG_R_E2O_PORT, 1);
 		return;
 	}
-	/* 7 ms-stun */
+	/* 7 dr-media: RTP is not decisive alone (a quarter of random first bytes carry version 2); both ways, most of
+	 * the packets, from and to a documented processor address and port, it is */
+	if ((f->evidence & SG_E_DR_MEDIA) && f->rtp_cnt[0] >= 2 && f->rtp_cnt[1] >= 2 &&
+	    2 * ((__u32)f->rtp_cnt[0] + f->rtp_cnt[1]) >= f->inspected &&
+	    !(f->stun[(f->evidence & SG_E_DR_HI) ? 0 : 1] & SG_S_MSREQ)) {
+		sg_set_class(r, f, SG_CLASS_OUT, SG_R_DR_MEDIA, 1);
+		return;
+	}
+	/* 8 ms-stun */
 	if (f->evidence & SG_E_MS_ATTR) {
 		__u8 s0 = f->stun[0], s1 = f->stun[1];
 		__u8 ini = f->init_dir & 1;
 		__u8 si = f->stun[ini], so = f->stun[ini ^ 1];
+		__u8 ms_dirs = ((s0 & SG_S_MS) ? 1 : 0) | ((s1 & SG_S_MS) ? 2 : 0);
+		__u8 was = f->cls;
 		__u32 extra = SG_R_MS_STUN;
 
 		if (f->evidence & SG_E_FF10)
 			extra |= SG_R_FF10;
-		if (f->evidence & SG_E_MS_PREFIX)
-			sg_set_class(r, f, SG_CLASS_RELAY, SG_R_MS_PREFIX | extra, 1);
-		else if ((f->sent[0] | f->sent[1]) & SG_SENT_STATIC_PT)
+		if (f->evidence & SG_E_MS_PREFIX) {
+			/* a Direct Routing processor's ICE checks: row 7 may still find the SBC's media */
+			sg_set_class(r, f, SG_CLASS_RELAY, SG_R_MS_PREFIX | extra, !(f->evidence & SG_E_DR_MEDIA));
+		} else if ((f->sent[0] | f->sent[1]) & SG_SENT_STATIC_PT) {
 			sg_set_class(r, f, SG_CLASS_OUT, SG_R_RTP_STATIC | extra, 1);
-		else if ((s0 & SG_S_CHECK) && (s1 & SG_S_CHECK))
+		} else if (((s0 & SG_S_CHECK) && (s1 & SG_S_CHECK)) || ((s0 & SG_S_MSREQ) && (s1 & SG_S_MSREQ))) {
 			sg_set_class(r, f, SG_CLASS_P2P, SG_R_ICE_BOTH | extra, 1);
-		else if ((si & SG_S_CHECK) && (so & SG_S_RESP) && !(so & SG_S_REQ) && f->pkts[ini ^ 1] >= 6)
+		} else if ((si & SG_S_CHECK) && (so & SG_S_RESP) && !(so & SG_S_REQ) && f->pkts[ini ^ 1] >= 6) {
 			sg_set_class(r, f, SG_CLASS_OUT, SG_R_ICE_LITE | extra, 1);
-		else
+		} else {
 			sg_set_class(r, f, SG_CLASS_RELAY, extra, 0); /* Skype for sure, which leg not yet */
+			if (ms_dirs != 3)
+				return; /* provisional: only Microsoft attributes from both ends prove both */
+		}
+		/* learn (or refresh) when the class is new or this packet carried a Microsoft attribute: not per packet */
+		if (f->cls != was || (SG_PKF(f) & SG_PK_MS))
+			sg_ep_learn(r, f, ms_dirs);
 	}
 }
 
@@ -592,6 +711,14 @@ static __always_inline void sg_inspect_udp(struct sg_run *r, struct sg_flow *f, 
 	sg_decide_udp(r, f);
 }
 
+/* The first 4 bytes of an HTTP/1.x request line: GET, POST, HEAD, PUT, OPTIONS (RFC 9110 methods) */
+static __always_inline int sg_http_method(__u8 *p)
+{
+	__u32 w = ((__u32)p[0] << 24) | ((__u32)p[1] << 16) | ((__u32)p[2] << 8) | p[3];
+
+	return w == 0x47455420 || w == 0x504f5354 || w == 0x48454144 || w == 0x50555420 || w == 0x4f505449;
+}
+
 static __always_inline void sg_inspect_tcp(struct sg_run *r, struct sg_flow *f, struct sg_pkt *pk)
 {
 	__u8 *p = sg_payload(r, 0);
@@ -601,9 +728,13 @@ static __always_inline void sg_inspect_tcp(struct sg_run *r, struct sg_flow *f, 
 	if (pk->plen == 0 || (f->sent[r->dir & 1] & SG_SENT_TCP_PAYLOAD))
 		return;
 	f->sent[r->dir & 1] |= SG_SENT_TCP_PAYLOAD;
-	if ((void *)(p + 2) <= r->data_end && p[0] == 0x16 && p[1] == 0x03) {
+	if ((void *)(p + 4) > r->data_end)
+		return;
+	if (p[0] == 0x16 && p[1] == 0x03) {
 		f->evidence |= SG_E_TLS;
 		sg_emit_big(r, pk, SG_EV_TLS);
+	} else if ((pk->sport == 80 || pk->dport == 80) && sg_http_method(p)) {
+		sg_emit_big(r, pk, SG_EV_HTTP); /* a plain-HTTP request: the daemon reads its Host header */
 	}
 }
 
@@ -636,6 +767,26 @@ static __always_inline void sg_inspect(struct sg_run *r, struct sg_flow *f, stru
 	}
 }
 
+/* DSCP of the flow's media kind (the first kind one of whose client port ranges holds either endpoint's port), -1 for
+ * none: only for classes whose policy slot asks for it, so other flows never pay for the lookup */
+static __always_inline int sg_qos_dscp(struct sg_run *r, __u32 gen)
+{
+	__u32 k = gen & 1;
+	struct sg_qos *q = qos.lookup(&k);
+	__u16 a, b;
+
+	if (!q || !r->key)
+		return -1;
+	a = r->key->lo_port;
+	b = r->key->hi_port;
+#pragma unroll
+	for (int i = 0; i < SG_QOS_KINDS; i++) {
+		if ((a >= q->lo[i] && a <= q->hi[i]) || (b >= q->lo[i] && b <= q->hi[i]))
+			return q->dscp[i] & 0x3f;
+	}
+	return -1;
+}
+
 /* ---- enforcement: every packet that reaches the policy goes through here, malformed ones included ----
  * The action of policy slot `slot` (a class, or SG_POL_MALFORMED) in generation `gen`, counted. `dropped` is the
  * flow's drop counter (none for a malformed packet); `can_mark` says the IP header parsed, so a mark may rewrite it
@@ -646,6 +797,16 @@ static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, _
 	__u32 idx = gen * SG_POL_SLOTS + slot;
 	struct sg_policy *pol = policy.lookup(&idx);
 	__u8 action = pol ? pol->action : SG_ACT_PASS;
+	__u8 dscp = pol ? pol->dscp : 0;
+
+	if (pol && pol->qos && can_mark && action != SG_ACT_DROP) {
+		int q = sg_qos_dscp(r, gen);
+
+		if (q >= 0) {
+			action = SG_ACT_MARK;
+			dscp = q;
+		}
+	}
 
 	if (action == SG_ACT_DROP) {
 		st->c[SG_ST_ACT_DROP]++;
@@ -655,7 +816,7 @@ static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, _
 	}
 	if (action == SG_ACT_MARK) {
 		st->c[SG_ST_ACT_MARK]++;
-		if (!can_mark || !sg_mark(r, pol->dscp))
+		if (!can_mark || !sg_mark(r, dscp))
 			st->c[SG_ST_MARK_SKIPPED]++;
 		return XDP_PASS;
 	}

@@ -38,6 +38,8 @@
 #define SG_R_MANUAL       0x00010000 /* "manual": operator block/unblock */
 #define SG_R_PSTN_PREFIX  0x00000040 /* "pstn-prefix": peer in the policy's PSTN prefixes */
 #define SG_R_PSTN_NAME    0x00000080 /* "pstn-name": peer learned from DNS answers for a PSTN name */
+#define SG_R_DR_TRUNK     0x00800000 /* "dr-trunk": daemon: TLS to Microsoft's Direct Routing SIP proxies (name) */
+#define SG_R_DR_MEDIA     0x01000000 /* "dr-media": RTP between an SBC and a Direct Routing media processor */
 #define SG_R_E2O_PORT     0x00000004 /* "e2o-port": connection-ID repetition towards UDP 12340 */
 #define SG_R_E2O_STATS    0x00000008 /* "e2o-stats": daemon: CID statistics, chi-square, constant bit rate */
 #define SG_R_RTP_STATIC   0x00000400 /* "rtp-static-pt": static RTP payload type 0/8/18 on a Skype flow */
@@ -50,9 +52,10 @@
 #define SG_R_SOM_VOICE    0x00000002 /* "som-voice": legacy SoM data frames both ways: an E2E call */
 #define SG_R_SOM          0x00000001 /* "som-header": legacy Start-of-Message header, func byte under 0x8f */
 #define SG_R_SNI          0x00000800 /* "tls-sni": TLS ClientHello server name of a Skype/Teams service */
+#define SG_R_HTTP_HOST    0x00400000 /* "http-host": daemon: plain-HTTP Host header of a Skype/Teams service */
 #define SG_R_DNS_NAME     0x00001000 /* "dns-name": peer learned from DNS answers for a Skype/Teams name */
 #define SG_R_HOST_CORR    0x00200000 /* "host-corr": daemon: TLS from a client in a Skype/Teams session, to Azure */
-#define SG_R_ENDPOINT     0x00080000 /* "known-endpoint": endpoint already known to speak Skype (daemon) */
+#define SG_R_ENDPOINT     0x00080000 /* "known-endpoint": an endpoint a strong signature proved Skype (`endpoints`) */
 #define SG_R_CONTRADICT   0x00008000 /* "contradicted": later packets contradict the legacy header */
 #define SG_R_SERVICE_PORT 0x00100000 /* "service-port": a well-known non-Skype UDP service (DNS, NTP, SIP...) */
 #define SG_R_NO_EVIDENCE  0x00002000 /* "no-evidence": probe window passed without any Skype evidence */
@@ -70,6 +73,8 @@
 #define SG_E_PORT12340    0x0100 /* an endpoint uses UDP 12340 */
 #define SG_E_FF10         0x0200 /* FF 10 multiplexed TURN framing */
 #define SG_E_IDREP        0x0400 /* the first 2 payload bytes repeated packet to packet: no random SoM message ID */
+#define SG_E_DR_MEDIA     0x0800 /* an endpoint on UDP 49152-53247 is in drmedia_v4/6: a Direct Routing processor */
+#define SG_E_DR_HI        0x1000 /* ... and that processor is the key's hi endpoint (its packets are dir 1) */
 #define SG_E_CANDIDATE    0x8000 /* flow emits `sample` events */
 
 /* ---- flow.stun[dir]: what each direction's STUN/TURN messages showed ---- */
@@ -79,6 +84,7 @@
 #define SG_S_MS       0x08 /* sent a Microsoft attribute */
 #define SG_S_COOKIE   0x10 /* RFC 5389 magic cookie present */
 #define SG_S_TURN     0x20 /* TURN allocate/send/data/channel */
+#define SG_S_MSREQ    0x40 /* sent a Binding request that itself carried a Microsoft attribute */
 
 /* ---- flow.sent[dir]: what else each direction has sent ---- */
 #define SG_SENT_SOM_DATA    0x01 /* UDP: a legacy SoM data frame (func 0x0d) */
@@ -141,6 +147,7 @@ struct sg_stats {
 #define SG_EV_SAMPLE     2 /* "sample": payload of an inspected packet of a candidate flow */
 #define SG_EV_DNS        3 /* "dns": a DNS response, for learning names -> addresses */
 #define SG_EV_TLS        4 /* "tls": first TCP payload that starts a TLS handshake, for the server name */
+#define SG_EV_HTTP       5 /* "http": first TCP payload of a plain-HTTP request on port 80, for its Host header */
 #define SG_SAMPLE_BYTES  64
 #define SG_BIG_BYTES     512
 
@@ -162,6 +169,12 @@ struct sg_stats {
 #endif
 #ifndef SG_IP6_EXT_MAX
 #define SG_IP6_EXT_MAX 6
+#endif
+#ifndef SG_EP_MAX
+#define SG_EP_MAX 65536 /* learned endpoints (LRU) */
+#endif
+#ifndef SG_EP_TTL_S
+#define SG_EP_TTL_S 120 /* a learned endpoint makes new flows Skype for this long after its last proof */
 #endif
 #ifndef SG_STUN_ATTR_MAX
 #define SG_STUN_ATTR_MAX 12
@@ -212,8 +225,31 @@ struct sg_policy {
 	__u8 action; /* SG_ACT_* */
 	__u8 dscp;   /* 0..63, for SG_ACT_MARK */
 	__u8 log;    /* 1: the daemon logs every decision on this class */
-	__u8 _pad;
+	__u8 qos;    /* 1: media of this class is marked by media kind (the `qos` map) unless the action is drop */
 };
+
+/* DSCP by media kind (the `qos` map, one entry per generation): a flow with an endpoint port in [lo, hi] of a kind
+ * is marked with that kind's DSCP, the kinds tried in order (audio, video, screen sharing). */
+#define SG_QOS_KINDS 3
+struct sg_qos {
+	__u16 lo[SG_QOS_KINDS];
+	__u16 hi[SG_QOS_KINDS];
+	__u8 dscp[SG_QOS_KINDS];
+	__u8 _pad[3];
+}; /* 18 bytes */
+
+/* A UDP endpoint that a strong signature proved Skype (the `endpoints` LRU): key and value. */
+struct sg_ep_key {
+	__u8 addr[16]; /* IPv4 mapped, as in sg_flow_key */
+	__u16 port;
+	__u16 vlan;
+}; /* 20 bytes */
+struct sg_ep {
+	__u64 proved_ns; /* flow clock of its last proof; it counts for SG_EP_TTL_S from then */
+	__u32 reason;    /* the SG_R_* of the proving flow's decision */
+	__u8 cls;        /* the proving flow's class */
+	__u8 _pad[3];
+}; /* 16 bytes */
 
 /* Global config; the daemon flips `gen` to swap policies atomically. */
 struct sg_config {

@@ -19,6 +19,12 @@ File format (see policies/*.toml for commented examples)::
                                              # the listed prefixes, and the built-in ones are no longer used
     [exempt]          prefixes = [CIDR...]   # never classified or touched
     [skype]           names = [DNS name...]  # service name suffixes added to names.BUILTIN_SKYPE_NAMES
+    [direct_routing]  media_prefixes = [CIDR...]  # Microsoft's Direct Routing media processors (SBC <-> processor
+                                             # media is skype-out, reason dr-media); absent: DEFAULT_DR_MEDIA_PREFIXES
+    [qos]             media = true | false   # default false: mark Skype/Teams media (skype-p2p, skype-out,
+                                             # skype-relay, unless their action is drop) by media kind
+                      audio = [lo, hi], video = [lo, hi], sharing = [lo, hi]   # client ports (Teams QoS defaults)
+                      audio_dscp = 0..63, video_dscp = 0..63, sharing_dscp = 0..63   # default 46, 34, 18
 
 Decision on `dscp`: it is only meaningful when the action rewrites DSCP, so it is refused with "pass" and "drop".
 A `dscp` written under a class whose action was forgotten would otherwise silently do nothing.
@@ -61,8 +67,26 @@ DEFAULT_MSMEDIA_PREFIXES: tuple[str, ...] = (
     "13.107.64.0/18",
     "2603:1063::/38",
 )
+# Direct Routing media processors (docs/signatures.md, "Teams Phone at a company's edge": "Plan Direct Routing"):
+# Microsoft's cloud, then GCC High and DoD.
+DEFAULT_DR_MEDIA_PREFIXES: tuple[str, ...] = ("52.112.0.0/14", "52.120.0.0/14", "52.127.88.0/21", "52.127.64.0/21")
+# Teams QoS guidance (docs/signatures.md, "DSCP marking"): (name, default client ports, default DSCP) per media kind,
+# in the order the kernel tries them (struct sg_qos)
+QOS_KINDS: tuple[tuple[str, tuple[int, int], int], ...] = (
+    ("audio", (50000, 50019), 46), ("video", (50020, 50039), 34), ("sharing", (50040, 50059), 18))
+QOS_CLASSES = (wire.P2P, wire.OUT, wire.RELAY)  # the media classes
 MAX_POLICY_BYTES = 1 << 20
 NAME_RE = re.compile(r"[a-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class QosKind:
+    """One media kind of [qos]: client ports lo..hi marked with dscp."""
+
+    name: str
+    lo: int
+    hi: int
+    dscp: int
 
 
 @dataclass(frozen=True)
@@ -78,6 +102,8 @@ class Policy:
     skype_names: tuple[str, ...] = ()  # Skype/Teams service name suffixes (SNI and DNS learning)
     host_corr_s: int = 60  # host correlation window (classify.py), 0 = off
     feed: Feed | None = None  # Microsoft's endpoint feed, read at load time; its ranges are in msmedia_prefixes
+    drmedia_prefixes: tuple[Network, ...] = ()  # Direct Routing media processors
+    qos_kinds: tuple[QosKind | None, ...] = (None, None, None)  # [qos] media kinds, None when [qos] media is off
     loaded_ns: int = 0  # time.time_ns() when loaded
     digest: str = ""  # sha256 of the file text
     extra: dict = field(default_factory=dict, compare=False)
@@ -120,7 +146,9 @@ DAEMON_CONFIG_KEYS = ("interfaces", "xdp_mode", "pin_path", "socket", "flows_max
 # ---------------------------------------------------------------------------------------------------------------------
 # Validation
 
-_TOP_KEYS = ("name", "class", "malformed", "blocked", "pstn", "microsoft_media", "exempt", "skype")
+_TOP_KEYS = ("name", "class", "malformed", "blocked", "pstn", "microsoft_media", "exempt", "skype", "direct_routing",
+             "qos")
+_QOS_KEYS = ("media", *(k for name, _p, _d in QOS_KINDS for k in (name, f"{name}_dscp")))
 _CLASS_KEYS = ("action", "dscp", "log")
 _MALFORMED_KEYS = ("action", "log")
 _BLOCKED_KEYS = ("action", "dscp", "log")
@@ -239,10 +267,10 @@ class _Checker:
             out.append((item, w + (i,)))
         return out
 
-    def prefixes(self, tbl: dict | None, where: KeyPath) -> tuple[Network, ...] | None:
+    def prefixes(self, tbl: dict | None, where: KeyPath, key: str = "prefixes") -> tuple[Network, ...] | None:
         if tbl is None:
             return None
-        items = self.str_list(tbl, "prefixes", where)
+        items = self.str_list(tbl, key, where)
         if items is None:
             return None
         seen: dict[Network, KeyPath] = {}
@@ -363,7 +391,8 @@ class _Checker:
 
         tables: dict[str, dict | None] = {}
         for key, allowed in (("pstn", ("prefixes", "names")), ("microsoft_media", ("prefixes", "feed")),
-                             ("exempt", ("prefixes",)), ("skype", ("names", "host_correlation_s"))):
+                             ("exempt", ("prefixes",)), ("skype", ("names", "host_correlation_s")),
+                             ("direct_routing", ("media_prefixes",)), ("qos", _QOS_KEYS)):
             tables[key] = None
             with self.part():
                 tables[key] = self.table(doc, key, allowed, (key,))
@@ -387,9 +416,17 @@ class _Checker:
         extra_names = each(lambda: self.dns_names(tables["skype"], ("skype",)), None) or ()
         skype_names = tuple(dict.fromkeys(names_mod.BUILTIN_SKYPE_NAMES + extra_names))
         host_corr = each(lambda: self.window(tables["skype"], ("skype",), "host_correlation_s", 60, 3600), 60)
+        drmedia = each(lambda: self.prefixes(tables["direct_routing"], ("direct_routing",), "media_prefixes"), None)
+        if drmedia is None:
+            drmedia = tuple(ipaddress.ip_network(p) for p in DEFAULT_DR_MEDIA_PREFIXES)
+        qos_kinds = each(lambda: self.qos(tables["qos"]), None) or (None, None, None)
+        if qos_kinds[0] is not None:
+            for c in QOS_CLASSES:
+                if slots[c].action != wire.DROP:
+                    slots[c] = dataclasses.replace(slots[c], qos=True)
         return {
             "name": nm,
-            "slots": tuple(slots),
+            "slots": tuple(slots),  # after [qos], which sets the media classes' qos flag
             "pstn_prefixes": pstn_prefixes,
             "pstn_names": pstn_names,
             "msmedia_prefixes": msmedia,
@@ -397,7 +434,36 @@ class _Checker:
             "skype_names": skype_names,
             "host_corr_s": host_corr,
             "feed": feed,
+            "drmedia_prefixes": drmedia,
+            "qos_kinds": qos_kinds,
         }
+
+    def qos(self, tbl: dict | None) -> tuple[QosKind, ...] | None:
+        """[qos]: the media kinds when `media = true`, else None."""
+        if tbl is None:
+            return None
+        media = tbl.get("media", False)
+        if not isinstance(media, bool):
+            raise self.fail(("qos", "media"), f"qos.media must be true or false, not {_type_name(media)}")
+        kinds = []
+        for name, (lo, hi), dscp in QOS_KINDS:
+            with self.part():
+                if name in tbl:
+                    lo, hi = self.port_range(tbl[name], ("qos", name))
+            with self.part():
+                d, w = tbl.get(f"{name}_dscp", dscp), ("qos", f"{name}_dscp")
+                if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 63:
+                    raise self.fail(w, f"{_dotted(w)} must be an integer 0..63 (DSCP)")
+                dscp = d
+            kinds.append(QosKind(name, lo, hi, dscp))
+        return tuple(kinds) if media else None
+
+    def port_range(self, v: object, where: KeyPath) -> tuple[int, int]:
+        ok = (isinstance(v, list) and len(v) == 2 and all(isinstance(p, int) and not isinstance(p, bool) for p in v)
+              and 1 <= v[0] <= v[1] <= 65535)
+        if not ok:
+            raise self.fail(where, f"{_dotted(where)} must be [first, last] ports, 1 <= first <= last <= 65535")
+        return v[0], v[1]
 
     def _class(self, classes: dict, cname: str) -> wire.PolicySlot:
         """One class's slot; its action, dscp and log are checked each on their own (all their errors are noted)."""

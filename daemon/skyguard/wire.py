@@ -282,21 +282,25 @@ class PolicySlot:
     action: int = PASS
     dscp: int = 0
     log: bool = False
+    qos: bool = False  # media of the class is marked by media kind (policy [qos], the `qos` map)
 
     FMT = _fmt("sg_policy")
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.action, self.dscp, 1 if self.log else 0)
+        return self.FMT.pack(self.action, self.dscp, 1 if self.log else 0, 1 if self.qos else 0)
 
     @classmethod
     def unpack(cls, raw: bytes) -> PolicySlot:
-        a, d, lg = cls.FMT.unpack_from(raw)
-        return cls(a, d, bool(lg))
+        a, d, lg, q = cls.FMT.unpack_from(raw)
+        return cls(a, d, bool(lg), bool(q))
 
 
 _check_fields(PolicySlot, "sg_policy", tuple(f.name for f in dataclasses.fields(PolicySlot)))
 
 # these formats keep the structs' _pad members as values (pack them as 0)
+QOS_FMT = _fmt("sg_qos", pads=True)
+EP_KEY_FMT = _fmt("sg_ep_key", pads=True)
+EP_FMT = _fmt("sg_ep", pads=True)
 CONFIG_FMT = _fmt("sg_config", pads=True)
 LPM4_FMT = _fmt("sg_lpm4", pads=True)
 LPM6_FMT = _fmt("sg_lpm6", pads=True)
@@ -321,6 +325,7 @@ def prefix_val(source: int, expires_ns: int = 0) -> bytes:
 # Events
 
 EV_CLASSIFIED, EV_SAMPLE, EV_DNS, EV_TLS = (C["SG_EV_CLASSIFIED"], C["SG_EV_SAMPLE"], C["SG_EV_DNS"], C["SG_EV_TLS"])
+EV_HTTP = C["SG_EV_HTTP"]
 EVENT_NAMES = header().group("SG_EV_")
 SAMPLE_BYTES, BIG_BYTES = C["SG_SAMPLE_BYTES"], C["SG_BIG_BYTES"]
 _, EV_HDR_FMT = _part("sg_ev_hdr", stop="key")  # type, dir, ts_ns
@@ -363,7 +368,7 @@ class Event:
         elif typ == EV_SAMPLE:
             ev.payload_len, caplen, ev.inspected = _SAMPLE_FMT.unpack_from(raw, EV_HDR_SIZE)
             ev.data = bytes(raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen])
-        elif typ in (EV_DNS, EV_TLS):
+        elif typ in (EV_DNS, EV_TLS, EV_HTTP):
             ev.payload_len, caplen = _BIG_FMT.unpack_from(raw, EV_HDR_SIZE)
             ev.data = bytes(raw[_BIG_DATA:_BIG_DATA + caplen])
         else:

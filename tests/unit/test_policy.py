@@ -161,7 +161,7 @@ def test_bad_name() -> None:
 def test_unknown_top_level_table_with_hint() -> None:
     assert refuse('name = "x"\n\n[exmept]\nprefixes = []\n') == (
         "p.toml:3: unknown key or table 'exmept' (allowed: name, class, malformed, blocked, pstn, microsoft_media, "
-        "exempt, skype); did you mean 'exempt'?"
+        "exempt, skype, direct_routing, qos); did you mean 'exempt'?"
     )
 
 

@@ -113,7 +113,7 @@ def test_names_come_from_the_header():
     assert wire.CLASS_NAMES == ("unknown", "other", "skype-signaling", "skype-p2p", "skype-out", "skype-relay")
     assert wire.ACTION_NAMES == ("pass", "drop", "mark")
     assert [wire.C[f"SG_CLASS_{n}"] for n in ("OUT", "RELAY")] == [wire.CLASS_IDS["skype-out"], wire.RELAY]
-    assert wire.EVENT_NAMES == {1: "classified", 2: "sample", 3: "dns", 4: "tls"}
+    assert wire.EVENT_NAMES == {1: "classified", 2: "sample", 3: "dns", 4: "tls", 5: "http"}
     assert len(wire.REASONS) == sum(1 for k in wire.C if k.startswith("SG_R_"))  # every reason bit has a name
 
 

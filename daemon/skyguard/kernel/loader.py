@@ -20,7 +20,7 @@ from skyguard.kernel.clock import ClockModel, clock_model
 from skyguard.kernel.memory import release_compiler_memory
 from skyguard.policy import Network, Policy
 
-PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block")
+PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block", "drmedia")
 _LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
 _STATS_SIZE = wire.C["SG_ST_MAX"] * 8
 
@@ -88,6 +88,8 @@ class Kernel:
         self._rcu_sync = self._raw("rcu_sync", 4, 4)
         self._rcu_inner_fd = self.bpf[b"rcu_inner"].map_fd
         self._stats = self._raw("stats", 4, _STATS_SIZE, percpu=True)
+        self._qos = self._raw("qos", 4, wire.QOS_FMT.size)
+        self._endpoints = self._raw("endpoints", wire.EP_KEY_FMT.size, wire.EP_FMT.size)
         self._lpm: dict[str, tuple[RawMap, RawMap]] = {
             kind: (
                 self._raw(m4, wire.LPM4_FMT.size, wire.PREFIX_FMT.size),
@@ -293,7 +295,9 @@ class Kernel:
         for kind in PREFIX_KINDS:  # clear leftovers of the generation being written
             for raw, _net, _src, _exp, fam in self._entries(kind, new):
                 self._lpm[kind][fam].delete(raw)
-        wanted = {"pstn": policy.pstn_prefixes, "msmedia": policy.msmedia_prefixes, "exempt": policy.exempt_prefixes}
+        self._qos.update(new.to_bytes(4, "little"), _qos_value(policy))
+        wanted = {"pstn": policy.pstn_prefixes, "msmedia": policy.msmedia_prefixes, "exempt": policy.exempt_prefixes,
+                  "drmedia": policy.drmedia_prefixes}
         for kind, nets in wanted.items():
             for net in nets:
                 self._write_prefix(kind, _as_network(net), new, wire.SRC_POLICY, 0)
@@ -309,6 +313,24 @@ class Kernel:
         for kind in PREFIX_KINDS:
             for raw, _net, _src, _exp, fam in self._entries(kind, old):
                 self._lpm[kind][fam].delete(raw)
+
+    def endpoints(self) -> list[tuple[str, int, int, int, int]]:
+        """Learned endpoints: (address, port, vlan, proved_ns, reason bits), as the kernel holds them (LRU, some
+        possibly past their TTL: the kernel checks the TTL when it looks one up)."""
+        out = []
+        for k in list(self._endpoints.iter_keys()):
+            v = self._endpoints.lookup(k)
+            if v is None:
+                continue
+            addr, port, vlan = wire.EP_KEY_FMT.unpack(k[: wire.EP_KEY_FMT.size])
+            proved, reason, _cls, _pad = wire.EP_FMT.unpack(v[: wire.EP_FMT.size])
+            out.append((wire.addr_str(addr), port, vlan, proved, reason))
+        return out
+
+    def forget_endpoints(self) -> None:
+        """Empty the learned endpoints (replay: each capture starts fresh)."""
+        for k in list(self._endpoints.iter_keys()):
+            self._endpoints.delete(k)
 
     def wait_for_programs(self) -> None:
         """Return once every run of the program that had started has ended. A write to a map of maps makes the
@@ -332,3 +354,11 @@ class Kernel:
         if kind not in _LPM_MAPS:
             raise ValueError(f"unknown prefix kind {kind!r} (one of {', '.join(PREFIX_KINDS)})")
         return kind
+
+
+def _qos_value(policy: Policy) -> bytes:
+    """struct sg_qos of the policy's [qos] (a kind without ports gets an empty range: lo 1 > hi 0)."""
+    kinds = policy.qos_kinds
+    lo = [k.lo if k else 1 for k in kinds]
+    hi = [k.hi if k else 0 for k in kinds]
+    return wire.QOS_FMT.pack(*lo, *hi, bytes(k.dscp if k else 0 for k in kinds), b"\0\0\0")

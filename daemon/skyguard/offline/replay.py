@@ -177,6 +177,7 @@ def _fresh_state(kernel) -> None:
         for net, src, _exp in kernel.prefixes(kind):
             if src == wire.SRC_LEARNED:
                 kernel.remove_prefix(kind, net)
+    kernel.forget_endpoints()  # endpoints learned from one capture say nothing about the next
 
 
 def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
