@@ -41,6 +41,11 @@ BUILTIN_SKYPE_NAMES: tuple[str, ...] = (
     "teams.office.com",
 )
 
+# Microsoft's Direct Routing SIP proxies: sip.pstnhub.microsoft.com, sip2..., sip3... (TCP 5061; "Plan Direct
+# Routing", docs/signatures.md "Teams Phone at a company's edge"). A TLS connection to one of them is an SBC's trunk,
+# the signalling of phone calls: skype-out (dr-trunk) rather than skype-signaling.
+DIRECT_ROUTING_NAMES: tuple[str, ...] = ("pstnhub.microsoft.com",)
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 

@@ -16,6 +16,10 @@ Dispatch by event type:
   telemetry gates); nDPI does the same with its per-client "msteams" LRU cache (ndpi_main.c, make_msteams_key; 60 s
   default TTL), which labels exactly these flows of teams.pcap TLS.Skype_Teams with confidence "DPI (partial)". Only
   SNI-proved flows refresh a client, so correlated flows cannot keep each other alive.
+  A name of Microsoft's Direct Routing SIP proxies (names.DIRECT_ROUTING_NAMES), by SNI or certificate, is an SBC's
+  trunk: skype-out (SG_R_DR_TRUNK), the signalling of phone calls.
+- `http`: the Host header of a plain-HTTP request (http.py) matching the Skype/Teams names -> skype-signaling
+  (SG_R_HTTP_HOST), as SNI does for TLS.
 
 Each flow is decided at most once here. All per-flow state is one small record per flow in one LRU capped at
 `flow_state_max` (client sessions in a second one); the clock is the events' ts_ns (capture time in replay), so replay
@@ -33,11 +37,14 @@ from skyguard import names, wire
 from skyguard.policy import Policy
 from skyguard.slowpath.dnslearn import MEDIA_NAMES, DnsLearner, PrefixChange
 from skyguard.slowpath.e2o import E2OTracker
+from skyguard.slowpath.http import request_host
 from skyguard.slowpath.tls import certificate_common_names, client_hello_sni
 
 __all__ = ["Decision", "PrefixChange", "SlowPath"]
 
 R_SNI = wire.C["SG_R_SNI"]
+R_HTTP_HOST = wire.C["SG_R_HTTP_HOST"]
+R_DR_TRUNK = wire.C["SG_R_DR_TRUNK"]
 R_HOST_CORR = wire.C["SG_R_HOST_CORR"]
 R_PSTN_PREFIX = wire.C["SG_R_PSTN_PREFIX"]
 R_E2O_PORT = wire.C["SG_R_E2O_PORT"]
@@ -148,7 +155,21 @@ class SlowPath:
             return []
         if ev.type == wire.EV_TLS:
             return self._on_tls(ev)
+        if ev.type == wire.EV_HTTP:
+            return self._on_http(ev)
         return []
+
+    def _on_http(self, ev: wire.Event) -> list[Decision]:
+        st = self._state(ev.key)
+        host = request_host(ev.data)
+        if host is None or st.decided != _OPEN:
+            return []
+        name = names.match_suffix(host, self.skype_names())
+        kcls, _ = self._kernel_class(st)
+        if name is None or kcls not in _SNI_OVER:
+            return []
+        self.counters["http_host"] = self.counters.get("http_host", 0) + 1
+        return self._decide(ev.key, st, wire.SIGNALING, R_HTTP_HOST, f"Host {host}")
 
     def _note_kernel(self, key: wire.FlowKey, cls: int, reason: int, flags: int) -> None:
         st = self._state(key)
@@ -226,6 +247,8 @@ class SlowPath:
             return []
         if kcls == wire.RELAY and names.match_suffix(sni.removeprefix("cert "), MEDIA_NAMES):
             return []  # TURN over TLS to a media relay: relay is the better answer
+        if names.match_suffix(sni.removeprefix("cert "), names.DIRECT_ROUTING_NAMES):
+            return self._decide(key, st, wire.OUT, R_DR_TRUNK, sni)  # an SBC's SIP/TLS trunk to Microsoft
         return self._decide(key, st, wire.SIGNALING, R_SNI, sni)
 
     def _correlate(self, ev: wire.Event, st: _Flow, sni: str) -> list[Decision]:
