@@ -38,6 +38,20 @@ from skyguard.lab.kinds import (
     webrtc_stun,
     wireguard,
 )
+from skyguard.lab.kinds_edge import (
+    busy_service,
+    carrier_rtp,
+    carrier_trunk,
+    dr_media,
+    dr_trunk,
+    http_other,
+    http_skype,
+    legacy_endpoint,
+    ms_https,
+    nat_users,
+    p2p_bare,
+    port_reuse,
+)
 from skyguard.lab.traffic import BASE_NS, LABEL_FIELDS, SEC, Ctx, Flow, LabelRow
 from skyguard.offline.pcap import write_pcap
 
@@ -62,6 +76,19 @@ KINDS: dict[str, Builder] = {
     "wireguard": wireguard,
     "game": game,
     "dns": dns_kind,
+    # issue 16: learned endpoints, plain HTTP, ICE without optional attributes, Direct Routing; and their decoys
+    "legacy-endpoint": legacy_endpoint,
+    "http-skype": http_skype,
+    "p2p-bare": p2p_bare,
+    "dr-trunk": dr_trunk,
+    "dr-media": dr_media,
+    "nat-users": nat_users,
+    "port-reuse": port_reuse,
+    "busy-service": busy_service,
+    "http-other": http_other,
+    "carrier-trunk": carrier_trunk,
+    "carrier-rtp": carrier_rtp,
+    "ms-https": ms_https,
 }
 # the class of each kind's main flow (dns-pstn's DNS lookup and sip-rtp's signalling flow are `other`)
 KIND_CLASS = {
@@ -70,7 +97,13 @@ KIND_CLASS = {
     "teams-azure": "skype-signaling", "azure-web": "other",
     "sip-rtp": "other", "webrtc-stun": "other", "random-udp": "other", "wireguard": "other", "game": "other",
     "dns": "other",
+    "legacy-endpoint": "skype-signaling", "http-skype": "skype-signaling", "p2p-bare": "skype-p2p",
+    "dr-trunk": "skype-out", "dr-media": "skype-out", "nat-users": "other", "port-reuse": "other",
+    "busy-service": "other", "http-other": "other", "carrier-trunk": "other", "carrier-rtp": "other",
+    "ms-https": "other",
 }
+# the decoy kinds: every flow they make that is labelled `other` must stay non-Skype
+DECOY_KINDS = tuple(k for k, cls in KIND_CLASS.items() if cls == "other")
 
 
 def kind_flows(kind: str, rng: random.Random, *, start_ns: int = BASE_NS, ipv6: bool = False,
