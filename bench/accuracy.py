@@ -122,7 +122,7 @@ def generated(k: Kernel, seeds: list[int]) -> dict:
                 row["flows"] += 1
                 row["skyguard"] += g == lab["class"] or (not want_skype and not g.startswith("skype-"))
                 if ndpi is not None:
-                    nl = ndpi.get(fid, "missing")
+                    nl = ndpi.get(fid, "Unknown")  # ndpiReader's CSV leaves undetected flows out
                     row["ndpi"] += _ndpi_skype(nl) == want_skype
                     row["ndpi:" + nl] += 1
             for exp, row in c.matrix.items():
