@@ -373,36 +373,14 @@ static __always_inline __u8 sg_dr_port(__u16 p)
 
 /* ---- learned endpoints ----
  * A flow proved by a strong signature teaches the endpoints that sent the proof; a new UDP flow with a learned
- * endpoint on either side is Skype from its first packet. Ports under 1024 and Microsoft's relay ports 3478-3481 are
- * servers' ports, never learned: a busy service must not turn its every client into Skype. */
-static __always_inline __u8 sg_ep_learnable(__u16 port)
-{
-	return port >= 1024 && !(port >= 3478 && port <= 3481);
-}
-
+ * endpoint on either side is Skype from its first packet. The daemon writes the map from the `classified` events of
+ * strong decisions (a map update on the inspection path would cost the verifier more states than it allows); the
+ * program only reads it, at flow creation. */
 static __always_inline void sg_ep_fill(struct sg_ep_key *k, struct sg_flow_key *fk, __u8 hi)
 {
 	__builtin_memcpy(k->addr, hi ? fk->hi_addr : fk->lo_addr, 16);
 	k->port = hi ? fk->hi_port : fk->lo_port;
 	k->vlan = fk->vlan;
-}
-
-/* Learn the endpoints of the directions in `dirs` (bit 0: the lo endpoint, sender of dir 0; bit 1: the hi one). */
-static __always_inline void sg_ep_learn(struct sg_run *r, struct sg_flow *f, __u8 dirs)
-{
-	struct sg_ep v = { .proved_ns = r->now, .reason = f->reason, .cls = f->cls };
-	struct sg_ep_key k = {};
-
-	if (r->key->proto != IPPROTO_UDP)
-		return;
-	if ((dirs & 1) && sg_ep_learnable(r->key->lo_port)) {
-		sg_ep_fill(&k, r->key, 0);
-		endpoints.update(&k, &v);
-	}
-	if ((dirs & 2) && sg_ep_learnable(r->key->hi_port)) {
-		sg_ep_fill(&k, r->key, 1);
-		endpoints.update(&k, &v);
-	}
 }
 
 /* Was the lo (hi = 0) or hi endpoint of the key proved Skype within the TTL? */
@@ -610,9 +588,9 @@ static __always_inline void sg_see_som(struct sg_run *r, struct sg_flow *f, stru
  *    d             the initiator sent checks, the far end only answered, >= 6
  *                  packets from the far end                                        -> skype-out [ice-lite], done
  *    e             otherwise                                                       -> skype-relay [ms-stun-attr]
- * 8's reasons also carry ms-stun-attr, and ms-turn-ff10 when the STUN came inside FF 10 framing. Rows 5 and 8a-d, and
- * 8e when both ends sent Microsoft attributes, teach the `endpoints` map the ends that sent the proof (SoM data
- * frames, Microsoft attributes). Then, for UDP and TCP alike (sg_inspect), on a flow not done:
+ * 8's reasons also carry ms-stun-attr, and ms-turn-ff10 when the STUN came inside FF 10 framing. The `classified`
+ * events of rows 5 and 8a-d make the daemon teach the `endpoints` map the ends that sent the proof (SoM data frames,
+ * Microsoft attributes). Then, for UDP and TCP alike (sg_inspect), on a flow not done:
  *  9 no-evidence   SG_PROBE packets without decisive evidence, flow still unknown   -> other [no-evidence], done
  * 10 window-end    SG_WINDOW packets inspected: an unknown or other flow            -> other [window-end], done;
  *                  any other class stays                                           -> done
@@ -653,7 +631,6 @@ static __always_inline void sg_decide_udp(struct sg_run *r, struct sg_flow *f)
 	if (som_sig && f->som_data >= 16 && (f->sent[0] & SG_SENT_SOM_DATA) && (f->sent[1] & SG_SENT_SOM_DATA) &&
 	    cid_reps * 4 < f->som_data) {
 		sg_set_class(r, f, SG_CLASS_P2P, SG_R_SOM | SG_R_SOM_VOICE, 1);
-		sg_ep_learn(r, f, 3); /* both ends sent data frames */
 		return;
 	}
 	/* 6 e2o-port */
@@ -674,8 +651,6 @@ static __always_inline void sg_decide_udp(struct sg_run *r, struct sg_flow *f)
 		__u8 s0 = f->stun[0], s1 = f->stun[1];
 		__u8 ini = f->init_dir & 1;
 		__u8 si = f->stun[ini], so = f->stun[ini ^ 1];
-		__u8 ms_dirs = ((s0 & SG_S_MS) ? 1 : 0) | ((s1 & SG_S_MS) ? 2 : 0);
-		__u8 was = f->cls;
 		__u32 extra = SG_R_MS_STUN;
 
 		if (f->evidence & SG_E_FF10)
@@ -691,12 +666,7 @@ static __always_inline void sg_decide_udp(struct sg_run *r, struct sg_flow *f)
 			sg_set_class(r, f, SG_CLASS_OUT, SG_R_ICE_LITE | extra, 1);
 		} else {
 			sg_set_class(r, f, SG_CLASS_RELAY, extra, 0); /* Skype for sure, which leg not yet */
-			if (ms_dirs != 3)
-				return; /* provisional: only Microsoft attributes from both ends prove both */
 		}
-		/* learn (or refresh) when the class is new or this packet carried a Microsoft attribute: not per packet */
-		if (f->cls != was || (SG_PKF(f) & SG_PK_MS))
-			sg_ep_learn(r, f, ms_dirs);
 	}
 }
 

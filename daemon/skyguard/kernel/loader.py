@@ -327,6 +327,11 @@ class Kernel:
             out.append((wire.addr_str(addr), port, vlan, proved, reason))
         return out
 
+    def learn_endpoint(self, addr: bytes, port: int, vlan: int, proved_ns: int, reason: int, cls: int) -> None:
+        """Write (or refresh) one learned endpoint: 16-byte address (IPv4 mapped), UDP port, VLAN id."""
+        key = wire.EP_KEY_FMT.pack(addr, port, vlan)
+        self._endpoints.update(key, wire.EP_FMT.pack(proved_ns, reason, cls, b"\0" * 3))
+
     def forget_endpoints(self) -> None:
         """Empty the learned endpoints (replay: each capture starts fresh)."""
         for k in list(self._endpoints.iter_keys()):

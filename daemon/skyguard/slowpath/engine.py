@@ -29,6 +29,12 @@ F_BLOCKED = wire.C["SG_F_BLOCKED"]
 F_EXEMPT = wire.C["SG_F_EXEMPT"]
 R_PSTN_NAME = wire.C["SG_R_PSTN_NAME"]
 R_MANUAL = wire.C["SG_R_MANUAL"]
+R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]
+S_MS = wire.C["SG_S_MS"]
+# kernel decisions on strong evidence, whose proving ends are learned: SoM voice, and the Microsoft-attribute rows that
+# settle a flow (a provisional ms-stun-attr alone teaches nothing: one end's attributes may be a relay's answer)
+R_STRONG = (R_SOM_VOICE | wire.C["SG_R_ICE_BOTH"] | wire.C["SG_R_ICE_LITE"] | wire.C["SG_R_RTP_STATIC"]
+            | wire.C["SG_R_MS_PREFIX"])
 EXPIRE_BATCH = 20_000
 LARGE_TABLE = 50_000  # from this many flows, queries are served from the snapshot: a full read of the map is too slow
 _FLOW_SORT: dict[str, Callable[[wire.Flow], int]] = {
@@ -68,6 +74,7 @@ class EngineCounters:
     events: Counter = field(default_factory=Counter)
     decisions: int = 0
     prefix_changes: int = 0
+    endpoints_learned: int = 0
     expired_flows: int = 0
     # (new class, reason bits) -> classifications seen (kernel events and the daemon's decisions): for metrics
     classified: Counter = field(default_factory=Counter)
@@ -149,11 +156,28 @@ class Engine:
             self._log_class(ev.key, ev.old_cls, ev.new_cls, ev.reason, ev.ts_ns, by="kernel")
             for cb in self.on_decision:
                 cb(ev.key, ev.old_cls, ev.new_cls, ev.ts_ns, ev.pkts)
+            if ev.reason & R_STRONG and ev.key.proto == 17:
+                self._learn_endpoints(ev)
         # events carry what the slow path needs: no flow-map read per event
         for d in self.slow.on_event(ev):
             self.apply(d, ev.ts_ns)
         for pc in self.slow.take_prefix_changes():
             self.apply_prefix(pc, ev.ts_ns)
+
+    def _learn_endpoints(self, ev: wire.Event) -> None:
+        """A strong kernel decision teaches the kernel's `endpoints` map the ends that sent the proof: both ends of SoM
+        voice, else those that sent Microsoft attributes (docs/signatures.md, "Learned endpoints"). One flow read per
+        such decision, which is rare; the kernel reads the map at UDP flow creation."""
+        learn = getattr(self.kernel, "learn_endpoint", None)
+        flow = self.kernel.flow(ev.key) if learn is not None else None
+        if flow is None:
+            return
+        dirs = [True, True] if ev.reason & R_SOM_VOICE else [bool(s & S_MS) for s in flow.stun]
+        ends = ((ev.key.lo_addr, ev.key.lo_port), (ev.key.hi_addr, ev.key.hi_port))
+        for (addr, port), sent in zip(ends, dirs, strict=True):
+            if sent and port >= 1024 and not 3478 <= port <= 3481:  # servers' ports are never learned
+                learn(addr, port, ev.key.vlan, ev.ts_ns, ev.reason, ev.new_cls)
+                self.counters.endpoints_learned += 1
 
     def apply(self, d: Decision, ts_ns: int = 0) -> bool:
         flow = self.kernel.flow(d.key)
