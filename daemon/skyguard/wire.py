@@ -282,16 +282,17 @@ class PolicySlot:
     action: int = PASS
     dscp: int = 0
     log: bool = False
+    fwmark: bool = False  # the mark itself is in Policy.fwmarks (the `fwmarks` map)
 
     FMT = _fmt("sg_policy")
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.action, self.dscp, 1 if self.log else 0)
+        return self.FMT.pack(self.action, self.dscp, 1 if self.log else 0, 1 if self.fwmark else 0)
 
     @classmethod
     def unpack(cls, raw: bytes) -> PolicySlot:
-        a, d, lg = cls.FMT.unpack_from(raw)
-        return cls(a, d, bool(lg))
+        a, d, lg, fm = cls.FMT.unpack_from(raw)
+        return cls(a, d, bool(lg), bool(fm))
 
 
 _check_fields(PolicySlot, "sg_policy", tuple(f.name for f in dataclasses.fields(PolicySlot)))
@@ -302,6 +303,11 @@ LPM4_FMT = _fmt("sg_lpm4", pads=True)
 LPM6_FMT = _fmt("sg_lpm6", pads=True)
 PREFIX_FMT = _fmt("sg_prefix", pads=True)
 META_FMT = _fmt("sg_meta", pads=True)
+FWMARK_FMT = _fmt("sg_fwmark", pads=True)
+MARK_META_FMT = _fmt("sg_mark_meta", pads=True)
+CHAIN_FMT = _fmt("sg_chain", pads=True)
+# struct sg_verdict after its flow key: magic, reason, op, cls, set_flags, clear_flags, _pad
+VERDICT_FMT = struct.Struct("<IIBBBBI")
 META_MAGIC = C["SG_META_MAGIC"]
 SRC_POLICY, SRC_LEARNED, SRC_MANUAL = C["SG_SRC_POLICY"], C["SG_SRC_LEARNED"], C["SG_SRC_MANUAL"]
 
