@@ -61,6 +61,28 @@ _xdp_query = _libbpf.bpf_xdp_query
 _xdp_query.restype = ct.c_int
 _xdp_query.argtypes = [ct.c_int, ct.c_int, ct.POINTER(_QueryOpts)]
 
+# libbpf hands the kernel's netlink extack ("Kernel error message: ...") to its print callback only: catch it there,
+# formatting its va_list with libc's vsnprintf, so that an attach error can quote the kernel's own reason
+_PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
+_libc = ct.CDLL(None)
+_libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
+_kernel_says: list[str] = []
+
+
+def _on_libbpf_print(_level: int, fmt: bytes, args: int) -> int:
+    buf = ct.create_string_buffer(512)
+    _libc.vsnprintf(buf, len(buf), fmt, args)
+    msg = buf.value.decode(errors="replace").strip()
+    if "Kernel error message:" in msg:
+        _kernel_says.append(msg.split("Kernel error message:", 1)[1].strip())
+    return 0
+
+
+_print_cb = _PRINT_FN(_on_libbpf_print)  # kept referenced for as long as libbpf may call it
+_libbpf.libbpf_set_print.restype = ct.c_void_p
+_libbpf.libbpf_set_print.argtypes = [_PRINT_FN]
+_libbpf.libbpf_set_print(_print_cb)
+
 
 def ifindex(ifname: str) -> int | None:
     with IPRoute() as ip:
@@ -90,6 +112,7 @@ def xdp_prog_id(ifname: str) -> int | None:
 def xdp_set(idx: int, prog_fd: int, flags: int, expect_fd: int | None) -> int:
     """One netlink XDP attach (prog_fd -1: detach). expect_fd None: only if that mode is empty; else only if the
     program there is expect_fd's. Returns 0 or a negative errno."""
+    _kernel_says.clear()
     opts = _AttachOpts(sz=ct.sizeof(_AttachOpts), old_prog_fd=0)
     if expect_fd is None:
         flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
@@ -115,6 +138,8 @@ def _mtu_driver(ifname: str) -> tuple[int | None, str]:
 def explain(ifname: str, mode: str, err: int, frags: bool) -> str:
     """The kernel's errno of a failed attach, in terms of its usual cause on this interface."""
     mtu, drv = _mtu_driver(ifname)
+    if _kernel_says:
+        return f"{mode}: {_kernel_says[-1]} ({os.strerror(err)}; driver {drv}, MTU {mtu})"
     if err == errno.ERANGE:
         return (f"{mode}: MTU {mtu} is too large for {mode} XDP on driver {drv} "
                 f"({'even for a frags-aware program' if frags else 'the program was loaded without frags support'})")
