@@ -763,6 +763,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	struct sg_pkt pk = {};
 	struct sg_flow_key key = {};
 	struct sg_run r = {};
+	struct sg_frame fr = {};
 	struct sg_stats *st;
 	struct sg_flow *f;
 	__u32 zero = 0, idx, gen;
@@ -777,12 +778,11 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 		st->c[SG_ST_META_TS]++;
 	st->c[SG_ST_PACKETS]++;
 
-	rc = sg_parse_frame(ctx, data, data_end, &pk);
-	r.len = data_end - data;
-	if (pk.mbuf) { /* a jumbo frame in several buffers: its headers were in the first */
-		r.len = pk.wire_len;
-		st->c[SG_ST_MULTIBUF]++;
-	}
+	r.len = data_end - data; /* a jumbo frame in several buffers: the parse sets its whole length */
+	fr.ctx = ctx;
+	fr.len = &r.len;
+	fr.count = &st->c[SG_ST_MULTIBUF];
+	rc = sg_parse_frame(&fr, data, data_end, &pk);
 	st->c[SG_ST_BYTES] += r.len;
 	if (rc > 0) { /* non-IP, other L4, non-first fragment: passed without a flow */
 		if (rc < SG_ST_MAX)
@@ -821,8 +821,9 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	} else {
 		/* the slow path parses the packet again (identically: same bytes) rather than keep the first parse */
 		struct sg_pkt sp = {};
+		struct sg_frame again = { .ctx = ctx }; /* the frame was counted by the first parse */
 
-		if (sg_parse_frame(ctx, data, data_end, &sp) != 0)
+		if (sg_parse_frame(&again, data, data_end, &sp) != 0)
 			return XDP_ABORTED; /* cannot happen: the same packet parsed above */
 		r.pl_off = (__u32)(sp.pl - data);
 		asm volatile("" : "+r"(r.pl_off));
