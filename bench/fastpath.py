@@ -25,6 +25,7 @@ from skyguard.policy import parse_policy  # noqa: E402
 
 MARK = 'name = "bench-mark"\n[class.other]\naction = "mark"\ndscp = 46\n'
 DROP = 'name = "bench-drop"\n[class.other]\naction = "drop"\n'
+FWMARK = 'name = "bench-fwmark"\n[class.other]\nfwmark = 42\n'
 
 
 def _warm(k: kernel.Kernel, frame: bytes) -> None:
@@ -72,6 +73,21 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
             timed("drop", k.prog_fd, "est4")
             k.load_policy(parse_policy('name = "bench-pass"\n'))
             passed = _single_median(k, fr.est4, n1)
+            k.load_policy(parse_policy(FWMARK))
+            timed("fwmark", k.prog_fd, "est4")  # the class's mark written as XDP metadata on every packet
+        # chaining (foreign_xdp = chain): the same established flow, first with nothing in its interface's slot, then
+        # with the no-op program there (BPF_PROG_TEST_RUN runs on the loopback device: ifindex 1); the no-op's own
+        # cost is in `chain_pass`, as a chained program's would be
+        lo = (1).to_bytes(4, "little")
+
+        def fill(kk: kernel.Kernel) -> None:  # before skyguard loads: the program array then fits the no-op
+            assert kk.chain_map.update(lo, noop_fd.to_bytes(4, "little"))
+
+        with kernel.Kernel(flows_max=flows_max, chain=True, before_load=fill) as k:
+            _warm(k, fr.est4)
+            timed("chain_pass", k.prog_fd, "est4")
+            k.chain_map.delete(lo)
+            timed("chain_empty", k.prog_fd, "est4")
         # a window larger than all runs together keeps the same STUN flow inspecting on every run
         window = 60000
         stun_repeat = min(repeat, window // (rounds + 1))

@@ -108,12 +108,39 @@ static __always_inline int sg_parse_eth(struct hdr_cursor *nh, void *data, void 
 	return h_proto;
 }
 
+/* Where a frame in several buffers is reported: its whole length, and a counter of such frames (each may be 0). */
+struct sg_frame {
+	struct xdp_md *ctx; /* 0: the first buffer alone (the bench floor) */
+	__u32 *len;         /* set to the whole frame's length */
+	__u64 *count;       /* incremented */
+};
+
+/* A datagram that ends past data_end may go on in the frame's further buffers (a jumbo frame under a frags-aware
+ * program: the headers are in the first buffer, the rest of the payload is not). The frame's whole length decides;
+ * the helper is called only for such datagrams, and only here is anything written for them, so that ordinary frames
+ * pay nothing (a flag tested after the parse cost the fast path 3 ns). Returns 1 when `end` is inside the frame. */
+static __always_inline int sg_in_frame(struct sg_frame *fr, void *data, void *end)
+{
+	__u64 len;
+
+	if (!fr->ctx)
+		return 0;
+	len = bpf_xdp_get_buff_len(fr->ctx);
+	if ((__u64)(end - data) > len)
+		return 0;
+	if (fr->len)
+		*fr->len = len;
+	if (fr->count)
+		(*fr->count)++;
+	return 1;
+}
+
 /* IPv4 with any IHL. Returns the L4 protocol, SG_FRAG_NEXT for a non-first fragment, or -SG_ST_ERR_*.
  * *l3_end = end of the datagram (tot_len), which may be before data_end (Ethernet padding). */
 #define SG_FRAG_NEXT 0x1000
 
-static __always_inline int sg_parse_ip4(struct hdr_cursor *nh, void *data, void *data_end, struct sg_pkt *pk,
-					void **l3_end)
+static __always_inline int sg_parse_ip4(struct sg_frame *fr, struct hdr_cursor *nh, void *data, void *data_end,
+					struct sg_pkt *pk, void **l3_end)
 {
 	struct iphdr *iph = nh->pos;
 	__u32 hlen, tot;
@@ -128,7 +155,7 @@ static __always_inline int sg_parse_ip4(struct hdr_cursor *nh, void *data, void 
 	if (nh->pos + hlen > data_end)
 		return -SG_ST_ERR_IP4_IHL;
 	tot = bpf_ntohs(iph->tot_len);
-	if (tot < hlen || nh->pos + tot > data_end)
+	if (tot < hlen || (nh->pos + tot > data_end && !sg_in_frame(fr, data, nh->pos + tot)))
 		return -SG_ST_ERR_IP4_LEN;
 	pk->l3 = iph;
 	pk->saddr4 = iph->saddr;
@@ -152,8 +179,8 @@ static __always_inline int sg_ip6_ext_allowed(__u8 nexthdr)
 
 /* IPv6 and a bounded walk over the allowlisted extension headers, each inside the datagram (payload_len: not in the
  * Ethernet padding). Returns the L4 protocol, SG_FRAG_NEXT, or -SG_ST_ERR_*. */
-static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void *data_end, struct sg_pkt *pk,
-					void **l3_end)
+static __always_inline int sg_parse_ip6(struct sg_frame *fr, struct hdr_cursor *nh, void *data, void *data_end,
+					struct sg_pkt *pk, void **l3_end)
 {
 	struct ipv6hdr *ip6h = nh->pos;
 	__u8 nexthdr;
@@ -162,7 +189,8 @@ static __always_inline int sg_parse_ip6(struct hdr_cursor *nh, void *data, void 
 		return -SG_ST_ERR_IP6;
 	if (ip6h->version != 6)
 		return -SG_ST_ERR_VERSION;
-	if ((void *)(ip6h + 1) + bpf_ntohs(ip6h->payload_len) > data_end)
+	if ((void *)(ip6h + 1) + bpf_ntohs(ip6h->payload_len) > data_end &&
+	    !sg_in_frame(fr, data, (void *)(ip6h + 1) + bpf_ntohs(ip6h->payload_len)))
 		return -SG_ST_ERR_IP6;
 	pk->l3 = ip6h;
 	pk->v6 = 1;
@@ -253,8 +281,9 @@ static __always_inline int sg_parse_tcp(struct hdr_cursor *nh, void *data_end, v
 }
 
 /* Whole packet: Ethernet .. L4. Returns 0 with *pk filled (UDP/TCP), or a positive SG_ST_OUT_* index for packets
- * that are passed without a flow, or a negative SG_ST_ERR_* index. */
-static __always_inline int sg_parse(void *data, void *data_end, struct sg_pkt *pk)
+ * that are passed without a flow, or a negative SG_ST_ERR_* index. Headers are read from the first buffer only; with
+ * fr->ctx, IP lengths are checked against the whole frame (see sg_in_frame). */
+static __always_inline int sg_parse_frame(struct sg_frame *fr, void *data, void *data_end, struct sg_pkt *pk)
 {
 	struct hdr_cursor nh = { .pos = data };
 	void *l3_end = data_end;
@@ -264,9 +293,9 @@ static __always_inline int sg_parse(void *data, void *data_end, struct sg_pkt *p
 	if (proto < 0)
 		return proto;
 	if (proto == bpf_htons(ETH_P_IP))
-		proto = sg_parse_ip4(&nh, data, data_end, pk, &l3_end);
+		proto = sg_parse_ip4(fr, &nh, data, data_end, pk, &l3_end);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		proto = sg_parse_ip6(&nh, data, data_end, pk, &l3_end);
+		proto = sg_parse_ip6(fr, &nh, data, data_end, pk, &l3_end);
 	else
 		return SG_ST_OUT_NON_IP;
 	if (proto < 0)
@@ -279,6 +308,14 @@ static __always_inline int sg_parse(void *data, void *data_end, struct sg_pkt *p
 	if (proto == IPPROTO_TCP)
 		return sg_parse_tcp(&nh, data_end, l3_end, pk);
 	return SG_ST_OUT_OTHER_L4;
+}
+
+/* The first buffer alone (the bench floor). */
+static __always_inline int sg_parse(void *data, void *data_end, struct sg_pkt *pk)
+{
+	struct sg_frame fr = {};
+
+	return sg_parse_frame(&fr, data, data_end, pk);
 }
 
 #endif /* SKYGUARD_PARSING_H */

@@ -51,6 +51,14 @@ SG_MAP("lpm_trie", struct sg_lpm6, struct sg_prefix, drmedia_v6, SG_LPM_MAX, BPF
 SG_MAP("array", u32, struct sg_qos, qos, 2, 0);
 /* endpoints: UDP endpoint (address, port, VLAN) proved Skype by a strong signature -> when, by what (LRU, TTL) */
 SG_MAP("lru_hash", struct sg_ep_key, struct sg_ep, endpoints, SG_EP_MAX, 0);
+/* fwmarks: gen * SG_POL_SLOTS + class -> firewall mark and mask (read only for slots whose policy says fwmark) */
+SG_MAP("array", u32, struct sg_fwmark, fwmarks, 2 * SG_POL_SLOTS, 0);
+/* chained: ifindex -> the foreign program chained on it and its attach flags (the daemon's record, for detach) */
+SG_MAP("hash", u32, struct sg_chain, chained, SG_CHAIN_MAX, BPF_F_NO_PREALLOC);
+#ifdef SG_XDP_CHAIN
+/* chain: ifindex -> the XDP program that was attached before skyguard; it gets every packet skyguard passes */
+SG_MAP("prog", u32, u32, chain, SG_CHAIN_MAX, 0);
+#endif
 /* events: ring buffer of classified/sample/dns/tls events for the daemon (never blocks: losses are counted) */
 BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
 /* A replay reads the ring buffer after every run that left a record and never sleeps in epoll: the wake-up of a
@@ -78,6 +86,7 @@ struct sg_run {
 	__u64 now;
 	__u32 l3_off; /* IP header offset from data (masked: see SG_OFF_MASK) */
 	__u32 pl_off; /* L4 payload offset from data */
+	__u32 len;    /* the frame's length, all buffers */
 	__u8 dir;
 	__u8 v6;
 	__u8 meta_clock; /* `now` came from XDP metadata (replay): exact, use it for events too */
@@ -757,6 +766,32 @@ static __always_inline int sg_qos_dscp(struct sg_run *r, __u32 gen)
 	return -1;
 }
 
+/* ---- firewall mark: the class's mark goes to the TC ingress program (bpf/fwmark.bpf.c) as XDP metadata in front of
+ * the packet; TC sets skb->mark under the mask. Only slots whose policy says so pay for it. Moving data_meta leaves
+ * data in place, but the verifier forgets every packet pointer: nothing reads the packet after this. */
+static __always_inline void sg_fwmark(struct sg_run *r, __u32 idx)
+{
+	struct sg_fwmark *fm = fwmarks.lookup(&idx);
+	struct xdp_md *ctx = r->ctx;
+	struct sg_mark_meta *m;
+
+	if (!fm)
+		return;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*m)) != 0) {
+		r->st->c[SG_ST_FWMARK_SKIPPED]++;
+		return;
+	}
+	m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > (void *)(long)ctx->data) {
+		r->st->c[SG_ST_FWMARK_SKIPPED]++;
+		return;
+	}
+	m->magic = SG_MARK_MAGIC;
+	m->mark = fm->mark;
+	m->mask = fm->mask;
+	r->st->c[SG_ST_FWMARK]++;
+}
+
 /* ---- enforcement: every packet that reaches the policy goes through here, malformed ones included ----
  * The action of policy slot `slot` (a class, or SG_POL_MALFORMED) in generation `gen`, counted. `dropped` is the
  * flow's drop counter (none for a malformed packet); `can_mark` says the IP header parsed, so a mark may rewrite it
@@ -769,7 +804,7 @@ static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, _
 	__u8 action = pol ? pol->action : SG_ACT_PASS;
 	__u8 dscp = pol ? pol->dscp : 0;
 
-	if (pol && pol->qos && can_mark && action != SG_ACT_DROP) {
+	if (pol && (pol->opts & SG_OPT_QOS) && can_mark && action != SG_ACT_DROP) {
 		int q = sg_qos_dscp(r, gen);
 
 		if (q >= 0) {
@@ -788,9 +823,11 @@ static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, _
 		st->c[SG_ST_ACT_MARK]++;
 		if (!can_mark || !sg_mark(r, dscp))
 			st->c[SG_ST_MARK_SKIPPED]++;
-		return XDP_PASS;
+	} else {
+		st->c[SG_ST_ACT_PASS]++;
 	}
-	st->c[SG_ST_ACT_PASS]++;
+	if (pol && (pol->opts & SG_OPT_FWMARK))
+		sg_fwmark(r, idx);
 	return XDP_PASS;
 }
 
@@ -828,7 +865,7 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 	__u8 d = r->dir & 1;
 
 	f->pkts[d]++;
-	f->bytes[d] += r->data_end - r->data;
+	f->bytes[d] += r->len;
 	f->last_ns = r->now;
 	if (f->flags & (SG_F_EXEMPT | SG_F_BLOCKED)) {
 		if (f->flags & SG_F_EXEMPT) {
@@ -850,13 +887,14 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 	return -1;
 }
 
-int xdp_skyguard(struct xdp_md *ctx)
+static __always_inline int sg_packet(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct sg_pkt pk = {};
 	struct sg_flow_key key = {};
 	struct sg_run r = {};
+	struct sg_frame fr = {};
 	struct sg_stats *st;
 	struct sg_flow *f;
 	__u32 zero = 0, idx, gen;
@@ -870,9 +908,13 @@ int xdp_skyguard(struct xdp_md *ctx)
 	if (r.meta_clock)
 		st->c[SG_ST_META_TS]++;
 	st->c[SG_ST_PACKETS]++;
-	st->c[SG_ST_BYTES] += data_end - data;
 
-	rc = sg_parse(data, data_end, &pk);
+	r.len = data_end - data; /* a jumbo frame in several buffers: the parse sets its whole length */
+	fr.ctx = ctx;
+	fr.len = &r.len;
+	fr.count = &st->c[SG_ST_MULTIBUF];
+	rc = sg_parse_frame(&fr, data, data_end, &pk);
+	st->c[SG_ST_BYTES] += r.len;
 	if (rc > 0) { /* non-IP, other L4, non-first fragment: passed without a flow */
 		if (rc < SG_ST_MAX)
 			st->c[rc]++;
@@ -880,6 +922,7 @@ int xdp_skyguard(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	r.st = st;
+	r.ctx = ctx;
 	if (rc < 0) { /* malformed: counted, then the action of the SG_POL_MALFORMED slot */
 		idx = -rc;
 		if (idx < SG_ST_MAX)
@@ -888,7 +931,6 @@ int xdp_skyguard(struct xdp_md *ctx)
 	}
 
 	dir = sg_flow_key(&pk, &key);
-	r.ctx = ctx;
 	r.data = data;
 	r.data_end = data_end;
 	r.key = &key;
@@ -910,8 +952,9 @@ int xdp_skyguard(struct xdp_md *ctx)
 	} else {
 		/* the slow path parses the packet again (identically: same bytes) rather than keep the first parse */
 		struct sg_pkt sp = {};
+		struct sg_frame again = { .ctx = ctx }; /* the frame was counted by the first parse */
 
-		if (sg_parse(data, data_end, &sp) != 0)
+		if (sg_parse_frame(&again, data, data_end, &sp) != 0)
 			return XDP_ABORTED; /* cannot happen: the same packet parsed above */
 		r.pl_off = (__u32)(sp.pl - data);
 		asm volatile("" : "+r"(r.pl_off));
@@ -938,4 +981,57 @@ int xdp_skyguard(struct xdp_md *ctx)
 		cls = SG_CLASS_UNKNOWN;
 	st->c[SG_ST_CLASS_BASE + cls]++;
 	return sg_enforce(&r, gen, cls, &f->dropped, 1);
+}
+
+/* Every packet; with chaining (SG_XDP_CHAIN), a packet skyguard passes goes on to the program that was attached to the
+ * interface before it. A tail call does not return: that program's verdict is the packet's. An empty slot (no
+ * foreign program on this interface) falls through to XDP_PASS. */
+int xdp_skyguard(struct xdp_md *ctx)
+{
+	int rc = sg_packet(ctx);
+
+#ifdef SG_XDP_CHAIN
+	if (rc == XDP_PASS)
+		chain.call(ctx, ctx->ingress_ifindex);
+#endif
+	return rc;
+}
+
+/* ---- the daemon's decisions (never attached: run through BPF_PROG_TEST_RUN with one struct sg_verdict as the
+ * packet). The flow is changed in place, field by field: counters are never written, so packets that other CPUs count
+ * meanwhile all stay counted, and a class the kernel sets is replaced only by an SG_V_CLASS decision. Flag bits are
+ * set with atomic ops on the aligned 64-bit word that holds flow.flags (bcc's target has 64-bit atomics only), so the other bytes of that word are untouched.
+ * Returns XDP_PASS when the flow exists (the decision applied), XDP_DROP when it does not, XDP_ABORTED on bad input. */
+#define SG_FLAGS_OFF __builtin_offsetof(struct sg_flow, flags)
+#define SG_FLAGS_SHIFT ((SG_FLAGS_OFF & 7) * 8)
+
+int xdp_verdict(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct sg_verdict *v = data;
+	struct sg_flow_key key;
+	struct sg_flow *f;
+	__u64 *word;
+
+	if ((void *)(v + 1) > data_end || v->magic != SG_V_MAGIC)
+		return XDP_ABORTED;
+	__builtin_memcpy(&key, &v->key, sizeof(key));
+	f = flows.lookup(&key);
+	if (!f)
+		return XDP_DROP;
+	word = (__u64 *)((void *)f + (SG_FLAGS_OFF & ~7));
+	if (v->set_flags)
+		__sync_fetch_and_or(word, (__u64)v->set_flags << SG_FLAGS_SHIFT);
+	if (v->clear_flags)
+		__sync_fetch_and_and(word, ~((__u64)v->clear_flags << SG_FLAGS_SHIFT));
+	if (v->op == SG_V_CLASS) {
+		/* SG_F_DAEMON is in set_flags and already set: from here on the kernel's own signatures leave the class alone */
+		f->reason = v->reason;
+		f->cls = v->cls;
+	}
+	/* the flow's state after the decision, for the daemon to check */
+	v->cls = f->cls;
+	v->set_flags = f->flags;
+	return XDP_PASS;
 }

@@ -131,6 +131,9 @@
 #define SG_ST_META_TS          28 /* packets whose clock came from XDP metadata (replay) */
 #define SG_ST_CLASS_BASE       29 /* 29..34: packets per class */
 #define SG_ST_MARK_SKIPPED     35 /* mark action on a packet whose DSCP could not be rewritten */
+#define SG_ST_FWMARK           36 /* packets that carried their class's firewall mark to TC in XDP metadata */
+#define SG_ST_FWMARK_SKIPPED   37 /* a firewall mark the driver had no metadata room for (the packet still passed) */
+#define SG_ST_MULTIBUF         38 /* IP datagrams longer than the first buffer (jumbo frames, XDP multi-buffer) */
 #define SG_ST_MAX              40
 
 /* first and last SG_ST_OUT_x / SG_ST_ERR_x index: the outcome block that must sum to SG_ST_PACKETS */
@@ -166,6 +169,9 @@ struct sg_stats {
 #endif
 #ifndef SG_RINGBUF_BYTES
 #define SG_RINGBUF_BYTES (1 << 22)
+#endif
+#ifndef SG_CHAIN_MAX
+#define SG_CHAIN_MAX 65536 /* ifindexes the `chain` program array covers */
 #endif
 #ifndef SG_IP6_EXT_MAX
 #define SG_IP6_EXT_MAX 6
@@ -220,12 +226,53 @@ struct sg_flow {
 	__u8 _pad2[2];
 }; /* 96 bytes */
 
+/* sg_policy.opts bits */
+#define SG_OPT_QOS    0x01 /* media of this class is marked by media kind (the `qos` map) unless the action is drop */
+#define SG_OPT_FWMARK 0x02 /* passed packets carry the slot's `fwmarks` entry to the TC program (never with drop) */
+
 /* Policy slot (class or SG_POL_*). */
 struct sg_policy {
 	__u8 action; /* SG_ACT_* */
 	__u8 dscp;   /* 0..63, for SG_ACT_MARK */
 	__u8 log;    /* 1: the daemon logs every decision on this class */
-	__u8 qos;    /* 1: media of this class is marked by media kind (the `qos` map) unless the action is drop */
+	__u8 opts;   /* SG_OPT_* bits */
+};
+
+/* A class's firewall mark (`fwmarks` map, same index as `policy`): skb->mark = (mark & ~mask) | (fwmark & mask). */
+struct sg_fwmark {
+	__u32 mark;
+	__u32 mask;
+};
+
+/* XDP metadata in front of a packet whose class has a firewall mark; bpf/fwmark.bpf.c (TC ingress) reads it. */
+#define SG_MARK_MAGIC 0x4b4d4753 /* the bytes SGMK */
+struct sg_mark_meta {
+	__u32 magic;
+	__u32 mark;
+	__u32 mask;
+};
+
+/* A decision of the daemon, applied in the kernel by xdp_verdict (run through BPF_PROG_TEST_RUN with this struct as
+ * the packet): only the fields named here change, so packets counted meanwhile by other CPUs are never overwritten. */
+#define SG_V_MAGIC 0x56444753 /* the bytes SGDV */
+#define SG_V_CLASS 1 /* set cls and reason (and the flags in set_flags) */
+#define SG_V_FLAGS 2 /* set set_flags, clear clear_flags; class untouched */
+struct sg_verdict {
+	struct sg_flow_key key;
+	__u32 magic;
+	__u32 reason;
+	__u8 op;    /* SG_V_* */
+	__u8 cls;
+	__u8 set_flags;
+	__u8 clear_flags;
+	__u32 _pad;
+};
+
+/* chained: ifindex -> the foreign XDP program skyguard chains to on that interface, and the attach flags it had, so
+ * that a detach (daemon stop, `skyguardd --detach`, `make uninstall`) puts it back as it was. Userspace only. */
+struct sg_chain {
+	__u32 prog_id;
+	__u32 xdp_flags;
 };
 
 /* DSCP by media kind (the `qos` map, one entry per generation): a flow with an endpoint port in [lo, hi] of a kind

@@ -135,6 +135,12 @@ D='$(DESTDIR)'
 M="$$D$(SG_MANIFEST)"
 say() { printf 'uninstall: %s\n' "$$*"; }
 [ -f "$$M" ] || { echo "uninstall: no $$M: nothing installed here (or installed by something else)" >&2; exit 1; }
+# 0. on the live system: skyguard's XDP program off every interface, and each program it chained (foreign_xdp = chain)
+#    put back as it was attached, while the daemon that can do it is still installed (pins stay)
+if [ -z "$$D" ] && [ -x '$(SG_VENV)/bin/python' ]; then
+    '$(SG_VENV)/bin/python' -m skyguard.daemon --detach | sed 's/^/uninstall: /' \
+        || say "warning: skyguardd --detach failed: check ip link for a leftover xdp_skyguard program"
+fi
 # 1. configs first, while their pristine copies are still there to compare with
 while read -r type path pristine; do
     [ "$$type" = c ] || continue

@@ -13,7 +13,7 @@ case "$(dpkg --print-architecture)" in
 esac
 
 APT_PKGS=(python3-bpfcc libbpfcc "linux-headers-$KFLAVOUR" iproute2 ethtool python3-venv tcpreplay netsniff-ng tshark libndpi-bin pmacct
-          systemd gcc make prometheus python3-prometheus-client)
+          systemd gcc make prometheus python3-prometheus-client xdp-tools nftables)
 # make deb (tests/pkg) and make test-debian: the build tools, and the libraries the suite runs on under /usr/bin/python3
 DEB_PKGS=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel dpkg-dev lintian
           man-db python3-structlog python3-msgpack python3-pyroute2 python3-numpy python3-scapy python3-pytest

@@ -7,6 +7,8 @@ File format (see policies/*.toml for commented examples)::
     action = "pass" | "drop" | "mark"   # default "pass"
     dscp = 0..63                        # REQUIRED with action = "mark", REFUSED otherwise (see below)
     log = true | false                  # default false
+    fwmark = 1..0xffffffff              # firewall mark for nftables/tc/ip rule (any action but "drop")
+    fwmark_mask = 1..0xffffffff         # the mark's bits skyguard owns (default all); fwmark must fit inside it
     [malformed]                         # packets that fail to parse (slot wire.POL_MALFORMED)
     action = "pass" | "drop"            # default "pass"; "mark" is refused (the IP header did not parse)
     log = true | false
@@ -104,6 +106,7 @@ class Policy:
     feed: Feed | None = None  # Microsoft's endpoint feed, read at load time; its ranges are in msmedia_prefixes
     drmedia_prefixes: tuple[Network, ...] = ()  # Direct Routing media processors
     qos_kinds: tuple[QosKind | None, ...] = (None, None, None)  # [qos] media kinds, None when [qos] media is off
+    fwmarks: dict[int, tuple[int, int]] = field(default_factory=dict)  # class id -> (fwmark, fwmark_mask)
     loaded_ns: int = 0  # time.time_ns() when loaded
     digest: str = ""  # sha256 of the file text
     extra: dict = field(default_factory=dict, compare=False)
@@ -149,7 +152,7 @@ DAEMON_CONFIG_KEYS = ("interfaces", "xdp_mode", "pin_path", "socket", "flows_max
 _TOP_KEYS = ("name", "class", "malformed", "blocked", "pstn", "microsoft_media", "exempt", "skype", "direct_routing",
              "qos")
 _QOS_KEYS = ("media", *(k for name, _p, _d in QOS_KINDS for k in (name, f"{name}_dscp")))
-_CLASS_KEYS = ("action", "dscp", "log")
+_CLASS_KEYS = ("action", "dscp", "log", "fwmark", "fwmark_mask")
 _MALFORMED_KEYS = ("action", "log")
 _BLOCKED_KEYS = ("action", "dscp", "log")
 
@@ -186,6 +189,7 @@ class _Checker:
         self.feed_override = feed_override
         self.loc = Locator(text)
         self.errors: list[tuple[int, str]] = []
+        self.fwmarks: dict[int, tuple[int, int]] = {}
 
     def fail(self, where: KeyPath, reason: str, line: int | None = None) -> PolicyError:
         return PolicyError(self.path, self.loc.line(where) if line is None else line, reason)
@@ -436,6 +440,7 @@ class _Checker:
             "feed": feed,
             "drmedia_prefixes": drmedia,
             "qos_kinds": qos_kinds,
+            "fwmarks": dict(self.fwmarks),
         }
 
     def qos(self, tbl: dict | None) -> tuple[QosKind, ...] | None:
@@ -484,7 +489,32 @@ class _Checker:
                 raise self.fail(where + ("dscp",), reason)
             if "dscp" in ctbl:
                 dscp = self.dscp(ctbl, where)
-        return wire.PolicySlot(wire.ACTION_IDS.get(act or "pass", wire.PASS), dscp, log)
+        has_mark = False
+        with self.part():
+            has_mark = self._fwmark(ctbl, where, act, wire.CLASS_IDS[cname])
+        return wire.PolicySlot(wire.ACTION_IDS.get(act or "pass", wire.PASS), dscp, log, fwmark=has_mark)
+
+    def _fwmark(self, ctbl: dict, where: KeyPath, act: str | None, cid: int) -> bool:
+        """fwmark / fwmark_mask of a class: a mark for the TC program to set on the class's passed packets."""
+        if "fwmark" not in ctbl:
+            if "fwmark_mask" in ctbl:
+                raise self.fail(where + ("fwmark_mask",), f"{_dotted(where)}: fwmark_mask needs fwmark")
+            return False
+        vals = {}
+        for key in ("fwmark", "fwmark_mask"):
+            v, w = ctbl.get(key, 0xFFFFFFFF), where + (key,)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 0xFFFFFFFF:
+                raise self.fail(w, f"{_dotted(w)} must be an integer 1..0xffffffff, not {v!r}")
+            vals[key] = v
+        mark, mask = vals["fwmark"], vals["fwmark_mask"]
+        if act == "drop":
+            reason = f'{_dotted(where)}: fwmark is not allowed with action = "drop" (a dropped packet is never marked)'
+            raise self.fail(where + ("fwmark",), reason)
+        if mark & ~mask:
+            raise self.fail(where + ("fwmark",), f"{_dotted(where)}: fwmark {mark:#x} has bits outside fwmark_mask "
+                            f"{mask:#x}")
+        self.fwmarks[cid] = (mark, mask)
+        return True
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -283,19 +283,22 @@ class PolicySlot:
     dscp: int = 0
     log: bool = False
     qos: bool = False  # media of the class is marked by media kind (policy [qos], the `qos` map)
+    fwmark: bool = False  # the mark itself is in Policy.fwmarks (the `fwmarks` map)
 
     FMT = _fmt("sg_policy")
 
     def pack(self) -> bytes:
-        return self.FMT.pack(self.action, self.dscp, 1 if self.log else 0, 1 if self.qos else 0)
+        opts = (C["SG_OPT_QOS"] if self.qos else 0) | (C["SG_OPT_FWMARK"] if self.fwmark else 0)
+        return self.FMT.pack(self.action, self.dscp, 1 if self.log else 0, opts)
 
     @classmethod
     def unpack(cls, raw: bytes) -> PolicySlot:
-        a, d, lg, q = cls.FMT.unpack_from(raw)
-        return cls(a, d, bool(lg), bool(q))
+        a, d, lg, opts = cls.FMT.unpack_from(raw)
+        return cls(a, d, bool(lg), bool(opts & C["SG_OPT_QOS"]), bool(opts & C["SG_OPT_FWMARK"]))
 
 
-_check_fields(PolicySlot, "sg_policy", tuple(f.name for f in dataclasses.fields(PolicySlot)))
+# qos and fwmark share the struct's `opts` byte as SG_OPT_* bits
+_check_fields(PolicySlot, "sg_policy", ("action", "dscp", "log", "opts"))
 
 # these formats keep the structs' _pad members as values (pack them as 0)
 QOS_FMT = _fmt("sg_qos", pads=True)
@@ -306,6 +309,11 @@ LPM4_FMT = _fmt("sg_lpm4", pads=True)
 LPM6_FMT = _fmt("sg_lpm6", pads=True)
 PREFIX_FMT = _fmt("sg_prefix", pads=True)
 META_FMT = _fmt("sg_meta", pads=True)
+FWMARK_FMT = _fmt("sg_fwmark", pads=True)
+MARK_META_FMT = _fmt("sg_mark_meta", pads=True)
+CHAIN_FMT = _fmt("sg_chain", pads=True)
+# struct sg_verdict after its flow key: magic, reason, op, cls, set_flags, clear_flags, _pad
+VERDICT_FMT = struct.Struct("<IIBBBBI")
 META_MAGIC = C["SG_META_MAGIC"]
 SRC_POLICY, SRC_LEARNED, SRC_MANUAL = C["SG_SRC_POLICY"], C["SG_SRC_LEARNED"], C["SG_SRC_MANUAL"]
 

@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from collections.abc import Iterable
@@ -49,6 +50,8 @@ class Prediction:
     l3_off: int = 0  # offset of the IP header (for DSCP checks)
     v6: bool = False
     payload_len: int = 0  # L4 payload length the program should see
+    frame_bytes: int = 0  # bytes the program counts: the whole frame when its IP datagram spans buffers
+    spans: bool = False  # the IP datagram runs past the first buffer (counted in `multibuf`)
 
     @property
     def parse_error(self) -> bool:
@@ -65,9 +68,10 @@ def _u16(b: bytes, off: int) -> int:
     return struct.unpack_from("!H", b, off)[0]
 
 
-def _ethernet(b: bytes) -> tuple[int, int, int]:
-    """(ethertype, offset of the L3 header, outer VLAN id)."""
-    if len(b) < 14:
+def _ethernet(b: bytes, lim: int) -> tuple[int, int, int]:
+    """(ethertype, offset of the L3 header, outer VLAN id). `lim`: the end of the first buffer, where headers must
+    be; lengths (IP, UDP) are checked against the whole frame, len(b)."""
+    if lim < 14:
         raise _Bad("err_eth")
     et, off, vlan = _u16(b, 12), 14, 0
     for depth in range(VLAN_MAX + 1):
@@ -75,7 +79,7 @@ def _ethernet(b: bytes) -> tuple[int, int, int]:
             return et, off, vlan
         if depth == VLAN_MAX:
             raise _Bad("err_vlan_depth")
-        if off + 4 > len(b):
+        if off + 4 > lim:
             raise _Bad("err_vlan")
         if depth == 0:
             vlan = _u16(b, off) & 0x0FFF
@@ -94,13 +98,13 @@ class _L3:
     first_frag: bool
 
 
-def _ipv4(b: bytes, off: int) -> _L3 | str:
-    if off + 20 > len(b):
+def _ipv4(b: bytes, off: int, lim: int) -> _L3 | str:
+    if off + 20 > lim:
         raise _Bad("err_ip4")
     if b[off] >> 4 != 4:
         raise _Bad("err_version")
     hlen = (b[off] & 0x0F) * 4
-    if hlen < 20 or off + hlen > len(b):
+    if hlen < 20 or off + hlen > lim:
         raise _Bad("err_ip4_ihl")
     tot = _u16(b, off + 2)
     if tot < hlen or off + tot > len(b):
@@ -112,8 +116,8 @@ def _ipv4(b: bytes, off: int) -> _L3 | str:
     return _L3(b[off + 9], off + hlen, off + tot, src, dst, bool(frag & 0x2000))
 
 
-def _ipv6(b: bytes, off: int) -> _L3 | str:
-    if off + 40 > len(b):
+def _ipv6(b: bytes, off: int, lim: int) -> _L3 | str:
+    if off + 40 > lim:
         raise _Bad("err_ip6")
     if b[off] >> 4 != 6:
         raise _Bad("err_version")
@@ -124,7 +128,7 @@ def _ipv6(b: bytes, off: int) -> _L3 | str:
     for _ in range(IP6_EXT_MAX):
         if nh not in IP6_EXT:
             break
-        if pos + 8 > end:
+        if pos + 8 > min(end, lim):
             raise _Bad("err_ip6_ext")
         if nh == FRAGMENT:
             fo = _u16(b, pos + 2)
@@ -136,7 +140,7 @@ def _ipv6(b: bytes, off: int) -> _L3 | str:
             hl = (b[pos + 1] + 2) * 4
         else:
             hl = (b[pos + 1] + 1) * 8
-        if pos + hl > end:
+        if pos + hl > min(end, lim):
             raise _Bad("err_ip6_ext")
         nh, pos = b[pos], pos + hl
     else:
@@ -145,11 +149,11 @@ def _ipv6(b: bytes, off: int) -> _L3 | str:
     return _L3(nh, pos, end, b[off + 8 : off + 24], b[off + 24 : off + 40], first_frag)
 
 
-def _l4(b: bytes, l3: _L3) -> tuple[int, int, int]:
+def _l4(b: bytes, l3: _L3, lim: int) -> tuple[int, int, int]:
     """(sport, dport, payload length) or raises."""
     pos = l3.l4
     if l3.proto == UDP:
-        if pos + 8 > l3.end:
+        if pos + 8 > min(l3.end, lim):
             raise _Bad("err_udp")
         ulen = _u16(b, pos + 4)
         if ulen < 8:
@@ -159,31 +163,55 @@ def _l4(b: bytes, l3: _L3) -> tuple[int, int, int]:
                 raise _Bad("err_udp")
             ulen = l3.end - pos
         return _u16(b, pos), _u16(b, pos + 2), ulen - 8
-    if pos + 20 > len(b):
+    if pos + 20 > lim:
         raise _Bad("err_tcp")
     hlen = (b[pos + 12] >> 4) * 4
-    if hlen < 20 or pos + hlen > l3.end:
+    if hlen < 20 or pos + hlen > min(l3.end, lim):
         raise _Bad("err_tcp")
     return _u16(b, pos), _u16(b, pos + 2), l3.end - pos - hlen
 
 
 def predict(frame: bytes, linear: int | None = None) -> Prediction:
-    """The outcome for `frame`, of which the program sees the first `linear` bytes (BPF_PROG_TEST_RUN puts only one
-    page's worth in the linear area: the rest of a jumbo frame is invisible to a program without frags support)."""
-    b = bytes(frame[:linear] if linear is not None else frame)
+    """The outcome for `frame`, whose first `linear` bytes are in the program's first buffer (BPF_PROG_TEST_RUN puts
+    one page's worth there, the rest in frags). Headers are read from that buffer; IP and UDP lengths are checked
+    against the whole frame (the program is frags-aware), and a datagram that spans buffers counts the whole frame."""
+    b = bytes(frame)
+    lim = min(len(b), linear if linear is not None else len(b))
+    spans = _spans(b, lim)
+    size = len(b) if spans else lim
+    return dataclasses.replace(_predict(b, lim), frame_bytes=size, spans=spans)
+
+
+def _spans(b: bytes, lim: int) -> bool:
+    """Whether the program asks for the whole frame's length: its IP header is in the first buffer and the
+    datagram's length runs past that buffer but not past the frame."""
     try:
-        et, off, vlan = _ethernet(b)
+        et, off, _vlan = _ethernet(b, lim)
+    except _Bad:
+        return False
+    if et == ETH_IP and off + 20 <= lim and b[off] >> 4 == 4:
+        hlen = (b[off] & 0x0F) * 4
+        end = off + _u16(b, off + 2)
+        return hlen >= 20 and off + hlen <= lim and _u16(b, off + 2) >= hlen and lim < end <= len(b)
+    if et == ETH_IP6 and off + 40 <= lim and b[off] >> 4 == 6:
+        return lim < off + 40 + _u16(b, off + 4) <= len(b)
+    return False
+
+
+def _predict(b: bytes, lim: int) -> Prediction:
+    try:
+        et, off, vlan = _ethernet(b, lim)
         if et == ETH_IP:
-            l3 = _ipv4(b, off)
+            l3 = _ipv4(b, off, lim)
         elif et == ETH_IP6:
-            l3 = _ipv6(b, off)
+            l3 = _ipv6(b, off, lim)
         else:
             return Prediction("out_non_ip")
         if isinstance(l3, str):
             return Prediction(l3, l3_off=off, v6=et == ETH_IP6)
         if l3.proto not in (UDP, TCP):
             return Prediction("out_other_l4", l3_off=off, v6=et == ETH_IP6)
-        sport, dport, plen = _l4(b, l3)
+        sport, dport, plen = _l4(b, l3, lim)
     except _Bad as e:
         return Prediction(e.outcome)
     a, z = (l3.src, sport), (l3.dst, dport)

@@ -160,7 +160,8 @@ class Harness:
         ctx = f"{self.v.name} frame={frame.hex()} pred={pred} delta={delta}"
         verdict, action = self.v.expect(outcome)
         assert res.verdict == verdict, ctx
-        assert delta.get("packets") == 1 and delta.get("bytes") == min(len(frame), self.linear), ctx
+        assert delta.get("packets") == 1 and delta.get("bytes") == pred.frame_bytes, ctx
+        assert delta.get("multibuf", 0) == pred.spans, ctx
         got = [n for n in OUTCOMES if delta.get(n)]
         assert got == [outcome] and delta[outcome] == 1, ctx
         assert [n for n in ACTIONS if delta.get(n)] == [action] and delta[action] == 1, ctx
@@ -168,7 +169,7 @@ class Harness:
             assert delta.get("mark_skipped") == 1, ctx
         self._check_output(frame, res.data, pred, outcome, action, ctx)
         if pred.key is not None:
-            self._note_flow(pred, outcome, len(frame), res.verdict == DROP, ctx)
+            self._note_flow(pred, outcome, pred.frame_bytes, res.verdict == DROP, ctx)
         if len(self.model) >= self.batch:
             self.check_flows()
         return pred
@@ -196,7 +197,7 @@ class Harness:
         if m is None:
             m = self.model[pred.key] = _Model(first_ts=self.ts, init_dir=pred.dir, outcome=outcome)
         m.pkts[pred.dir] += 1
-        m.nbytes[pred.dir] += min(size, self.linear)
+        m.nbytes[pred.dir] += size
         m.dropped += dropped
         m.last_ts = self.ts
         f = self.k.flow(pred.key)
@@ -481,16 +482,19 @@ def test_reference_parser_agrees_on_well_formed_seeds(seeds):
     assert first_frag.payload_len == 1200 - 20 - 8  # what the fragment holds, not the UDP length
 
 
-def test_linear_area_is_what_the_program_sees(kern, linear):
-    # a jumbo frame bigger than the linear area: the program sees its first `linear` bytes, so the IP length runs
-    # past data_end and the frame is a parse error (see the report: a frags-aware program would need
-    # bpf_xdp_get_buff_len)
+def test_frames_past_the_linear_area_parse_whole(kern, linear):
+    # a jumbo frame bigger than the linear area: the headers are in the first buffer, the IP length is checked
+    # against the whole frame (bpf_xdp_get_buff_len), so it is a flow like any other and its bytes count in full
     frame = P.udp("10.1.2.3", 1000, "10.1.2.4", 2000, bytes(linear + 100))
-    assert predict(frame, linear).outcome == "err_ip4_len"
+    pred = predict(frame, linear)
+    assert pred.outcome == "out_flow" and pred.spans and pred.frame_bytes == len(frame)
     h = Harness(kern, VARIANTS["all-pass"], linear)
     h.run(frame)
-    h.run(P.udp("10.1.2.3", 1000, "10.1.2.4", 2000, bytes(linear - 42 - 1)))  # the biggest that parses
-    assert h.finish().outcomes == {"err_ip4_len": 1, "out_flow": 1}
+    h.run(P.udp("10.1.2.3", 1000, "10.1.2.4", 2000, bytes(linear - 42 - 1)))  # the biggest in one buffer
+    bad = bytearray(frame)
+    bad[16:18] = (len(frame) - 14 + 1).to_bytes(2, "big")  # an IP length past the whole frame is still an error
+    h.run(bytes(bad))
+    assert h.finish().outcomes == {"err_ip4_len": 1, "out_flow": 2}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -164,42 +164,46 @@ def test_on_stop_detach_leaves_nothing_attached(rig):
 # ---- xdp_mode = auto ------------------------------------------------------------------------------------------------
 
 
-def test_auto_mode_falls_back_to_generic_and_enforces(rig):
+def test_jumbo_peer_still_native_and_enforces(rig):
     """veth refuses native XDP for a program that is not frags-aware when its peer's MTU exceeds a page's worth
-    (drivers/net/veth.c: "Peer MTU is too large to set XDP"); skyguard's program is not frags-aware, so with the LAN
-    client's end at MTU 9000 `auto` must fall back to generic on the router's LAN interface and stay native on the
-    other."""
+    (drivers/net/veth.c: "Peer MTU is too large to set XDP"); skyguard's program is frags-aware, so with the LAN
+    client's end at MTU 9000 `auto` stays native on both interfaces, and enforces."""
     t = rig.topo
     t.sh(t.lan_ns, "ip", "link", "set", "dev", t.client_if, "mtu", "9000")
     rig.configure(xdp_mode="auto")
     st = rig.start()
     modes = {i["name"]: i["mode"] for i in st["interfaces"]}
-    assert modes == {t.router_lan_if: "generic", t.router_wan_if: "native"}, modes
-    assert rig.xdp(t.router_lan_if) == ("generic", st["prog_id"])
-    assert rig.xdp(t.router_wan_if) == ("native", st["prog_id"])
-    attached = [ln for ln in rig.log().splitlines() if '"xdp attached"' in ln and t.router_lan_if in ln]
-    assert attached and '"mode": "generic"' in attached[0] and '"requested": "auto"' in attached[0], attached
+    assert modes == {t.router_lan_if: "native", t.router_wan_if: "native"}, modes
+    assert rig.xdp(t.router_lan_if) == ("native", st["prog_id"])
     sched, main = rig.schedule([PC_TO_PC, PHONE_PREFIX])
     phone, p2p = main[PHONE_PREFIX], main[PC_TO_PC]
     with rig.wire(sched) as w:
         w.play(sched, 1.0, 0.0, 2.0, tail_s=0.1)
-        settle(w, [p2p], "the PC-to-PC call's frames to cross the generic-mode program")
-    assert w.sent[phone] > 10 and w.recv[phone] == 0, "the generic-mode program did not drop the phone call"
+        settle(w, [p2p], "the PC-to-PC call's frames to cross the program")
+    assert w.sent[phone] > 10 and w.recv[phone] == 0, "the program did not drop the phone call"
     assert w.sent[p2p] > 10 and w.recv[p2p] == w.sent[p2p]
     assert rig.flows()[phone]["dropped"] == w.sent[phone]
 
 
 def test_native_mode_refuses_instead_of_falling_back(rig):
     """`native` means native: the WAN side (attached second) refuses it, the daemon exits 1 naming the interface and
-    takes back what it attached to the LAN side."""
+    the kernel's reason, and takes back what it attached to the LAN side. The WAN interface becomes a macvlan on the
+    old veth, a driver without native XDP (veth has it at any MTU for a frags-aware program)."""
     t = rig.topo
-    t.sh(t.inet_ns, "ip", "link", "set", "dev", t.inet_if, "mtu", "9000")
+    under = "sgu" + t.router_wan_if[3:]
+    t.sh(t.router_ns, "ip", "link", "set", t.router_wan_if, "down")
+    t.sh(t.router_ns, "ip", "link", "set", t.router_wan_if, "name", under)
+    t.sh(t.router_ns, "ip", "link", "set", under, "up")
+    t.sh(t.router_ns, "ip", "link", "add", "link", under, "name", t.router_wan_if, "type", "macvlan")
+    t.sh(t.router_ns, "ip", "link", "set", t.router_wan_if, "up")
     rig.configure(xdp_mode="native")
     proc = rig.spawn()
     assert proc.wait(60) == 1, rig.log()[-2000:]
-    assert f"cannot attach XDP to {t.router_wan_if}" in rig.log(), rig.log()[-2000:]
+    assert f"cannot attach XDP to {t.router_wan_if}: native: " in rig.log(), rig.log()[-2000:]
+    assert "native: driver macvlan has no native XDP" in rig.log(), rig.log()[-2000:]  # the cause, by name
     assert rig.xdp(t.router_wan_if) == (None, None)
     assert rig.xdp(t.router_lan_if) == (None, None), "a failed start left the program on the LAN interface"
+    assert "start failed: nothing attached" in rig.log()  # the log claims no attach that is not there
 
 
 # ---- restart with traffic in flight ---------------------------------------------------------------------------------

@@ -53,10 +53,11 @@ class FakeKernel:
     def flow_count(self) -> int:
         return len(self.flows_)
 
-    def update_flow(self, key: wire.FlowKey, fn: Callable[[wire.Flow], None]) -> bool:
+    def set_flow_flags(self, key: wire.FlowKey, set_flags: int = 0, clear_flags: int = 0) -> bool:
         if key not in self.flows_:
             return False
-        fn(self.flows_[key])
+        f = self.flows_[key]
+        f.flags = (f.flags | set_flags) & ~clear_flags
         return True
 
     def add_prefix(self, kind: str, network: Network, source: int, expires_ns: int = 0) -> None:

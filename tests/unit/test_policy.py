@@ -174,7 +174,8 @@ def test_unknown_class() -> None:
 
 def test_unknown_key_in_class() -> None:
     assert refuse('name = "x"\n[class.other]\naction = "pass"\nlgo = true\n') == (
-        "p.toml:4: unknown key 'class.other.lgo' (allowed in [class.other]: action, dscp, log); did you mean 'log'?"
+        "p.toml:4: unknown key 'class.other.lgo' (allowed in [class.other]: action, dscp, log, fwmark, "
+        "fwmark_mask); did you mean 'log'?"
     )
 
 

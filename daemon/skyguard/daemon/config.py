@@ -22,6 +22,7 @@ DEFAULT_PIN_PATH = "/sys/fs/bpf/skyguard"
 XDP_MODES = ("native", "generic", "auto")
 LOG_FORMATS = ("json", "console", "auto")
 ON_STOP = ("keep", "detach")
+FOREIGN_XDP = ("refuse", "chain", "replace")
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")  # IFNAMSIZ - 1, no slash/colon/space
 
 
@@ -52,6 +53,7 @@ class Config:
     log_level: str = "info"
     pin_path: str = DEFAULT_PIN_PATH
     on_stop: str = "keep"  # keep: programs and maps stay pinned and enforcing; detach: remove them
+    foreign_xdp: str = "refuse"  # another tool's XDP program on an interface: refuse | chain | replace
     idle_timeout: IdleTimeouts = field(default_factory=IdleTimeouts)
     stats_interval: float = 60.0  # seconds between stats log lines; 0 = never
     metrics_listen: str | None = None  # ADDR:PORT of the Prometheus endpoint; None: no endpoint (off by default)
@@ -152,6 +154,7 @@ CHECKS = {
     "log_level": _choice(("debug", "info", "warning", "error")),
     "pin_path": _abs_path,
     "on_stop": _choice(ON_STOP),
+    "foreign_xdp": _choice(FOREIGN_XDP),
     "stats_interval": _seconds(allow_zero=True),
     "metrics_listen": lambda v: _listen(_str(v)),
     "ipfix_collector": lambda v: _collector(_str(v)),
@@ -254,6 +257,10 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-path", metavar="DIR", help=f"bpffs directory for pinned maps (default {DEFAULT_PIN_PATH})")
     p.add_argument("--xdp-mode", metavar="MODE", choices=XDP_MODES, help="native | generic | auto")
     p.add_argument("--log-format", metavar="FMT", choices=LOG_FORMATS, help="json | console | auto")
+    p.add_argument("--foreign-xdp", metavar="WHAT", choices=FOREIGN_XDP,
+                   help="another XDP program on an interface: refuse (default) | chain | replace")
+    p.add_argument("--detach", action="store_true",
+                   help="detach skyguard's program from every interface (putting back what it chained) and exit")
     p.add_argument("--check", action="store_true",
                    help="check the config and the policy it names, print the verdict and exit (nothing is attached)")
     for key, typ in IPFIX_FLAGS.items():
@@ -273,7 +280,7 @@ def parse_daemon_args(argv: Sequence[str] | None = None, *, default_config: str 
         cfg = load_config(args.config)
     elif Path(default_config).exists():
         cfg = load_config(default_config)
-    elif args.interfaces and args.policy:
+    elif (args.interfaces and args.policy) or args.detach:
         cfg = Config()
     else:
         raise ConfigError(f"{default_config}: no such file; give --config PATH, or both --interface and --policy")
@@ -295,6 +302,8 @@ def parse_daemon_args(argv: Sequence[str] | None = None, *, default_config: str 
         flags["xdp_mode"] = args.xdp_mode
     if args.log_format:
         flags["log_format"] = args.log_format
+    if args.foreign_xdp:
+        flags["foreign_xdp"] = args.foreign_xdp
     if args.metrics_listen:
         try:
             flags["metrics_listen"] = _listen(args.metrics_listen)
@@ -309,6 +318,8 @@ def parse_daemon_args(argv: Sequence[str] | None = None, *, default_config: str 
     cfg = replace(cfg, **flags)
 
     origin = cfg.path or where
+    if args.detach:
+        return cfg, args
     if not cfg.interfaces:
         raise ConfigError(f"{origin}: no interfaces: set `interfaces` or pass --interface")
     if not cfg.policy:

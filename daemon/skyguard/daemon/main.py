@@ -22,13 +22,13 @@ from skyguard.daemon.control import ControlServer
 from skyguard.daemon.metrics import DaemonMetrics
 from skyguard.daemon.sdnotify import Notifier
 from skyguard.export.ipfix import Exporter
+from skyguard.kernel import foreign
 from skyguard.kernel.flowtable import FlowTable
 from skyguard.kernel.ifaces import (
     Attached,
     InterfaceError,
     LinkWatcher,
     attach,
-    detach,
     ensure_bpffs,
     ifindex,
     xdp_prog_id,
@@ -61,6 +61,9 @@ class Daemon:
         self.pins_before: bool | None = None  # whether the pin path held pins when start() looked (None: not yet)
         self.ipfix: Exporter | None = None
         self.metrics: DaemonMetrics | None = None
+        self.found: dict[str, list[foreign.Found]] = {}  # what start() found attached, by interface
+        self.own_id: int | None = None  # the id of this daemon's XDP program
+        self.tc = None  # kernel.tcmark.TcMark once a policy has a firewall mark
 
     # ---- start ------------------------------------------------------------------------------------------------------
 
@@ -81,7 +84,20 @@ class Daemon:
             self.log.info("mounted bpffs", path="/sys/fs/bpf")
         self.pins_before = _has_pins(cfg.pin_path)
         os.makedirs(cfg.pin_path, exist_ok=True)
-        self.kernel = Kernel(flows_max=cfg.flows_max, window=cfg.window, pin_path=cfg.pin_path)
+        # what is attached already, judged before anything is compiled: a refusal touches nothing
+        self.found = {i: foreign.survey(i, cfg.pin_path) for i in cfg.interfaces}
+        foreign.check(self.found, cfg.foreign_xdp)
+        to_chain = self.found if cfg.foreign_xdp == "chain" else {}
+        # chaining is compiled in when asked for, and while a chain made by an earlier run is in place
+        chain = cfg.foreign_xdp == "chain" or bool(foreign.pinned_chain(cfg.pin_path))
+        self.kernel = Kernel(flows_max=cfg.flows_max, window=cfg.window, pin_path=cfg.pin_path, chain=chain,
+                             before_load=lambda k: foreign.fill_chain(k, to_chain))
+        from skyguard.kernel.bpfobj import prog_info
+
+        self.own_id = prog_info(self.kernel.prog_fd).id
+        if chain and not self.kernel.frags:
+            self.log.warning("xdp program loaded without multi-buffer support: a chained program is not frags-aware",
+                             note="native XDP then attaches only where frames fit one buffer")
         self.adopted_flows = self.kernel.flow_count()
         if self.adopted_flows:
             self.log.info("adopted pinned maps", pin_path=cfg.pin_path, flows=self.adopted_flows)
@@ -93,6 +109,7 @@ class Daemon:
             self._start_ipfix()
         for ifname in cfg.interfaces:
             self._attach(ifname)
+        self._fwmarks(policy)
         self.metrics = DaemonMetrics(self)
         self.metrics.start()
         self.engine.subscribe(self.control.publish, lambda: self.control.subscribers > 0)
@@ -124,9 +141,45 @@ class Daemon:
                       active_timeout_s=cfg.ipfix_active_timeout)
 
     def _attach(self, ifname: str) -> None:
-        a = attach(self.kernel.prog_fd, ifname, self.cfg.xdp_mode)
+        """Attach with the kernel's expected-program replace: only what survey() found there, and foreign_xdp allowed
+        to replace, can be replaced; anything attached meanwhile makes the kernel refuse."""
+        progs = self.found.pop(ifname, None)
+        if progs is None:  # a re-attach (link back, or program removed from outside): look again
+            progs = foreign.survey(ifname, self.cfg.pin_path)
+            foreign.check({ifname: progs}, self.cfg.foreign_xdp)
+            if self.cfg.foreign_xdp == "chain" and foreign.in_the_way(progs) and self.kernel.chain_map is not None:
+                foreign.fill_chain(self.kernel, {ifname: progs})
+        way = foreign.in_the_way(progs)
+        expect = foreign.expect_fds([f for f in progs if f.own or f in way])
+        try:
+            a = attach(self.kernel.prog_fd, ifname, self.cfg.xdp_mode, expect=expect, frags=self.kernel.frags)
+        finally:
+            for fd in expect.values():
+                os.close(fd)
+        for f in way:
+            if self.cfg.foreign_xdp == "replace":
+                self.log.warning("replaced foreign XDP program", interface=ifname, prog_id=f.prog_id, name=f.name,
+                                 tag=f.tag, mode=f.mode)
+            else:
+                self.log.info("chained foreign XDP program: skyguard runs first and hands it every packet it passes",
+                              interface=ifname, prog_id=f.prog_id, name=f.name, tag=f.tag, mode=f.mode)
         self.attached[ifname] = a
-        self.log.info("xdp attached", interface=ifname, mode=a.mode, requested=self.cfg.xdp_mode)
+        self.log.info("xdp attached", interface=ifname, mode=a.mode, requested=self.cfg.xdp_mode,
+                      frags=self.kernel.frags, prog_id=self.own_id)
+        if self.tc is not None:
+            self.tc.attach(ifname)
+
+    def _fwmarks(self, policy: Policy) -> None:
+        """The TC ingress program that sets skb->mark, once a policy gives a class a firewall mark."""
+        if not policy.fwmarks or self.tc is not None:
+            return
+        from skyguard.kernel.tcmark import TcMark
+
+        self.tc = TcMark()
+        for ifname in self.attached:
+            self.tc.attach(ifname)
+        self.log.info("fwmark tc program attached", interfaces=list(self.attached),
+                      marks={wire.CLASS_NAMES[c]: f"{m:#x}/{k:#x}" for c, (m, k) in policy.fwmarks.items()})
 
     def interfaces(self) -> list[dict[str, Any]]:
         return [{"name": a.ifname, "ifindex": a.ifindex, "mode": a.mode} for a in self.attached.values()]
@@ -263,6 +316,7 @@ class Daemon:
                 self.metrics.note_reload(False)
             raise
         self.engine.set_policy(policy)
+        self._fwmarks(policy)
         self.policy_loaded_at = time.time()
         self.log.info("policy reloaded", policy=policy.name, source=source)
         if self.metrics is not None:
@@ -275,11 +329,10 @@ class Daemon:
     def stop(self) -> None:
         self.notify.stopping()
         if self.cfg.on_stop == "detach":
-            for ifname in list(self.attached):
-                detach(ifname)
-                self.log.info("xdp detached", interface=ifname)
+            self._detach(list(self.attached))
         else:
-            self.log.info("stopping: program stays attached, maps stay pinned", pin_path=self.cfg.pin_path)
+            self.log.info("stopping: program stays attached, maps stay pinned", pin_path=self.cfg.pin_path,
+                          interfaces=list(self.attached))
         if self.ipfix is not None and self.kernel is not None:
             sent = self.ipfix.stop(self.kernel.flows())  # a forced-end record for every flow still in the table
             self.log.info("ipfix export stopped", all_sent=sent, **self.ipfix.status())
@@ -292,8 +345,7 @@ class Daemon:
         self.notify.stopping()
         attached = list(self.attached)
         if attached and self.cfg.on_stop == "detach":
-            for ifname in attached:
-                detach(ifname)
+            self._detach(attached)
             attached = []
         if self.pins_before is None:
             pins = "pin path not touched"
@@ -308,7 +360,20 @@ class Daemon:
                        pins_existed_before=self.pins_before, pin_path=self.cfg.pin_path)
         self._close()
 
+    def _detach(self, ifnames: list[str]) -> None:
+        """Detach this daemon's program (expecting it) and put back what it chained, as it was attached."""
+        from skyguard.kernel import tcmark
+
+        for ifname in ifnames:
+            done = foreign.restore(ifname, self.own_id, self.cfg.pin_path)
+            if self.tc is not None:
+                tcmark.detach(ifname)
+            self.attached.pop(ifname, None)
+            self.log.info("xdp detached", interface=ifname, result=done)
+
     def _close(self) -> None:
+        if self.tc is not None:
+            self.tc.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.ipfix is not None:
@@ -341,6 +406,24 @@ def check(cfg: Config) -> int:
     return 0
 
 
+def detach_all(cfg: Config) -> int:
+    """`skyguardd --detach` (make uninstall): skyguard's program off every interface of this network namespace, each
+    chained program back in its place, skyguard's TC filters removed. Pins stay."""
+    from skyguard.kernel import tcmark
+
+    try:
+        done = foreign.detach_all(cfg.pin_path)
+    except (InterfaceError, OSError) as e:
+        print(f"skyguardd: {e}", file=sys.stderr)
+        return 1
+    for ifname, what in done:
+        tcmark.detach(ifname)
+        print(f"{ifname}: {what}")
+    if not done:
+        print(f"no interface runs the skyguard program of {cfg.pin_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_daemon_args(argv)
@@ -349,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         return check(cfg)
+    if args.detach:
+        return detach_all(cfg)
     configure(cfg.log_format, cfg.log_level)
     log = get_logger("skyguardd")
     if os.geteuid() != 0:

@@ -7,7 +7,9 @@ bpf_lookup_elem & co.) and decoded with `wire`'s struct formats, so the byte lay
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import ipaddress
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 import bcc
 
 from skyguard import wire
-from skyguard.kernel.bpfsys import RawMap, RunResult, prog_test_run
+from skyguard.kernel.bpfobj import BPF_F_XDP_HAS_FRAGS, BPF_XDP, BpfError, load_xdp
+from skyguard.kernel.bpfsys import XDP_PASS, RawMap, RunResult, prog_test_run
 from skyguard.kernel.clock import ClockModel, clock_model
 from skyguard.kernel.memory import release_compiler_memory
 from skyguard.policy import Network, Policy
@@ -43,9 +46,14 @@ class Kernel:
         pin_path: str | None = None,
         replay: bool = False,
         extra_cflags: Sequence[str] = (),
+        chain: bool = False,
+        before_load: Callable[[Kernel], None] | None = None,
     ):
         """`replay`: build the program that takes each packet's time from the XDP metadata a replay hands over
-        (test_run with ts_ns); the live program (the daemon's) has no metadata check on its fast path."""
+        (test_run with ts_ns); the live program (the daemon's) has no metadata check on its fast path.
+        `chain`: build with the `chain` program array (packets passed go on to the interface's previous program);
+        `before_load` runs once the maps exist and before the program is loaded (the daemon fills `chain` there: a
+        program array takes the multi-buffer flag of the first program it meets, see _load)."""
         bpf_dir = wire.bpf_dir()
         cflags = [
             f"-I{bpf_dir}",
@@ -65,16 +73,17 @@ class Kernel:
             self.clock_note = f"bpf_ktime_get_coarse_ns (jiffies clock probe failed: {e})"
         if replay:
             cflags.append("-DSG_META_CLOCK")
+        if chain:
+            cflags.append("-DSG_XDP_CHAIN")
         if pin_path:
             Path(pin_path).mkdir(parents=True, exist_ok=True)
             cflags.append(f'-DSG_PIN_PATH="{pin_path}"')
         cflags += list(extra_cflags)
         self.pin_path = pin_path
         self.replay = replay
+        self.chain = chain
         self.bpf = bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
-        self.fn = self.bpf.load_func(b"xdp_skyguard", bcc.BPF.XDP)
-        self.prog_fd: int = self.fn.fd
-        release_compiler_memory()
+        self.prog_fd = -1
         self._events: list[wire.Event] = []
         self._sink: Callable[[wire.Event], None] | None = None  # set while drain_events runs
         self._sink_error: BaseException | None = None
@@ -85,6 +94,9 @@ class Kernel:
         self._flows = self._raw("flows", kf, wire.Flow.FMT.size)
         self._policy = self._raw("policy", 4, wire.PolicySlot.FMT.size)
         self._config = self._raw("config", 4, wire.CONFIG_FMT.size)
+        self._fwmarks = self._raw("fwmarks", 4, wire.FWMARK_FMT.size)
+        self.chained = self._raw("chained", 4, wire.CHAIN_FMT.size)
+        self.chain_map = self._raw("chain", 4, 4) if chain else None
         self._rcu_sync = self._raw("rcu_sync", 4, 4)
         self._rcu_inner_fd = self.bpf[b"rcu_inner"].map_fd
         self._stats = self._raw("stats", 4, _STATS_SIZE, percpu=True)
@@ -97,12 +109,42 @@ class Kernel:
             )
             for kind, (m4, m6) in _LPM_MAPS.items()
         }
+        try:
+            if before_load is not None:
+                before_load(self)
+            self.prog_fd, self.frags = self._load(chain)
+            self.verdict_fd: int = self.bpf.load_func(b"xdp_verdict", bcc.BPF.XDP).fd
+        except BaseException:
+            self.close()  # the maps and what was loaded go with the failed start, not at some later collection
+            raise
+        release_compiler_memory()
+
+    def _load(self, chain: bool) -> tuple[int, bool]:
+        """Load xdp_skyguard multi-buffer aware (BPF_F_XDP_HAS_FRAGS), so that native XDP attaches at any MTU: bcc
+        0.26's load_func passes no prog_flags, so its relocated instructions are loaded here. A program array only
+        takes programs that match its first one (kernel: bpf_prog_map_compatible) in multi-buffer support and, on
+        recent kernels, expected attach type (libbpf loads with BPF_XDP, bcc with 0); with a chained program already
+        in `chain`, skyguard loads in the first shape it accepts, multi-buffer first."""
+        insns = self.bpf.dump_func(b"xdp_skyguard")
+        shapes = [(BPF_F_XDP_HAS_FRAGS, 0)]
+        if chain:
+            shapes = [(BPF_F_XDP_HAS_FRAGS, BPF_XDP), (BPF_F_XDP_HAS_FRAGS, 0), (0, BPF_XDP), (0, 0)]
+        for i, (flags, attach_type) in enumerate(shapes):
+            try:
+                return load_xdp(insns, "xdp_skyguard", flags, attach_type), bool(flags)
+            except BpfError as e:
+                if e.errno != errno.EINVAL or i == len(shapes) - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _raw(self, name: str, ks: int, vs: int, percpu: bool = False) -> RawMap:
         return RawMap(self.bpf[name.encode()].map_fd, ks, vs, percpu)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def close(self) -> None:
+        if self.prog_fd >= 0:
+            os.close(self.prog_fd)
+            self.prog_fd = -1
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
@@ -220,22 +262,33 @@ class Kernel:
         val = self._flows.lookup(key.pack())
         return None if val is None else wire.Flow.unpack(val)
 
-    def update_flow(self, key: wire.FlowKey, fn: Callable[[wire.Flow], None]) -> bool:
-        """Read-modify-write of one flow (the kernel may update counters concurrently; those few packets are lost)."""
-        raw = self._flows.lookup(key.pack())
-        if raw is None:
-            return False
-        flow = wire.Flow.unpack(raw)
-        fn(flow)
-        return self._flows.update(key.pack(), flow.pack())
+    def _verdict(self, key: wire.FlowKey, op: int, cls: int = 0, reason: int = 0, set_flags: int = 0,
+                 clear_flags: int = 0) -> tuple[int, int] | None:
+        """One decision applied in the kernel by xdp_verdict (see bpf/skyguard.bpf.c): the flow's class and flags
+        after it, None when the flow is gone. Nothing the kernel counts is read or written back here."""
+        v = key.pack() + wire.VERDICT_FMT.pack(wire.C["SG_V_MAGIC"], reason, op, cls, set_flags, clear_flags, 0)
+        res = prog_test_run(self.verdict_fd, v.ljust(max(len(v), 64), b"\0"))
+        if res.verdict != XDP_PASS:
+            return None
+        _m, _r, _op, now_cls, now_flags, _c, _p = wire.VERDICT_FMT.unpack_from(res.data, len(key.pack()))
+        return now_cls, now_flags
 
     def set_class(self, key: wire.FlowKey, cls: int, reason: int) -> bool:
+        """The daemon's class for a flow. SG_F_DAEMON goes in first (atomically), so the kernel's signatures stop
+        changing the class; a packet that had already passed that check may still write its class once, hence the
+        read-back and one more application."""
         flags = wire.C["SG_F_DAEMON"] | wire.C["SG_F_DONE"]
+        for _ in range(3):
+            got = self._verdict(key, wire.C["SG_V_CLASS"], cls, reason, set_flags=flags)
+            if got is None:
+                return False
+            if got[0] == cls:
+                return True
+        return True
 
-        def apply(f: wire.Flow) -> None:
-            f.cls, f.reason, f.flags = cls, reason, f.flags | flags
-
-        return self.update_flow(key, apply)
+    def set_flow_flags(self, key: wire.FlowKey, set_flags: int = 0, clear_flags: int = 0) -> bool:
+        """Set and clear SG_F_* bits of one flow (block, exempt) without touching anything else in it."""
+        return self._verdict(key, wire.C["SG_V_FLAGS"], set_flags=set_flags, clear_flags=clear_flags) is not None
 
     def delete_flow(self, key: wire.FlowKey) -> None:
         self._flows.delete(key.pack())
@@ -291,7 +344,10 @@ class Kernel:
         new = old ^ 1
         for i in range(wire.POL_SLOTS):
             slot = policy.slots[i] if i < len(policy.slots) else wire.PolicySlot()
-            self._policy.update((new * wire.POL_SLOTS + i).to_bytes(4, "little"), slot.pack())
+            idx = (new * wire.POL_SLOTS + i).to_bytes(4, "little")
+            mark, mask = policy.fwmarks.get(i, (0, 0))
+            self._fwmarks.update(idx, wire.FWMARK_FMT.pack(mark, mask))  # before the slot that points at it
+            self._policy.update(idx, slot.pack())
         for kind in PREFIX_KINDS:  # clear leftovers of the generation being written
             for raw, _net, _src, _exp, fam in self._entries(kind, new):
                 self._lpm[kind][fam].delete(raw)

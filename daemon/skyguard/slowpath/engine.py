@@ -52,7 +52,7 @@ class KernelLike(Protocol):
     def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]: ...
     def flow(self, key: wire.FlowKey) -> wire.Flow | None: ...
     def set_class(self, key: wire.FlowKey, cls: int, reason: int) -> bool: ...
-    def update_flow(self, key: wire.FlowKey, fn: Callable[[wire.Flow], None]) -> bool: ...
+    def set_flow_flags(self, key: wire.FlowKey, set_flags: int = 0, clear_flags: int = 0) -> bool: ...
     def delete_flow(self, key: wire.FlowKey) -> None: ...
     def add_prefix(self, kind: str, network: Network, source: int, expires_ns: int = 0) -> None: ...
     def remove_prefix(self, kind: str, network: Network) -> None: ...
@@ -142,7 +142,7 @@ class Engine:
         for key, flow in list(self._flows_touching(list({*old, *nets}))):
             exempt = any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets)
             if exempt != bool(flow.flags & F_EXEMPT):
-                self.kernel.update_flow(key, lambda f, e=exempt: _set_flag(f, F_EXEMPT, e))
+                self.kernel.set_flow_flags(key, *_flag(F_EXEMPT, exempt))
 
     # ---- events -----------------------------------------------------------------------------------------------------
 
@@ -350,7 +350,7 @@ class Engine:
             hit = any(addr_in(key.lo_addr, n) or addr_in(key.hi_addr, n) for n in nets)
             caught += hit
             if hit != bool(flow.flags & F_BLOCKED):
-                self.kernel.update_flow(key, lambda f, h=hit: _set_flag(f, F_BLOCKED, h))
+                self.kernel.set_flow_flags(key, *_flag(F_BLOCKED, hit))
         return caught
 
     def expire_blocks(self, now_ns: int) -> None:
@@ -386,8 +386,10 @@ class Engine:
         return gone
 
 
-def _set_flag(f: wire.Flow, bit: int, on: bool) -> None:
-    f.flags = (f.flags | bit) if on else (f.flags & ~bit)
+def _flag(bit: int, on: bool) -> tuple[int, int]:
+    """(set_flags, clear_flags) that turn `bit` on or off: the kernel changes that bit alone (no read-modify-write of
+    the flow here, which would overwrite what the kernel counts meanwhile)."""
+    return (bit, 0) if on else (0, bit)
 
 
 def _cname(cls: int) -> str:
