@@ -2,15 +2,19 @@
 
 Builds dist/skyguard_VERSION_all.deb once per session (~5 s), installs it with apt-get (dependencies from Debian
 only), checks both programs, the unit, the man pages and a replay of a capture made by the project's generator with the
-installed `skyguard replay`, then purges it. Needs root and apt; under SKYGUARD_REQUIRE_BPF=1 (CI) it fails instead of
-skipping. It refuses to touch a machine where skyguard is already installed from elsewhere.
+installed `skyguard replay`, then purges it. Then purges beside a foreign XDP program skyguard chained (Debian's
+xdp-filter): the purge puts that very program back, or, where the kernel refuses it, leaves skyguard (and its chain)
+in place. Needs root and apt; under SKYGUARD_REQUIRE_BPF=1 (CI) it fails instead of skipping. It refuses to touch a
+machine where skyguard is already installed from elsewhere, or whose default pin path is in use.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,12 @@ from pathlib import Path
 import pytest
 
 from skyguard import __version__
+from skyguard.kernel.bpfobj import prog_info_by_id
+from skyguard.kernel.foreign import pinned_chain
+from skyguard.kernel.ifaces import XDP_FLAGS_DRV_MODE
 from tests.conftest import ROOT, bpf_unavailable, skip_or_fail
+from tests.e2e.conftest import wait_for
+from tests.e2e.pairnet import Pair, until
 
 DEB = ROOT / "dist" / f"skyguard_{__version__}_all.deb"
 # Debian's programs only: the package's scripts run /usr/bin/python3, and pyenv's python3 must not stand in for it
@@ -123,3 +132,142 @@ def test_install_use_purge(installed_deb: list[str], tmp_path: Path) -> None:
     ours = [f for f in files if "skyguard" in f and os.path.isdir(f)]
     assert not ours, ours  # directories only the package had: /etc/skyguard, /usr/share/skyguard, the module...
     assert not Path("/etc/skyguard").exists()
+
+
+# ---- purge beside a chained foreign XDP program ----------------------------------------------------------------------
+PIN_PATH = Path("/sys/fs/bpf/skyguard")  # the default pin path, the one the package's postrm knows
+PROG_NAME = "xdp_skyguard"
+N = 20
+
+
+@pytest.fixture
+def chain_rig(request: pytest.FixtureRequest) -> Pair:
+    """Two namespaces joined by a veth pair (tests/e2e/pairnet.py, unique names, removed even on failure), Debian's
+    xdp-filter on b's end dropping UDP port 7777. Made before the package is installed and removed after its purge."""
+    if os.geteuid() != 0 or not shutil.which("xdp-filter") or not shutil.which("nsenter"):
+        skip_or_fail("the chained purge test needs root, xdp-filter (Debian xdp-tools) and nsenter")
+    if PIN_PATH.exists():  # a real skyguard's pins (and chained programs): never this test's to remove
+        pytest.fail(f"{PIN_PATH} exists: a skyguard on this machine uses the default pin path; the test would "
+                    "purge it", pytrace=False)
+    p = Pair()
+    request.addfinalizer(lambda: shutil.rmtree(PIN_PATH, ignore_errors=True))  # last: after the namespaces are gone
+    request.addfinalizer(p.down)
+    p.up()
+    p.sh_b("xdp-filter", "load", p.if_b, "-m", "native")
+    p.sh_b("xdp-filter", "port", "7777")
+    return p
+
+
+def _udp_through(p: Pair) -> dict[int, int]:
+    """N datagrams from a to b's ports 7777 (xdp-filter drops) and 8888 (passes): what arrived at each."""
+    rx = {port: p.receiver(port) for port in (7777, 8888)}
+    got = dict.fromkeys(rx, 0)
+    p.send(p.addr_b, 7777, b"f" * 100, N, sport=50011)
+    p.send(p.addr_b, 8888, b"o" * 100, N, sport=50012)
+
+    def all_passed() -> bool:
+        for port, s in rx.items():
+            got[port] += len(Pair.drain(s))
+        return got[8888] >= N
+
+    until(all_passed, f"{N} datagrams to port 8888")
+    for port, s in rx.items():  # a late one to port 7777 would show now
+        got[port] += len(Pair.drain(s))
+        s.close()
+    return got
+
+
+def _filter_hits(p: Pair) -> int:
+    out = p.sh_b("xdp-filter", "status").stdout
+    m = re.search(r"^\s*7777\s+\S+\s+(\d+)", out, re.M)
+    assert m, out
+    return int(m.group(1))
+
+
+def _skyguard_on(p: Pair) -> bool:
+    return f"name {PROG_NAME}" in p.sh_b("ip", "-o", "-d", "link", "show").stdout
+
+
+
+def _start_skyguardd(p: Pair, extra: str = "") -> subprocess.Popen:
+    """The installed skyguardd in b's network namespace, chaining, on_stop = keep, default pin path (nsenter keeps the
+    host's bpffs: the pins land in PIN_PATH, where the postrm looks)."""
+    cfg = p.tmp / "skyguard.toml"
+    cfg.write_text(f'interfaces = ["{p.if_b}"]\npolicy = "/etc/skyguard/policy.toml"\nsocket = "{p.tmp}/sg.sock"\n'
+                   f'log_format = "json"\nforeign_xdp = "chain"\non_stop = "keep"\n{extra}')
+    log = p.tmp / "skyguardd.log"
+    with open(log, "w") as out:
+        d = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{p.ns_b}", "/usr/bin/skyguardd", "--config", str(cfg)],
+                             stdout=out, stderr=subprocess.STDOUT, env=DEBIAN_ENV, cwd=p.tmp)
+    p.procs.append(d)  # killed by the rig's clean-up whatever happens
+    wait_for(lambda: d.poll() is not None or "skyguardd ready" in log.read_text(), "skyguardd ready", 120)
+    assert d.poll() is None, f"skyguardd exited {d.returncode}:\n{log.read_text()[-3000:]}"
+    return d
+
+
+def _purge_in(p: Pair) -> subprocess.CompletedProcess:
+    """apt-get purge run in b's network namespace: the namespace of the router's interfaces."""
+    r = subprocess.run(["nsenter", f"--net=/var/run/netns/{p.ns_b}", "apt-get", "purge", "-y", "-q", "skyguard"],
+                       capture_output=True, text=True, timeout=300, env=DEBIAN_ENV)
+    assert r.returncode == 0, f"purge: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert not installed()
+    return r
+
+
+def test_purge_puts_back_the_chained_program(chain_rig: Pair, installed_deb: list[str]) -> None:
+    """foreign_xdp = chain, on_stop = keep, then a purge: xdp-filter's very program is back and filtering, skyguard's is
+    gone, and so are the pins (debian/skyguard.postrm)."""
+    p = chain_rig
+    filt = p.xdp_id()
+    assert filt and prog_info_by_id(filt).name.startswith("xdpfilt_")
+    ifindex = json.loads(p.sh_b("ip", "-j", "link", "show", p.if_b).stdout)[0]["ifindex"]
+
+    d = _start_skyguardd(p)
+    own = p.xdp_id()
+    assert own != filt and _skyguard_on(p)
+    assert pinned_chain(str(PIN_PATH)).get(ifindex) == (filt, XDP_FLAGS_DRV_MODE)
+    before = _filter_hits(p)
+    assert _udp_through(p) == {7777: 0, 8888: N}  # skyguard (observe-only) passes all; xdp-filter behind it drops
+    assert _filter_hits(p) - before == N
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(60) == 0
+    assert p.xdp_id() == own  # on_stop = keep: the chain stays in force with no daemon
+
+    r = _purge_in(p)
+    assert p.xdp_id() == filt, r.stdout + r.stderr  # xdp-filter's very program, in the mode it had
+    assert f"detached the XDP program from {p.if_b}; the program it chained, id {filt}, is back in native mode" \
+        in r.stdout
+    assert not _skyguard_on(p)
+    assert prog_info_by_id(own) is None  # skyguard's program is gone from the kernel, not just from the interface
+    assert not PIN_PATH.exists()
+    before = _filter_hits(p)
+    assert _udp_through(p) == {7777: 0, 8888: N}  # and it filters: port 7777 dropped, 8888 passed
+    assert _filter_hits(p) - before == N
+    print(f"xdp-filter prog {filt}, skyguard prog {own} on {p.if_b} (ifindex {ifindex}); after purge: {p.xdp_id()}")
+
+
+def test_purge_keeps_skyguard_where_the_chained_program_cannot_go_back(chain_rig: Pair,
+                                                                       installed_deb: list[str]) -> None:
+    """skyguard in generic mode chained xdp-filter's native program; then the peer's MTU grew past what a
+    single-buffer program may run at in native mode on veth, so xdp-filter cannot go back. The purge says so and
+    leaves skyguard attached, still handing xdp-filter its packets, with the pins its chain needs."""
+    p = chain_rig
+    filt = p.xdp_id()
+    d = _start_skyguardd(p, 'xdp_mode = "generic"\n')
+    own = p.xdp_id()
+    assert own != filt and _skyguard_on(p)
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(60) == 0
+    p.sh_a("ip", "link", "set", p.if_a, "mtu", "9000")  # native XDP on veth checks the peer's MTU
+
+    r = _purge_in(p)
+    assert p.xdp_id() == own, r.stdout + r.stderr
+    said = r.stdout + r.stderr  # apt runs dpkg on a pty: the maintainer script's stderr arrives on apt's stdout
+    assert f"could not put back XDP program {filt} on {p.if_b} (Numerical result out of range)" in said
+    assert "skyguard's program stays attached there" in said
+    assert (PIN_PATH / "chain").exists() and (PIN_PATH / "chained").exists()
+    before = _filter_hits(p)
+    assert _udp_through(p) == {7777: 0, 8888: N}  # the filter still works, behind skyguard
+    assert _filter_hits(p) - before == N
+    print(f"xdp-filter prog {filt}; restore refused, skyguard prog {own} still on {p.if_b}:",
+          next(ln for ln in said.splitlines() if "could not put back" in ln))
