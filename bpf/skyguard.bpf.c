@@ -21,7 +21,7 @@
 
 /* flows: bidirectional 5-tuple + VLAN -> per-flow counters, class and inspection state */
 SG_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX, 0);
-/* policy: gen * SG_POL_SLOTS + class-or-slot -> action, dscp, log (two generations for atomic reloads) */
+/* policy: gen * SG_POL_SLOTS + class-or-slot -> action, dscp, log, opts (two generations for atomic reloads) */
 SG_MAP("array", u32, struct sg_policy, policy, 2 * SG_POL_SLOTS, 0);
 /* config: one entry; gen selects the active policy/LPM generation */
 SG_MAP("array", u32, struct sg_config, config, 1, 0);
@@ -59,7 +59,7 @@ SG_MAP("hash", u32, struct sg_chain, chained, SG_CHAIN_MAX, BPF_F_NO_PREALLOC);
 /* chain: ifindex -> the XDP program that was attached before skyguard; it gets every packet skyguard passes */
 SG_MAP("prog", u32, u32, chain, SG_CHAIN_MAX, 0);
 #endif
-/* events: ring buffer of classified/sample/dns/tls events for the daemon (never blocks: losses are counted) */
+/* events: ring buffer of classified/sample/dns/tls/http events for the daemon (never blocks: losses are counted) */
 BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
 /* A replay reads the ring buffer after every run that left a record and never sleeps in epoll: the wake-up of a
  * poller (an irq_work, a self-interrupt that is dear under virtualisation) would be spent on nobody. */
@@ -277,7 +277,7 @@ static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, 
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
 }
 
-/* A `dns` or `tls` event: the first SG_BIG_BYTES payload bytes. */
+/* A `dns`, `tls` or `http` event: the first SG_BIG_BYTES payload bytes. */
 static __always_inline void sg_emit_big(struct sg_run *r, struct sg_pkt *pk, __u8 type)
 {
 	struct sg_ev_big *ev = events.ringbuf_reserve(sizeof(*ev));

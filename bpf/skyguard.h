@@ -35,7 +35,7 @@
 
 /* ---- reason bits: which evidence decided a flow's class (flow.reason, classified event) ----
  * Listed in priority order: a flow whose reason holds several bits is named by the first one listed. */
-#define SG_R_MANUAL       0x00010000 /* "manual": operator block/unblock */
+#define SG_R_MANUAL       0x00010000 /* "manual": reserved (a manual block is the flow's SG_F_BLOCKED flag) */
 #define SG_R_PSTN_PREFIX  0x00000040 /* "pstn-prefix": peer in the policy's PSTN prefixes */
 #define SG_R_PSTN_NAME    0x00000080 /* "pstn-name": peer learned from DNS answers for a PSTN name */
 #define SG_R_DR_TRUNK     0x00800000 /* "dr-trunk": daemon: TLS to Microsoft's Direct Routing SIP proxies (name) */
@@ -355,7 +355,7 @@ struct sg_ev_sample {
 	__u8 data[SG_SAMPLE_BYTES];
 }; /* 128 bytes */
 
-/* SG_EV_DNS and SG_EV_TLS */
+/* SG_EV_DNS, SG_EV_TLS and SG_EV_HTTP */
 struct sg_ev_big {
 	struct sg_ev_hdr hdr;
 	__u16 payload_len;

@@ -143,7 +143,10 @@ class PolicyError(Exception):
 MAX_ERRORS = 20  # a file with more mistakes than this is most likely not a policy at all
 
 # Keys of skyguardd's own config file (daemon/config.py): a policy check that meets them says which file it was given.
-DAEMON_CONFIG_KEYS = ("interfaces", "xdp_mode", "pin_path", "socket", "flows_max", "log_format", "on_stop")
+DAEMON_CONFIG_KEYS = ("interfaces", "xdp_mode", "policy", "flows_max", "window", "socket", "socket_mode",
+                      "socket_group", "log_format", "log_level", "pin_path", "on_stop", "foreign_xdp", "stats_interval",
+                      "metrics_listen", "ipfix_collector", "ipfix_active_timeout", "ipfix_domain",
+                      "ipfix_template_refresh", "ipfix_template_refresh_packets", "ipfix_mtu", "idle_timeout")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
