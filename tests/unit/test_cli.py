@@ -413,7 +413,8 @@ def test_policy_check_of_the_daemon_config_says_what_it_is(tmp_path: Path) -> No
     cfg = tmp_path / "skyguard.toml"
     cfg.write_text('interfaces = ["eth0"]\nxdp_mode = "auto"\npolicy = "policy.toml"\n')
     rc, _, err = run("policy", "check", str(cfg))
-    assert rc == 1 and err.startswith(f"{cfg}:1: this is skyguardd's config file (it sets interfaces, xdp_mode, policy)")
+    want = f"{cfg}:1: this is skyguardd's config file (it sets interfaces, xdp_mode, policy)"
+    assert rc == 1 and err.startswith(want)
     assert "skyguardd --config FILE --check" in err
 
 
