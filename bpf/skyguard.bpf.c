@@ -3,8 +3,8 @@
  *
  * bcc dialect (BPF(src_file=...)); UAPI headers only. Per packet: parse (Eth, 2 VLAN tags, IPv4/IPv6 + extension
  * headers, UDP/TCP) -> bidirectional flow lookup (LRU) -> signatures while the flow is in its inspection window ->
- * action of the flow's class from the `policy` map. Every packet lands in exactly one outcome counter and one action
- * counter of the per-CPU `stats` entry.
+ * action of the flow's class from the `policy` map. Every packet lands in exactly one outcome counter, one action
+ * counter and one (verdict slot, action) pair of the per-CPU `stats` entry.
  */
 #include "skyguard.h"
 #include "parsing.h"
@@ -72,6 +72,19 @@ BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
 BPF_ARRAY(rcu_inner, u32, 1);
 /* rcu_sync: never read; a write returns once all running programs have ended (RCU), a reload's fence */
 BPF_ARRAY_OF_MAPS(rcu_sync, "rcu_inner", 1);
+
+_Static_assert(SG_ST_VERDICT_BASE + 2 * SG_VS_SLOTS * SG_NACTIONS <= SG_ST_MAX, "the verdict pairs fit sg_stats");
+
+/* The packet's (verdict slot, action) pair: its packet counter and the byte counter beside it. Every caller passes a
+ * constant action and a slot it has bounded (a constant, or a class clamped below SG_NCLASSES), so this is one index
+ * computation and two increments, and the verifier sees the index inside the struct. */
+static __always_inline void sg_count_verdict(struct sg_stats *st, __u32 slot, __u32 act, __u32 len)
+{
+	__u64 *v = &st->c[SG_ST_VERDICT_BASE + 2 * (slot * SG_NACTIONS + act)];
+
+	v[0]++;
+	v[1] += len;
+}
 
 #define SG_LPM4_BITS (8 + 32)
 #define SG_LPM6_BITS (8 + 128)
@@ -815,16 +828,19 @@ static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, _
 
 	if (action == SG_ACT_DROP) {
 		st->c[SG_ST_ACT_DROP]++;
+		sg_count_verdict(st, slot, SG_ACT_DROP, r->len);
 		if (dropped)
 			(*dropped)++;
 		return XDP_DROP;
 	}
 	if (action == SG_ACT_MARK) {
 		st->c[SG_ST_ACT_MARK]++;
+		sg_count_verdict(st, slot, SG_ACT_MARK, r->len);
 		if (!can_mark || !sg_mark(r, dscp))
 			st->c[SG_ST_MARK_SKIPPED]++;
 	} else {
 		st->c[SG_ST_ACT_PASS]++;
+		sg_count_verdict(st, slot, SG_ACT_PASS, r->len);
 	}
 	if (pol && (pol->opts & SG_OPT_FWMARK))
 		sg_fwmark(r, idx);
@@ -871,6 +887,7 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 		if (f->flags & SG_F_EXEMPT) {
 			st->c[SG_ST_OUT_EXEMPT]++;
 			st->c[SG_ST_ACT_PASS]++;
+			sg_count_verdict(st, SG_VS_EXEMPT, SG_ACT_PASS, r->len);
 			return XDP_PASS;
 		}
 		if (*gen == SG_GEN_UNREAD)
@@ -878,6 +895,7 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 		if (sg_still_blocked(r, *gen)) {
 			st->c[SG_ST_OUT_BLOCKED]++;
 			st->c[SG_ST_ACT_DROP]++;
+			sg_count_verdict(st, SG_POL_BLOCKED, SG_ACT_DROP, r->len);
 			f->dropped++;
 			return XDP_DROP;
 		}
@@ -919,6 +937,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 		if (rc < SG_ST_MAX)
 			st->c[rc]++;
 		st->c[SG_ST_ACT_PASS]++;
+		sg_count_verdict(st, SG_VS_NONE, SG_ACT_PASS, r.len);
 		return XDP_PASS;
 	}
 	r.st = st;
@@ -964,6 +983,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 			if (!f) {
 				st->c[SG_ST_OUT_NO_FLOW]++;
 				st->c[SG_ST_ACT_PASS]++;
+				sg_count_verdict(st, SG_VS_NONE, SG_ACT_PASS, r.len);
 				return XDP_PASS;
 			}
 		}

@@ -24,14 +24,19 @@
 #define SG_CLASS_RELAY     5 /* "skype-relay": media through a Microsoft relay, leg not known yet */
 #define SG_NCLASSES        6
 /* policy slots past the classes */
-#define SG_POL_MALFORMED   6 /* action for packets that fail to parse */
-#define SG_POL_BLOCKED     7 /* action for manually blocked addresses (always drop; dscp/log used) */
+#define SG_POL_MALFORMED   6 /* "malformed": action for packets that fail to parse */
+#define SG_POL_BLOCKED     7 /* "blocked": action for manually blocked addresses (always drop; dscp/log used) */
 #define SG_POL_SLOTS       8
+/* verdict slots (the per-(slot, action) counters): the policy slots, then the packets no policy slot decides */
+#define SG_VS_EXEMPT       8 /* "exempt": a flow of an exempt prefix, passed untouched */
+#define SG_VS_NONE         9 /* "none": no flow: non-IP, other L4, non-first fragment, flow insert failed */
+#define SG_VS_SLOTS        10
 
 /* ---- actions ---- */
 #define SG_ACT_PASS 0 /* "pass" */
 #define SG_ACT_DROP 1 /* "drop" */
 #define SG_ACT_MARK 2 /* "mark": rewrite the DSCP, keep the ECN bits */
+#define SG_NACTIONS 3
 
 /* ---- reason bits: which evidence decided a flow's class (flow.reason, classified event) ----
  * Listed in priority order: a flow whose reason holds several bits is named by the first one listed. */
@@ -134,13 +139,19 @@
 #define SG_ST_FWMARK           36 /* packets that carried their class's firewall mark to TC in XDP metadata */
 #define SG_ST_FWMARK_SKIPPED   37 /* a firewall mark the driver had no metadata room for (the packet still passed) */
 #define SG_ST_MULTIBUF         38 /* IP datagrams longer than the first buffer (jumbo frames, XDP multi-buffer) */
-#define SG_ST_MAX              40
+/* 40..99: every packet moves exactly one (verdict slot, action) pair where its verdict is decided: the pair's packet
+ * counter at SG_ST_VERDICT_BASE + 2 * (slot * SG_NACTIONS + action) and its byte counter right after it (same cache
+ * line: one index, two increments). They sum to SG_ST_PACKETS and SG_ST_BYTES. 39 is spare. */
+#define SG_ST_VERDICT_BASE     40
+#define SG_ST_MAX              100
 
 /* first and last SG_ST_OUT_x / SG_ST_ERR_x index: the outcome block that must sum to SG_ST_PACKETS */
 #define SG_ST_OUTCOME_FIRST    2
 #define SG_ST_OUTCOME_LAST     20
 
-/* The `stats` map is a per-CPU array with ONE entry of this struct: one lookup per packet, then plain increments. */
+/* The `stats` map is a per-CPU array with ONE entry of this struct: one lookup per packet, then plain increments.
+ * Its size is the pinned map's value size: a daemon whose SG_ST_MAX differs from the pin's recreates the map
+ * (daemon/skyguard/kernel/pins.py), so the counters restart across such an upgrade. */
 struct sg_stats {
 	__u64 c[SG_ST_MAX];
 };

@@ -97,14 +97,40 @@ def reason_names(bits: int) -> list[str]:
     return [name for bit, name in REASONS.items() if bits & bit]
 
 
+def _verdict_slot_names() -> tuple[str, ...]:
+    """The verdict slots of the per-(slot, action) counters, by number: the classes, the policy slots past them
+    (malformed, blocked), then SG_VS_* (exempt, none)."""
+    group = {**header().group("SG_CLASS_"), **header().group("SG_POL_"), **header().group("SG_VS_")}
+    if sorted(group) != list(range(C["SG_VS_SLOTS"])):
+        raise cheader.HeaderError("skyguard.h: the named SG_CLASS_, SG_POL_ and SG_VS_ defines are not the verdict "
+                                  f"slots 0..{C['SG_VS_SLOTS'] - 1}")
+    return tuple(group[i] for i in range(len(group)))
+
+
+VERDICT_SLOTS = _verdict_slot_names()
+if len(ACTION_NAMES) != C["SG_NACTIONS"]:
+    raise cheader.HeaderError("skyguard.h: SG_NACTIONS is not the number of named SG_ACT_ defines")
+
+
+def verdict_index(slot: int, action: int) -> int:
+    """stats index of the packet counter of (verdict slot, action); its byte counter is the next index."""
+    return C["SG_ST_VERDICT_BASE"] + 2 * (slot * C["SG_NACTIONS"] + action)
+
+
 def stat_names() -> dict[int, str]:
-    """stats map index -> counter name (lower-case, without the SG_ST_ prefix)."""
+    """stats map index -> counter name (lower-case, without the SG_ST_ prefix); the (verdict slot, action) pairs
+    are `packets_<slot>_<action>` and `bytes_<slot>_<action>` (packets_skype-out_drop, bytes_none_pass)."""
     out: dict[int, str] = {}
+    skip = ("SG_ST_MAX", "SG_ST_CLASS_BASE", "SG_ST_VERDICT_BASE")
     for name, val in C.items():
-        if name.startswith("SG_ST_") and name not in ("SG_ST_MAX", "SG_ST_CLASS_BASE") and "OUTCOME" not in name:
+        if name.startswith("SG_ST_") and name not in skip and "OUTCOME" not in name:
             out[val] = name[6:].lower()
     for i, cls in enumerate(CLASS_NAMES):
         out[C["SG_ST_CLASS_BASE"] + i] = f"class_{cls}"
+    for s, slot in enumerate(VERDICT_SLOTS):
+        for a, act in enumerate(ACTION_NAMES):
+            out[verdict_index(s, a)] = f"packets_{slot}_{act}"
+            out[verdict_index(s, a) + 1] = f"bytes_{slot}_{act}"
     return out
 
 

@@ -2,9 +2,11 @@
 independent reference parser (refparse.py) packet by packet.
 
 Per packet: a verdict the policy allows (never ABORTED), `packets` +1, `bytes` + what the program sees, exactly one
-outcome counter (the one refparse predicts) and exactly one action counter, and for UDP/TCP the predicted flow key
-updated in the predicted direction. Per batch: the flow map holds exactly the predicted flows, each decodes with
-consistent counters (packets, bytes, drops, timestamps per direction; class < 6; known flag/reason/evidence bits).
+outcome counter (the one refparse predicts), exactly one action counter, exactly one (verdict slot, action) pair (+1
+packet, + the same bytes: the flow's class after the packet, or the pseudo-class of its outcome), and for UDP/TCP the
+predicted flow key updated in the predicted direction. Per batch: the flow map holds exactly the predicted flows,
+each decodes with consistent counters (packets, bytes, drops, timestamps per direction; class < 6; known
+flag/reason/evidence bits). Per run: packets = outcomes = actions = pairs, and the pairs' bytes = `bytes`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ETH_HLEN = 14  # BPF_PROG_TEST_RUN refuses shorter frames, so err_eth is only re
 OUTCOMES = [n for i, n in wire.stat_names().items()
             if wire.C["SG_ST_OUTCOME_FIRST"] <= i <= wire.C["SG_ST_OUTCOME_LAST"]]
 ACTIONS = ["act_pass", "act_drop", "act_mark"]
+PAIRS = [(s, a) for s in wire.VERDICT_SLOTS for a in wire.ACTION_NAMES]
 EXEMPT = (ipaddress.ip_network("10.66.0.0/16"), ipaddress.ip_network("2001:db8:66::/48"))
 BLOCK = (ipaddress.ip_network("10.77.0.0/16"), ipaddress.ip_network("2001:db8:77::/48"))
 PSTN = (ipaddress.ip_network("195.215.8.140/32"),)
@@ -103,10 +106,15 @@ class Report:
     counters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def balance(self) -> tuple[int, int, int]:
-        """(packets, sum of outcome counters, sum of action counters) over the run."""
+    def balance(self) -> tuple[int, int, int, int]:
+        """(packets, sum of outcome counters, sum of action counters, sum of the (slot, action) pairs' packets) over
+        the run."""
         return (self.counters.get("packets", 0), sum(self.counters.get(n, 0) for n in OUTCOMES),
-                sum(self.counters.get(n, 0) for n in ACTIONS))
+                sum(self.counters.get(n, 0) for n in ACTIONS),
+                sum(self.counters.get(f"packets_{s}_{a}", 0) for s, a in PAIRS))
+
+    def pair_bytes(self) -> int:
+        return sum(self.counters.get(f"bytes_{s}_{a}", 0) for s, a in PAIRS)
 
 
 def ones_fold(data: bytes) -> int:
@@ -167,12 +175,28 @@ class Harness:
         assert [n for n in ACTIONS if delta.get(n)] == [action] and delta[action] == 1, ctx
         if action == "act_mark" and outcome.startswith("err_"):
             assert delta.get("mark_skipped") == 1, ctx
+        slot = self._verdict_slot(pred, outcome)
+        moved = [(s, a) for s, a in PAIRS if delta.get(f"packets_{s}_{a}")]
+        assert moved == [(slot, action[4:])] and delta[f"packets_{slot}_{action[4:]}"] == 1, ctx
+        assert delta.get(f"bytes_{slot}_{action[4:]}") == pred.frame_bytes, ctx
+        assert [n for n in delta if n.startswith("bytes_")] == [f"bytes_{slot}_{action[4:]}"], ctx
         self._check_output(frame, res.data, pred, outcome, action, ctx)
         if pred.key is not None:
             self._note_flow(pred, outcome, pred.frame_bytes, res.verdict == DROP, ctx)
         if len(self.model) >= self.batch:
             self.check_flows()
         return pred
+
+    def _verdict_slot(self, pred: Prediction, outcome: str) -> str:
+        """The verdict slot the packet's pair should be in: its flow's class as enforced (the class after this
+        packet's inspection), or the pseudo-class of a packet no class decided."""
+        if outcome == "out_flow":
+            f = self.k.flow(pred.key)
+            assert f is not None
+            return wire.CLASS_NAMES[f.cls]
+        if outcome.startswith("err_"):
+            return "malformed"
+        return {"out_exempt": "exempt", "out_blocked": "blocked"}.get(outcome, "none")
 
     def _check_output(self, frame: bytes, out: bytes, pred: Prediction, outcome: str, action: str, ctx: str) -> None:
         assert len(out) == len(frame), ctx
@@ -235,8 +259,9 @@ class Harness:
         self.check_flows()
         end = self.k.stats()
         self.report.counters = {n: end[n] - self.start[n] for n in end}
-        pk, out, act = self.report.balance()
-        assert pk == self.report.cases == out == act, self.report.counters
+        pk, out, act, pairs = self.report.balance()
+        assert pk == self.report.cases == out == act == pairs, self.report.counters
+        assert self.report.pair_bytes() == self.report.counters["bytes"], self.report.counters
         assert self.report.counters["out_no_flow"] == 0
         return self.report
 
@@ -544,8 +569,9 @@ def test_fuzz_slow(kern, linear, seeds):
             total.verdicts[k] = total.verdicts.get(k, 0) + v
         for k, v in rep.counters.items():
             total.counters[k] = total.counters.get(k, 0) + v
-    pk, out, act = total.balance()
+    pk, out, act, pairs = total.balance()
     print(f"\nfuzz: {total.cases} cases in {total.seconds:.1f} s, crashes {total.crashes}, verdicts {total.verdicts}, "
-          f"balance packets={pk} outcomes={out} actions={act}, flows checked {total.flows_checked}, "
+          f"balance packets={pk} outcomes={out} actions={act} pairs={pairs}, flows checked {total.flows_checked}, "
           f"events_lost {total.counters.get('events_lost')}\noutcomes {dict(sorted(total.outcomes.items()))}")
-    assert total.cases >= SLOW_CASES - len(VARIANTS) and total.crashes == 0 and pk == out == act == total.cases
+    assert total.cases >= SLOW_CASES - len(VARIANTS) and total.crashes == 0
+    assert pk == out == act == pairs == total.cases and total.pair_bytes() == total.counters["bytes"]

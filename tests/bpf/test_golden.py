@@ -40,6 +40,7 @@ pytestmark = pytest.mark.bpf
 OUTCOMES = [n for i, n in wire.stat_names().items()
             if wire.C["SG_ST_OUTCOME_FIRST"] <= i <= wire.C["SG_ST_OUTCOME_LAST"]]
 ACTIONS = ["act_pass", "act_drop", "act_mark"]
+PAIRS = [(s, a) for s in wire.VERDICT_SLOTS for a in wire.ACTION_NAMES]
 PASS, DROP, ABORTED = 2, 1, 0
 
 
@@ -69,15 +70,26 @@ def k(kern):
 
 
 def run(k, frame: bytes, ts: int | None = None):
-    """Run one frame; returns (result, counter deltas), checking the outcome and action sums."""
+    """Run one frame; returns (result, counter deltas), checking the outcome and action sums and that exactly one
+    (verdict slot, action) pair moved, by one packet and the frame's bytes, with the action counter that moved."""
     before = k.stats()
     res = k.test_run(frame, ts_ns=ts if k.replay else None)
     after = k.stats()
     delta = {n: after[n] - before[n] for n in after if after[n] != before[n]}
-    assert delta.get("packets") == 1
+    assert delta.get("packets") == 1 and delta.get("bytes") == len(frame), delta
     assert sum(delta.get(n, 0) for n in OUTCOMES) == 1, delta
     assert sum(delta.get(n, 0) for n in ACTIONS) == 1, delta
+    [(slot, act)] = [p for p in PAIRS if delta.get(f"packets_{p[0]}_{p[1]}")]
+    assert delta[f"packets_{slot}_{act}"] == 1 and delta.get(f"act_{act}") == 1, delta
+    assert [n for n in delta if n.startswith("bytes_")] == [f"bytes_{slot}_{act}"], delta
+    assert delta[f"bytes_{slot}_{act}"] == len(frame), delta
     return res, delta
+
+
+def pair(delta) -> tuple[str, str]:
+    """The (verdict slot, action) pair a run moved (run() checked there is exactly one)."""
+    [p] = [p for p in PAIRS if delta.get(f"packets_{p[0]}_{p[1]}")]
+    return p
 
 
 def outcome(delta) -> str:
@@ -366,6 +378,49 @@ def test_exempt_and_block(k):
     assert flow_of(k, "10.66.1.1", 1, "1.1.1.1", 2).cls == wire.UNKNOWN
     res, delta = run(k, udp4("1.1.1.1", 2, "10.77.0.1", 3, b"x" * 20))
     assert res.verdict == DROP and outcome(delta) == "out_blocked" and delta.get("act_drop") == 1
+
+
+def test_every_kind_of_packet_moves_its_one_verdict_pair(k):
+    """Each kind of verdict in its (class or pseudo-class, action) pair, on the slow path (a flow's first packets) and
+    the fast path (a settled flow's later ones); then the pairs add up to the kernel's packets and bytes, over
+    everything this kernel has run."""
+    s = [wire.PolicySlot()] * wire.POL_SLOTS
+    s[wire.OUT] = wire.PolicySlot(action=wire.DROP)
+    s[wire.RELAY] = wire.PolicySlot(action=wire.MARK, dscp=46)
+    s[wire.POL_MALFORMED] = wire.PolicySlot(action=wire.DROP)
+    s[wire.POL_BLOCKED] = wire.PolicySlot(action=wire.DROP)
+    k.load_policy(Policy(name="pairs", path=None, slots=tuple(s),
+                         pstn_prefixes=(ipaddress.ip_network("195.215.8.140/32"),),
+                         msmedia_prefixes=(ipaddress.ip_network("52.112.0.0/14"),),
+                         exempt_prefixes=(ipaddress.ip_network("10.66.0.0/16"),)))
+    k.add_prefix("block", "10.77.0.1/32", wire.SRC_MANUAL)
+    def rnd(i: int) -> bytes:  # no evidence of anything: unknown until the probe ends, then other
+        return udp4("10.8.0.1", 4000, "10.8.0.2", 4001, bytes([0x45, i, 0x44]) + bytes((i * 31 + j) & 0xFF
+                                                                                      for j in range(40 + i)))
+
+    got = [pair(run(k, rnd(i))[1]) for i in range(wire.PROBE + 2)]
+    assert got[0] == ("unknown", "pass") and got[-2:] == [("other", "pass")] * 2
+    assert flow_of(k, "10.8.0.1", 4000, "10.8.0.2", 4001).flags & wire.C["SG_F_DONE"]  # the last ran the fast path
+    cases = [
+        (udp4("192.168.5.8", 50016, "195.215.8.140", 12340, rtp(18, 1)), ("skype-out", "drop"), DROP),
+        (udp4("192.168.5.8", 50016, "195.215.8.140", 12340, rtp(18, 2, 90)), ("skype-out", "drop"), DROP),  # fast
+        (udp4("192.168.5.30", 50010, "52.114.250.5", 3478, b"\x00" * 28), ("skype-relay", "mark"), PASS),
+        (udp4("10.66.1.1", 1, "1.1.1.1", 2, b"e" * 33), ("exempt", "pass"), PASS),
+        (udp4("10.66.1.1", 1, "1.1.1.1", 2, b"e" * 34), ("exempt", "pass"), PASS),
+        (udp4("1.1.1.1", 2, "10.77.0.1", 3, b"b" * 21), ("blocked", "drop"), DROP),
+        (udp4("1.1.1.1", 2, "10.77.0.1", 3, b"b" * 22), ("blocked", "drop"), DROP),
+        (bytes(Ether() / Dot1AD(vlan=7) / Dot1Q(vlan=5) / Dot1Q(vlan=3) / IP() / UDP() / Raw(PAY)),
+         ("malformed", "drop"), DROP),
+        (bytes(Ether() / ARP()), ("none", "pass"), PASS),
+        (bytes(Ether() / IP() / ICMP()), ("none", "pass"), PASS),
+        (bytes(Ether() / IP(frag=10, dst="10.9.0.3") / Raw(PAY)), ("none", "pass"), PASS),
+    ]
+    for frame, want, verdict in cases:
+        res, delta = run(k, frame)
+        assert (pair(delta), res.verdict) == (want, verdict), (frame.hex(), delta)
+    st = k.stats()
+    assert sum(st[f"packets_{s}_{a}"] for s, a in PAIRS) == st["packets"]
+    assert sum(st[f"bytes_{s}_{a}"] for s, a in PAIRS) == st["bytes"]
 
 
 def test_meta_timestamp_is_the_clock(k):

@@ -117,6 +117,23 @@ def test_names_come_from_the_header():
     assert len(wire.REASONS) == sum(1 for k in wire.C if k.startswith("SG_R_"))  # every reason bit has a name
 
 
+def test_verdict_pairs_fill_the_stats_struct_after_the_other_counters():
+    """The (verdict slot, action) block: slots named by the header, one packet and one byte counter per pair, past
+    every other counter and exactly up to SG_ST_MAX (the C side only asserts that it fits)."""
+    names = wire.stat_names()
+    assert (*wire.CLASS_NAMES, "malformed", "blocked", "exempt", "none") == wire.VERDICT_SLOTS
+    assert wire.VERDICT_SLOTS.index("malformed") == wire.POL_MALFORMED
+    assert wire.VERDICT_SLOTS.index("blocked") == wire.POL_BLOCKED
+    pair_idx = [i for i, n in names.items() if n.startswith(("packets_", "bytes_"))]
+    assert len(pair_idx) == 2 * len(wire.VERDICT_SLOTS) * len(wire.ACTION_NAMES)
+    assert min(pair_idx) == wire.C["SG_ST_VERDICT_BASE"] > max(set(names) - set(pair_idx))
+    assert max(pair_idx) == wire.C["SG_ST_MAX"] - 1 == wire.verdict_index(len(wire.VERDICT_SLOTS) - 1, wire.MARK) + 1
+    assert len(set(names.values())) == len(names)
+    i = wire.verdict_index(wire.OUT, wire.DROP)
+    assert (names[i], names[i + 1]) == ("packets_skype-out_drop", "bytes_skype-out_drop")
+    assert names[wire.verdict_index(wire.C["SG_VS_NONE"], wire.PASS)] == "packets_none_pass"
+
+
 def test_reason_names_are_unique_bits():
     assert len(set(wire.REASONS.values())) == len(wire.REASONS)
     for bit in wire.REASONS:

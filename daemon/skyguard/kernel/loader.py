@@ -25,7 +25,7 @@ from skyguard.policy import Network, Policy
 
 PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block", "drmedia")
 _LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
-_STATS_SIZE = wire.C["SG_ST_MAX"] * 8
+_STATS_SIZE = wire.STRUCTS["sg_stats"].size
 
 
 def _as_network(network: str | Network) -> Network:
