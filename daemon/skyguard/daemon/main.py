@@ -22,7 +22,7 @@ from skyguard.daemon.control import ControlServer
 from skyguard.daemon.metrics import DaemonMetrics
 from skyguard.daemon.sdnotify import Notifier
 from skyguard.export.ipfix import Exporter
-from skyguard.kernel import foreign
+from skyguard.kernel import foreign, pins
 from skyguard.kernel.flowtable import FlowTable
 from skyguard.kernel.ifaces import (
     Attached,
@@ -95,6 +95,9 @@ class Daemon:
         from skyguard.kernel.bpfobj import prog_info
 
         self.own_id = prog_info(self.kernel.prog_fd).id
+        for m in self.kernel.recreated:  # a pin of another layout that holds nothing but counters
+            self.log.warning(f"pinned map recreated: {pins.RECREATE[m.name]}", map=m.name, pin=m.path,
+                             pinned=str(m.pinned), build=str(m.build))
         if chain and not self.kernel.frags:
             self.log.warning("xdp program loaded without multi-buffer support: a chained program is not frags-aware",
                              note="native XDP then attaches only where frames fit one buffer")
@@ -348,15 +351,15 @@ class Daemon:
             self._detach(attached)
             attached = []
         if self.pins_before is None:
-            pins = "pin path not touched"
+            kept = "pin path not touched"
         elif self.pins_before:
-            pins = f"pins under {self.cfg.pin_path} existed before this start and stay"
+            kept = f"pins under {self.cfg.pin_path} existed before this start and stay"
         elif _has_pins(self.cfg.pin_path):
-            pins = f"pins under {self.cfg.pin_path} were made by this start and stay"
+            kept = f"pins under {self.cfg.pin_path} were made by this start and stay"
         else:
-            pins = f"no pins under {self.cfg.pin_path}"
+            kept = f"no pins under {self.cfg.pin_path}"
         left = f"program stays attached to {', '.join(attached)}" if attached else "nothing attached"
-        self.log.error(f"start failed: {left}; {pins}", error=str(error), attached=attached,
+        self.log.error(f"start failed: {left}; {kept}", error=str(error), attached=attached,
                        pins_existed_before=self.pins_before, pin_path=self.cfg.pin_path)
         self._close()
 
@@ -441,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     d = Daemon(cfg, log)
     try:
         d.start()
-    except (InterfaceError, PolicyError, OSError) as e:
+    except (InterfaceError, PolicyError, pins.PinError, OSError) as e:
         print(f"skyguardd: {e}", file=sys.stderr)
         with contextlib.suppress(Exception):
             d.abort(e)

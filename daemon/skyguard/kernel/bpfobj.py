@@ -56,6 +56,10 @@ class MapInfo:
     id: int
     type: int
     name: str
+    key_size: int = 0
+    value_size: int = 0
+    max_entries: int = 0
+    flags: int = 0
 
 
 def load_xdp(insns: bytes, name: str, flags: int = 0, attach_type: int = 0, license: str = "GPL") -> int:
@@ -113,8 +117,8 @@ _MAP_INFO = struct.Struct("<IIIIII16s")
 def map_info(fd: int) -> MapInfo:
     info = ct.create_string_buffer(_MAP_INFO.size)
     _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, len(info), _addr(info)))
-    typ, mid, _ks, _vs, _me, _fl, name = _MAP_INFO.unpack(info.raw)
-    return MapInfo(mid, typ, name.rstrip(b"\0").decode(errors="replace"))
+    typ, mid, ks, vs, me, fl, name = _MAP_INFO.unpack(info.raw)
+    return MapInfo(mid, typ, name.rstrip(b"\0").decode(errors="replace"), ks, vs, me, fl)
 
 
 def prog_info_by_id(prog_id: int) -> ProgInfo | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import bcc
 
 from skyguard import wire
+from skyguard.kernel import pins
 from skyguard.kernel.bpfobj import BPF_F_XDP_HAS_FRAGS, BPF_XDP, BpfError, load_xdp
 from skyguard.kernel.bpfsys import XDP_PASS, RawMap, RunResult, prog_test_run
 from skyguard.kernel.clock import ClockModel, clock_model
@@ -75,10 +76,13 @@ class Kernel:
             cflags.append("-DSG_META_CLOCK")
         if chain:
             cflags.append("-DSG_XDP_CHAIN")
+        cflags += list(extra_cflags)
+        # pins of another layout: bcc would adopt them unchecked, so they are compared with this build first
+        self.recreated: list[pins.Mismatch] = []  # mismatched counter maps removed, made anew by this build
         if pin_path:
             Path(pin_path).mkdir(parents=True, exist_ok=True)
+            self.recreated = pins.check(pin_path, pins.definitions(cflags))
             cflags.append(f'-DSG_PIN_PATH="{pin_path}"')
-        cflags += list(extra_cflags)
         self.pin_path = pin_path
         self.replay = replay
         self.chain = chain
