@@ -1,7 +1,7 @@
 """Fleet interfaces on the live router: a real Prometheus server (Debian's) scrapes skyguardd in the router namespace
-while a phone call is blocked, and a PromQL query through its HTTP API shows the dropped packets; the exposition is
-clean for `promtool check metrics`; `skyguard stats --format prometheus` prints the same series; the unit's
-ExecReload command line fails on a refused policy and succeeds on a good one."""
+while a phone call is blocked, and a PromQL query through its HTTP API shows the dropped packets and bytes; the
+exposition is clean for `promtool check metrics`; `skyguard stats --format prometheus` prints the same series; the
+unit's ExecReload command line fails on a refused policy and succeeds on a good one."""
 
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ def test_prometheus_scrapes_the_daemon_and_sees_the_blocked_call(rig, prometheus
     # the drops are the kernel's drop counter: nothing else was dropped in this run
     q_all = 'sum(skyguard_packets_total{job="skyguard",action="drop"})'
     assert float(_query(ns, q_all)[0]["value"][1]) == st["counters"]["act_drop"] == row["dropped"]
+    # the kernel counts the bytes of each (class, action) too: every byte of the call's flow was dropped
+    qb = 'sum(skyguard_bytes_total{job="skyguard",class="skype-out",action="drop"})'
+    assert float(_query(ns, qb)[0]["value"][1]) == row["bytes"] > 0, row
+    assert float(_query(ns, 'sum(skyguard_bytes_total{job="skyguard",action="drop"})')[0]["value"][1]) == row["bytes"]
     active = _query(ns, 'skyguard_flows_active{job="skyguard",class="skype-out"}')
     assert active and float(active[0]["value"][1]) >= 1, active
     classified = _query(ns, 'sum by (reason) (skyguard_flows_classified_total{class="skype-out"})')

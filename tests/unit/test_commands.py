@@ -228,7 +228,7 @@ def test_sort_keys_are_the_flow_tables() -> None:
 
 
 def test_metrics_is_the_exposition_of_the_daemons_counters(commands: Commands, st: State) -> None:
-    st.kernel.stats = lambda: {"packets": 9, "out_flow": 9, "class_other": 9}
+    st.kernel.stats = lambda: {"packets": 9, "out_flow": 9, "class_other": 9, "packets_other_pass": 9}
     st.metrics.tick()
     text = commands("metrics", {})["text"]
     assert 'skyguard_packets_total{action="pass",class="other"} 9.0' in text

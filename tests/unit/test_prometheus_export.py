@@ -1,5 +1,6 @@
-"""skyguard.export.prometheus: per-(class, action) attribution of the kernel's counters, the exposition (names, labels,
-`promtool check metrics`), that a scrape reads only the tick's sample, and the HTTP server's life cycle."""
+"""skyguard.export.prometheus: the (class, action) series straight from the kernel's per-(verdict slot, action)
+counters, the exposition (names, labels, `promtool check metrics`), that a scrape reads only the tick's sample, and
+the HTTP server's life cycle."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from skyguard import wire
 from skyguard.export.prometheus import (
     CLASS_LABELS,
+    POSSIBLE,
     Metrics,
     MetricsServer,
-    PacketAttribution,
     outcome_names,
     parse_listen,
+    verdict_counts,
 )
 from tests.conftest import skip_or_fail
 
@@ -52,50 +54,56 @@ class FakeSnapshot:
     taken_ns: int
 
 
-def kernel_stats(**kw: int) -> dict[str, int]:
-    """A stats dict shaped like Kernel.stats(), consistent like the program keeps it: packets = sum of outcomes,
-    and act_* = what each packet's class or outcome got under DROP_OUT."""
+def kernel_stats(pairs: dict[tuple[str, str], tuple[int, int]], **kw: int) -> dict[str, int]:
+    """A stats dict shaped like Kernel.stats(): every counter at zero but `kw`, and the (slot, action) pairs' packets
+    and bytes from `pairs`, with `packets` and `bytes` their sums as the program keeps them."""
     st = dict.fromkeys(wire.stat_names().values(), 0)
     st.update(kw)
-    st["packets"] = sum(st[n] for n in outcome_names())
+    for (slot, act), (n, b) in pairs.items():
+        st[f"packets_{slot}_{act}"], st[f"bytes_{slot}_{act}"] = n, b
+    st["packets"] = sum(n for n, _b in pairs.values())
+    st["bytes"] = sum(b for _n, b in pairs.values())
     return st
 
 
-def test_attribution_adds_up_to_the_kernels_packets_and_actions():
-    st = kernel_stats(class_other=50, class_skype_out=0, out_flow=80, out_non_ip=7, out_exempt=3, out_blocked=2,
-                      err_ip4=1)
-    st["class_skype-out"] = 30
-    st["act_drop"] = 30 + 2
-    st["act_pass"] = 50 + 7 + 3 + 1
-    got = PacketAttribution().update(st, DROP_OUT)
-    assert sum(got.values()) == st["packets"] == 93
-    for act in wire.ACTION_NAMES:
-        assert sum(v for (_c, a), v in got.items() if a == act) == st[f"act_{act}"], act
-    assert got[("skype-out", "drop")] == 30 and got[("blocked", "drop")] == 2
-    assert got[("none", "pass")] == 7 and got[("malformed", "pass")] == 1 and got[("exempt", "pass")] == 3
-    assert {c for c, _a in got} <= set(CLASS_LABELS)
+PAIRS = {("skype-out", "drop"): (40, 6400), ("skype-signaling", "mark"): (5, 700), ("other", "pass"): (9, 900),
+         ("none", "pass"): (1, 60), ("blocked", "drop"): (2, 120), ("exempt", "pass"): (3, 300),
+         ("malformed", "drop"): (4, 240)}
 
 
-def test_attribution_stays_monotonic_across_a_reload_and_a_reset():
-    att = PacketAttribution()
-    st = kernel_stats()
-    st["class_skype-signaling"] = 10
-    att.update(st, DROP_OUT)
-    st["class_skype-signaling"] = 25  # 15 more under a policy that marks signaling
-    got = dict(att.update(st, MARK_SIG))
-    assert got[("skype-signaling", "pass")] == 10 and got[("skype-signaling", "mark")] == 15
-    st["class_skype-signaling"] = 4  # the map was made anew: its 4 are new packets, nothing is subtracted
-    got = dict(att.update(st, MARK_SIG))
-    assert got[("skype-signaling", "mark")] == 19 and got[("skype-signaling", "pass")] == 10
+def test_series_are_the_kernels_pairs_and_add_up_to_its_totals():
+    st = kernel_stats(PAIRS)
+    pk, by = verdict_counts(st, "packets"), verdict_counts(st, "bytes")
+    for pair, (n, b) in PAIRS.items():
+        assert (pk[pair], by[pair]) == (n, b), pair
+    assert sum(pk.values()) == st["packets"] == 64 and sum(by.values()) == st["bytes"] == 8720
+    # a pair no policy can produce, but counted: shown, or the series would no longer add up to every packet
+    st["packets_exempt_drop"], st["packets"] = 7, st["packets"] + 7
+    assert verdict_counts(st, "packets")[("exempt", "drop")] == 7
+    assert sum(verdict_counts(st, "packets").values()) == st["packets"]
+    # the pairs a policy can produce are there at zero from the start; the impossible ones only once counted
+    empty = verdict_counts(kernel_stats({}), "packets")
+    assert set(empty) == set(POSSIBLE) and ("exempt", "drop") not in empty and ("blocked", "pass") not in empty
+    assert {c for c, _a in POSSIBLE} == set(CLASS_LABELS) == {*wire.CLASS_NAMES, "malformed", "blocked", "exempt",
+                                                               "none"}
+
+
+def test_a_reload_changes_nothing_already_counted():
+    """The series are the kernel's counters: what a class's packets got stays theirs whatever the policy is now."""
+    m = Metrics(version="1", capacity=1024, xdp_requested="auto")
+    st = kernel_stats({("skype-signaling", "pass"): (10, 1000), ("skype-signaling", "mark"): (15, 1500)})
+    for pol in (FakePolicy("pass-all", [wire.PASS] * wire.POL_SLOTS), FakePolicy("mark-sig", MARK_SIG)):
+        s = m.tick(stats=st, policy=pol, classified={}, snapshot=None, attached={}, policy_loaded=1.0)
+        assert s.packets[("skype-signaling", "pass")] == 10 and s.packets[("skype-signaling", "mark")] == 15
+        assert s.bytes[("skype-signaling", "mark")] == 1500
 
 
 def _metrics(snapshot=None) -> tuple[Metrics, str]:
     m = Metrics(version="9.9.9", capacity=262144, xdp_requested="auto")
     m.note_reload(True)
     m.note_reload(False)
-    st = kernel_stats(out_flow=40, out_no_flow=1, events_lost=3)
-    st["class_skype-out"] = 40
-    st["bytes"] = 6400
+    st = kernel_stats({("skype-out", "drop"): (40, 6400), ("none", "pass"): (1, 64)}, out_flow=40, out_no_flow=1,
+                      events_lost=3)
     m.tick(stats=st, policy=FakePolicy("block-pc-to-phone", DROP_OUT),
            classified={(wire.OUT, wire.C["SG_R_PSTN_PREFIX"]): 2, (wire.OTHER, 0): 1}, snapshot=snapshot,
            attached={"eth0": "native", "eth1": "generic", "eth2": None}, policy_loaded=1700000000.5, now=1700000100.0)
@@ -117,7 +125,11 @@ def test_exposition_has_the_contract_series_with_low_cardinality_labels():
     assert s[("skyguard_packets_total", (("action", "drop"), ("class", "skype-out")))] == 40
     assert s[("skyguard_packets_total", (("action", "pass"), ("class", "none")))] == 1
     assert s[("skyguard_packets_total", (("action", "mark"), ("class", "skype-relay")))] == 0  # present at zero
-    assert s[("skyguard_bytes_total", (("action", "all"), ("class", "all")))] == 6400
+    assert s[("skyguard_bytes_total", (("action", "drop"), ("class", "skype-out")))] == 6400
+    assert s[("skyguard_bytes_total", (("action", "pass"), ("class", "none")))] == 64
+    assert s[("skyguard_bytes_total", (("action", "pass"), ("class", "exempt")))] == 0  # present at zero
+    for name in ("skyguard_packets_total", "skyguard_bytes_total"):
+        assert {dict(lb)["class"] for (n, lb) in s if n == name} == set(CLASS_LABELS), name
     assert s[("skyguard_parse_total", (("outcome", "no_flow"),))] == 1
     assert s[("skyguard_parse_total", (("outcome", "err_eth"),))] == 0
     assert s[("skyguard_flows_classified_total", (("class", "skype-out"), ("reason", "pstn-prefix")))] == 2
@@ -134,7 +146,7 @@ def test_exposition_has_the_contract_series_with_low_cardinality_labels():
     assert s[("skyguard_build_info", (("policy", "block-pc-to-phone"), ("version", "9.9.9")))] == 1
     assert s[("skyguard_last_update_timestamp_seconds", ())] == 1700000100.0
     # no label value comes from a flow: every one is from a fixed vocabulary or the configuration
-    vocab = {*CLASS_LABELS, *wire.ACTION_NAMES, *wire.REASONS.values(), "none", "all", "ok", "refused", "native",
+    vocab = {*CLASS_LABELS, *wire.ACTION_NAMES, *wire.REASONS.values(), "none", "ok", "refused", "native",
              "generic", "auto", "eth0", "eth1", "eth2", "9.9.9", "block-pc-to-phone",
              *(o[4:] if o.startswith("out_") else o for o in outcome_names())}
     for (_n, labels), _v in s.items():
@@ -226,7 +238,8 @@ class Policy:
         return wire.PolicySlot(0, 0, 0)
 
 m = Metrics(version="1", capacity=1024, xdp_requested="auto")
-m.tick(stats={"packets": 5, "out_flow": 5, "class_other": 5}, policy=Policy(), classified={(1, 0): 1}, snapshot=None,
+m.tick(stats={"packets": 5, "out_flow": 5, "class_other": 5, "packets_other_pass": 5}, policy=Policy(),
+       classified={(1, 0): 1}, snapshot=None,
        attached={"eth0": "native"}, policy_loaded=1.0)
 text = m.render().decode()
 srv = MetricsServer(m, "127.0.0.1", 0).start()

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -30,14 +30,17 @@ from skyguard import wire
 from skyguard.endpoints import parse_endpoint
 
 # Packets that never reach a class get a pseudo-class naming why, so the series of skyguard_packets_total add up to
-# every packet the program saw: exempt prefixes (passed untouched), manual blocks (dropped whatever the class),
-# flowless traffic (non-IP, other L4, fragments, flow-insert failures: passed) and malformed packets (the policy's
-# [malformed] action).
-PSEUDO_CLASSES = ("exempt", "blocked", "none", "malformed")
-CLASS_LABELS = (*wire.CLASS_NAMES, *PSEUDO_CLASSES)
+# every packet the program saw: malformed packets (the policy's [malformed] action), manual blocks (dropped whatever
+# the class), exempt prefixes (passed untouched) and flowless traffic (non-IP, other L4, fragments, flow-insert
+# failures: passed). They are the kernel's verdict slots past the classes (wire.VERDICT_SLOTS).
+PSEUDO_CLASSES = wire.VERDICT_SLOTS[wire.NCLASSES:]
+CLASS_LABELS = wire.VERDICT_SLOTS
 XDP_MODES = ("native", "generic")
 RELOAD_RESULTS = ("ok", "refused")
-_FLOWLESS = ("out_non_ip", "out_other_l4", "out_fragment", "out_no_flow")
+# the (class, action) pairs a policy can produce, exported from the start (zero until counted): every action of a
+# class, pass or drop of malformed packets, blocks dropped, exempt and flowless packets passed
+POSSIBLE = (*((c, a) for c in wire.CLASS_NAMES for a in wire.ACTION_NAMES), ("malformed", "pass"),
+            ("malformed", "drop"), ("blocked", "drop"), ("exempt", "pass"), ("none", "pass"))
 
 
 def outcome_names() -> tuple[str, ...]:
@@ -52,40 +55,25 @@ def _outcome_label(stat: str) -> str:
     return stat[4:] if stat.startswith("out_") else stat
 
 
-class PacketAttribution:
-    """The kernel counts packets per class and per action, not per (class, action). Each tick attributes the packets
-    a class gained since the last tick to the action the policy in force gives that class, so the counters stay
-    monotonic and add up exactly to the kernel's packet count. A reload between two ticks attributes that tick's
-    packets to the new policy's action (at most one tick, one second, is misattributed). The first tick attributes
-    everything the kernel counted before (pinned maps outlive a daemon restart) to the policy loaded at start."""
-
-    def __init__(self) -> None:
-        self._prev: dict[str, int] = {}
-        self.totals: Counter[tuple[str, str]] = Counter()
-
-    def _delta(self, stats: Mapping[str, int], name: str) -> int:
-        now, before = stats.get(name, 0), self._prev.get(name, 0)
-        self._prev[name] = now
-        return now - before if now >= before else now  # smaller: the map was made anew (counter reset)
-
-    def update(self, stats: Mapping[str, int], policy_actions: Sequence[int]) -> Counter[tuple[str, str]]:
-        """`policy_actions`: action id per policy slot (class ids, then wire.POL_MALFORMED)."""
-        for cid, cname in enumerate(wire.CLASS_NAMES):
-            self.totals[(cname, wire.ACTION_NAMES[policy_actions[cid]])] += self._delta(stats, f"class_{cname}")
-        self.totals[("exempt", "pass")] += self._delta(stats, "out_exempt")
-        self.totals[("blocked", "drop")] += self._delta(stats, "out_blocked")
-        self.totals[("none", "pass")] += sum(self._delta(stats, n) for n in _FLOWLESS)
-        malformed = sum(self._delta(stats, n) for n in outcome_names() if n.startswith("err_"))
-        self.totals[("malformed", wire.ACTION_NAMES[policy_actions[wire.POL_MALFORMED]])] += malformed
-        return self.totals
+def verdict_counts(stats: Mapping[str, int], what: str) -> dict[tuple[str, str], int]:
+    """(class, action) -> the kernel's `what` ("packets" or "bytes") counter of that (verdict slot, action) pair: the
+    POSSIBLE pairs always, any other pair once the kernel has counted it (so the series still add up to every
+    packet if a policy slot ever held an action the policy parser refuses)."""
+    out = dict.fromkeys(POSSIBLE, 0)
+    for slot in wire.VERDICT_SLOTS:
+        for act in wire.ACTION_NAMES:
+            n = stats.get(f"{what}_{slot}_{act}", 0)
+            if n or (slot, act) in out:
+                out[(slot, act)] = n
+    return out
 
 
 @dataclass(frozen=True)
 class Sample:
     """Everything one scrape reports, as of one housekeeping tick."""
 
-    packets: Mapping[tuple[str, str], int]
-    bytes_total: int
+    packets: Mapping[tuple[str, str], int]  # (class or pseudo-class, action) -> packets, from the kernel's pairs
+    bytes: Mapping[tuple[str, str], int]  # the same pairs' bytes (frame lengths)
     parse: Mapping[str, int]
     classified: Mapping[tuple[str, str], int]
     flows_active: Mapping[str, int] | None  # None until the first flow-table snapshot
@@ -109,7 +97,6 @@ class Metrics:
     xdp_requested: str
     reloads: Counter[str] = field(default_factory=Counter)
     sample: Sample | None = None
-    _attribution: PacketAttribution = field(default_factory=PacketAttribution)
     _flows_key: tuple | None = None
     _flows_active: dict[str, int] | None = None
 
@@ -136,14 +123,12 @@ class Metrics:
              attached: Mapping[str, str | None], policy_loaded: float, now: float | None = None) -> Sample:
         """Build the sample scrapes will read. `classified`: (class id, reason bits) -> classifications the daemon
         saw (kernel events and its own decisions); `attached`: configured interface -> XDP mode or None."""
-        actions = [policy.slot(i).action for i in range(wire.POL_SLOTS)]
-        packets = dict(self._attribution.update(stats, actions))
         by_class: Counter[tuple[str, str]] = Counter()
         for (cid, reason), n in classified.items():
             cname = wire.CLASS_NAMES[cid] if 0 <= cid < wire.NCLASSES else "unknown"
             by_class[(cname, wire.reason_name(reason) or "none")] += n
         self.sample = Sample(
-            packets=packets, bytes_total=stats.get("bytes", 0),
+            packets=verdict_counts(stats, "packets"), bytes=verdict_counts(stats, "bytes"),
             parse={_outcome_label(n): stats.get(n, 0) for n in outcome_names()},
             classified=dict(by_class), flows_active=self.flows_by_class(snapshot), capacity=self.capacity,
             events_lost=stats.get("events_lost", 0), reloads=dict(self.reloads), policy_loaded=policy_loaded,
@@ -172,18 +157,17 @@ class Metrics:
 def families(s: Sample) -> Iterator[Metric]:
     """The metric families of one sample; every label combination that can occur is present from the start (zero
     when nothing happened), so rate() and alerts see a series before its first increment."""
-    pk = CounterMetricFamily("skyguard_packets_total", "Packets the XDP program saw, by flow class and action taken "
-                             "(pseudo-classes exempt, blocked, none, malformed for packets without a class).",
+    pk = CounterMetricFamily("skyguard_packets_total", "Packets the XDP program saw, by flow class and the action "
+                             "it took (pseudo-classes malformed, blocked, exempt, none for packets without a class).",
                              labels=["class", "action"])
-    seen = dict.fromkeys(((c, a) for c in wire.CLASS_NAMES for a in wire.ACTION_NAMES), 0)
-    seen.update({("exempt", "pass"): 0, ("blocked", "drop"): 0, ("none", "pass"): 0})
-    seen.update(s.packets)
-    for (c, a), v in sorted(seen.items()):
+    for (c, a), v in sorted(s.packets.items()):
         pk.add_metric([c, a], v)
     yield pk
-    by = CounterMetricFamily("skyguard_bytes_total", "Bytes the XDP program saw (frame length). The kernel counts "
-                             "bytes in total only, so class and action are \"all\".", labels=["class", "action"])
-    by.add_metric(["all", "all"], s.bytes_total)
+    by = CounterMetricFamily("skyguard_bytes_total", "Bytes (frame length) the XDP program saw, by flow class and the "
+                             "action it took (the same classes and pseudo-classes as skyguard_packets_total).",
+                             labels=["class", "action"])
+    for (c, a), v in sorted(s.bytes.items()):
+        by.add_metric([c, a], v)
     yield by
     po = CounterMetricFamily("skyguard_parse_total", "Packets by parse outcome (exactly one per packet): flow, "
                              "non_ip, other_l4, fragment, exempt, blocked, no_flow, err_*.", labels=["outcome"])
