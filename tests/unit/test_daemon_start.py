@@ -133,3 +133,24 @@ def test_a_second_daemon_stops_at_the_live_socket_before_touching_the_kernel(pol
             c.connect(str(sock))  # still bound and listening: the running daemon keeps its clients
     finally:
         running.close()
+
+
+def test_a_pin_of_another_layout_stops_the_start_with_the_loaders_message(policy: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The loader's refusal (kernel/pins.py) is the operator's error message and exit 1, not a traceback."""
+    from skyguard.kernel.pins import PinError
+
+    mod = types.ModuleType("skyguard.kernel.loader")
+
+    def kernel(**_kw: Any) -> None:
+        raise PinError("pinned map 'flows' (/sys/fs/bpf/x/flows) does not match this build: ... remove that pin")
+
+    mod.Kernel = kernel  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "skyguard.kernel.loader", mod)
+    monkeypatch.setattr(dmain, "ensure_bpffs", lambda: False)
+    cfg = tmp_path / "skyguard.toml"
+    cfg.write_text(f'interfaces = ["lo"]\npolicy = "{policy}"\npin_path = "{tmp_path / "pins"}"\n'
+                   f'socket = "{tmp_path / "sock"}"\n')
+    assert dmain.main(["--config", str(cfg)]) == 1
+    assert capsys.readouterr().err.startswith("skyguardd: pinned map 'flows' (/sys/fs/bpf/x/flows) does not match")
