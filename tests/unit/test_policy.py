@@ -424,3 +424,49 @@ def test_daemon_config_keys_are_the_configs_own() -> None:
     from skyguard.policy import DAEMON_CONFIG_KEYS
 
     assert set(DAEMON_CONFIG_KEYS) == set(CHECKS) | {"idle_timeout"}  # a key added to the config is recognised
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fwmark / fwmark_mask: the refusals the policy promises (file:line: reason) and what a good one becomes
+
+
+def test_fwmark_with_action_drop_is_refused() -> None:
+    msg = refuse('name = "x"\n[class.skype-p2p]\naction = "drop"\nfwmark = 0x2a\n')
+    assert msg == ('p.toml:4: class.skype-p2p: fwmark is not allowed with action = "drop" '
+                   "(a dropped packet is never marked)")
+
+
+def test_fwmark_with_bits_outside_its_mask_is_refused() -> None:
+    msg = refuse('name = "x"\n[class.skype-p2p]\nfwmark = 0x12a\nfwmark_mask = 0xff\n')
+    assert msg == "p.toml:3: class.skype-p2p: fwmark 0x12a has bits outside fwmark_mask 0xff"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [('"0x2a"', "'0x2a'"), ("-1", "-1"), ("0x100000000", "4294967296"), ("0", "0"), ("true", "True"), ("4.2", "4.2")],
+)
+def test_fwmark_that_is_not_a_32_bit_positive_integer_is_refused(value: str, shown: str) -> None:
+    msg = refuse(f'name = "x"\n[class.skype-p2p]\nfwmark = {value}\n')
+    assert msg == f"p.toml:3: class.skype-p2p.fwmark must be an integer 1..0xffffffff, not {shown}"
+
+
+@pytest.mark.parametrize(("value", "shown"), [("0", "0"), ("-255", "-255"), ("0x1ffffffff", "8589934591")])
+def test_fwmark_mask_that_is_not_a_32_bit_positive_integer_is_refused(value: str, shown: str) -> None:
+    msg = refuse(f'name = "x"\n[class.skype-p2p]\nfwmark = 1\nfwmark_mask = {value}\n')
+    assert msg == f"p.toml:4: class.skype-p2p.fwmark_mask must be an integer 1..0xffffffff, not {shown}"
+
+
+def test_fwmark_mask_without_fwmark_is_refused() -> None:
+    msg = refuse('name = "x"\n[class.skype-p2p]\nfwmark_mask = 0xff\n')
+    assert msg == "p.toml:3: class.skype-p2p: fwmark_mask needs fwmark"
+
+
+def test_fwmark_and_its_mask_reach_policy_fwmarks() -> None:
+    p2p = wire.CLASS_IDS["skype-p2p"]
+    p = parse_policy('name = "x"\n[class.skype-p2p]\nfwmark = 0x2a\nfwmark_mask = 0xff\n', "p.toml")
+    assert p.fwmarks == {p2p: (0x2A, 0xFF)}
+    p = parse_policy('name = "x"\n[class.skype-p2p]\naction = "pass"\nfwmark = 0x2a\n', "p.toml")
+    assert p.fwmarks == {p2p: (0x2A, 0xFFFFFFFF)}  # no fwmark_mask: skyguard owns the whole mark
+    p = parse_policy('name = "x"\n[class.skype-p2p]\nfwmark = 0xffffffff\n', "p.toml")
+    assert p.fwmarks == {p2p: (0xFFFFFFFF, 0xFFFFFFFF)}  # the top of the range is allowed
+    assert parse_policy('name = "x"\n[class.skype-p2p]\naction = "pass"\n', "p.toml").fwmarks == {}
