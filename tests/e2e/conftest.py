@@ -8,12 +8,14 @@ import contextlib
 import ipaddress
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from skyguard.cli.client import Client
@@ -75,6 +77,75 @@ def xdp_state(ns: str, ifname: str) -> tuple[str | None, int | None]:
     mode = {1: "native", 2: "generic", 3: "hw", 4: "multi", "xdp": "native", "xdpgeneric": "generic",
             "xdpoffload": "hw", "xdpmulti": "multi"}.get(att)
     return mode, (xdp.get_attr("IFLA_XDP_PROG_ID") or None) if mode else None
+
+
+class RawConn:
+    """A hand-driven connection to a control socket: bytes out, msgpack maps in, read only when asked (None at end of
+    stream). subscribe() makes it an `events` subscriber; drain() then collects the events that have arrived."""
+
+    def __init__(self, path: str, rcvbuf: int | None = None) -> None:
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(10)
+        self.s.connect(path)
+        self.u = msgpack.Unpacker(raw=False)
+        self.events: list[dict] = []
+        self.eof = False
+        self.nbytes = 0
+
+    def read(self):
+        while True:
+            with contextlib.suppress(StopIteration):
+                return next(self.u)
+            try:
+                data = self.s.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.u.feed(data)
+
+    def send(self, data: bytes) -> None:
+        self.s.sendall(data)
+
+    def request(self, cmd: str, rid: int = 1, **args):
+        self.send(msgpack.packb({"v": 1, "id": rid, "cmd": cmd, "args": args}))
+        return self.read()
+
+    def subscribe(self) -> RawConn:
+        """Read the hello, subscribe to events (request id 1) and check the reply; returns self."""
+        hello = self.read()
+        assert hello is not None, "the daemon closed the connection"
+        assert "hello" in hello, hello
+        rep = self.request("events")
+        assert rep is not None, "the daemon closed the connection"
+        assert rep["ok"] is True and rep["result"] == {"subscribed": True}, rep
+        return self
+
+    def drain(self) -> None:
+        """Read whatever has arrived (non-blocking); sets eof when the daemon closed the connection."""
+        self.s.setblocking(False)
+        while not self.eof:
+            try:
+                data = self.s.recv(1 << 16)
+            except BlockingIOError:
+                break
+            except ConnectionResetError:
+                self.eof = True
+                break
+            if not data:
+                self.eof = True
+                break
+            self.nbytes += len(data)
+            self.u.feed(data)
+        self.s.settimeout(10)
+        for msg in self.u:
+            if isinstance(msg, dict) and "event" in msg:
+                self.events.append(msg["event"])
+
+    def close(self) -> None:
+        self.s.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,74 +4,19 @@ goes on serving everyone else."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
 
-import msgpack
 import pytest
 
 from skyguard.daemon.control import MAX_OUTBUF
 from skyguard.lab import demo as lab
 from skyguard.lab.topo import CLIENT, CLIENT2, PSTN_GW
 
-from .conftest import wait_for
+from .conftest import RawConn, wait_for
 
 pytestmark = pytest.mark.e2e
 
 PC_TO_PC, PHONE_PREFIX = 0, 2
-
-
-class Subscriber:
-    """A raw connection that subscribes to events; reads only when asked to."""
-
-    def __init__(self, path: str, rcvbuf: int | None = None) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.s.settimeout(10)
-        self.s.connect(path)
-        self.u = msgpack.Unpacker(raw=False)
-        self.events: list[dict] = []
-        self.eof = False
-        self.nbytes = 0
-        hello = self._next()
-        assert "hello" in hello, hello
-        self.s.sendall(msgpack.packb({"v": 1, "id": 1, "cmd": "events", "args": {}}))
-        rep = self._next()
-        assert rep["ok"] is True and rep["result"] == {"subscribed": True}, rep
-
-    def _next(self) -> dict:
-        while True:
-            with contextlib.suppress(StopIteration):
-                return next(self.u)
-            data = self.s.recv(65536)
-            assert data, "the daemon closed the connection"
-            self.u.feed(data)
-
-    def drain(self) -> None:
-        """Read whatever has arrived (non-blocking); sets eof when the daemon closed the connection."""
-        self.s.setblocking(False)
-        while not self.eof:
-            try:
-                data = self.s.recv(1 << 16)
-            except BlockingIOError:
-                break
-            except ConnectionResetError:
-                self.eof = True
-                break
-            if not data:
-                self.eof = True
-                break
-            self.nbytes += len(data)
-            self.u.feed(data)
-        self.s.settimeout(10)
-        for msg in self.u:
-            if isinstance(msg, dict) and "event" in msg:
-                self.events.append(msg["event"])
-
-    def close(self) -> None:
-        self.s.close()
 
 
 def _classified(events: list[dict], key: tuple) -> list[dict]:
@@ -86,7 +31,7 @@ def _classified(events: list[dict], key: tuple) -> list[dict]:
 
 def test_subscriber_receives_the_classification_of_a_call(rig):
     rig.start()
-    sub = Subscriber(rig.sock)
+    sub = RawConn(rig.sock).subscribe()
     try:
         sched, main = rig.schedule([PC_TO_PC, PHONE_PREFIX])
         phone, p2p = main[PHONE_PREFIX], main[PC_TO_PC]
@@ -114,8 +59,8 @@ def test_subscriber_receives_the_classification_of_a_call(rig):
 
 def test_lazy_subscriber_is_dropped_and_the_daemon_serves_others(rig):
     rig.start()
-    lazy = Subscriber(rig.sock, rcvbuf=4096)  # subscribes, then never reads
-    good = Subscriber(rig.sock)
+    lazy = RawConn(rig.sock, rcvbuf=4096).subscribe()  # subscribes, then never reads
+    good = RawConn(rig.sock).subscribe()
     lazy_cid = int(re.findall(r"control: client (\d+) subscribed to events", rig.log())[0])
     dropped = f"control: client {lazy_cid} (pid="
     try:
@@ -171,7 +116,7 @@ def test_lazy_subscriber_is_dropped_and_the_daemon_serves_others(rig):
             st = rig.call("status")
             assert st["pid"] == rig.proc.pid and rig.proc.poll() is None
             assert st["counters"]["act_drop"] >= n[0]
-            late = Subscriber(rig.sock)
+            late = RawConn(rig.sock).subscribe()
             try:
                 k = flood(1)[0]
                 wait_for(lambda: (late.drain(), _classified(late.events, k))[1],

@@ -18,45 +18,11 @@ from skyguard.kernel.ifaces import xdp_prog_id
 from skyguard.lab import demo as lab
 from skyguard.lab.topo import PEER, in_netns
 
-from .conftest import settle, wait_for
+from .conftest import RawConn, settle, wait_for
 
 pytestmark = pytest.mark.e2e
 
 PC_TO_PC = 0
-
-
-class Raw:
-    """A hand-driven connection: bytes in, msgpack maps out (None at end of stream)."""
-
-    def __init__(self, path: str, rcvbuf: int | None = None) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.s.settimeout(10)
-        self.s.connect(path)
-        self.u = msgpack.Unpacker(raw=False)
-
-    def read(self):
-        while True:
-            with contextlib.suppress(StopIteration):
-                return next(self.u)
-            try:
-                data = self.s.recv(65536)
-            except ConnectionResetError:
-                return None
-            if not data:
-                return None
-            self.u.feed(data)
-
-    def send(self, data: bytes) -> None:
-        self.s.sendall(data)
-
-    def request(self, cmd: str, rid: int = 1, **args):
-        self.send(msgpack.packb({"v": 1, "id": rid, "cmd": cmd, "args": args}))
-        return self.read()
-
-    def close(self) -> None:
-        self.s.close()
 
 
 def _healthy(rig) -> dict:
@@ -72,7 +38,7 @@ def test_socket_abuse_and_manual_block(rig):
     rnd = random.Random(4)
 
     # random bytes (0xc1 is never valid msgpack): an error reply, then the daemon closes
-    r = Raw(rig.sock)
+    r = RawConn(rig.sock)
     assert "hello" in r.read()
     r.send(b"\xc1" + rnd.randbytes(4096))
     rep = r.read()
@@ -82,14 +48,14 @@ def test_socket_abuse_and_manual_block(rig):
     _healthy(rig)
 
     # truncated msgpack, then close
-    r = Raw(rig.sock)
+    r = RawConn(rig.sock)
     r.read()
     r.send(msgpack.packb({"v": 1, "id": 1, "cmd": "status", "args": {}})[:-3])
     r.close()
     _healthy(rig)
 
     # an oversized frame (> 1 MiB)
-    r = Raw(rig.sock)
+    r = RawConn(rig.sock)
     r.read()
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         r.send(msgpack.packb({"v": 1, "id": 1, "cmd": "status", "args": {"pad": b"x" * ((1 << 20) + 4096)}}))
@@ -99,7 +65,7 @@ def test_socket_abuse_and_manual_block(rig):
     _healthy(rig)
 
     # a non-map, an unknown command, bad arguments: error replies, and the same connection goes on
-    r = Raw(rig.sock)
+    r = RawConn(rig.sock)
     r.read()
     r.send(msgpack.packb([1, 2, 3]))
     assert r.read()["error"]["code"] == "bad-request"
@@ -115,7 +81,7 @@ def test_socket_abuse_and_manual_block(rig):
     _healthy(rig)
 
     # 64 clients at once
-    clients = [Raw(rig.sock) for _ in range(64)]
+    clients = [RawConn(rig.sock) for _ in range(64)]
     for c in clients:
         assert "hello" in c.read()
     for i, c in enumerate(clients):
@@ -127,7 +93,7 @@ def test_socket_abuse_and_manual_block(rig):
     _healthy(rig)
 
     # a subscriber that never reads while traffic flows: the daemon stays responsive
-    lazy = Raw(rig.sock, rcvbuf=4096)
+    lazy = RawConn(rig.sock, rcvbuf=4096)
     lazy.read()
     lazy.send(msgpack.packb({"v": 1, "id": 1, "cmd": "events", "args": {}}))
     sched, main = rig.schedule()
