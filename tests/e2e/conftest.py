@@ -148,6 +148,26 @@ class RawConn:
         self.s.close()
 
 
+def tear_down(procs: list[subprocess.Popen], *steps, dirs=()) -> None:
+    """A rig's clean-up, in this order: SIGKILL and reap every process of `procs` still running, call each of `steps`
+    (removing the namespaces, and with them the veths), remove the directories `dirs` (pins, temporary files). Every
+    part runs even when one before it raised (an ExitStack), and the error is raised after the last."""
+    with contextlib.ExitStack() as stack:
+        for d in reversed(dirs):
+            stack.callback(shutil.rmtree, d, ignore_errors=True)
+        for step in reversed(steps):
+            stack.callback(step)
+        stack.callback(_kill_all, procs)
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_namespaces() -> Iterator[None]:
     before = set(leftover_namespaces()) if shutil.which("nsenter") else set()
@@ -275,14 +295,7 @@ class Rig:
     # ---- clean-up ---------------------------------------------------------------------------------------------------
 
     def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(10)
-        self.topo.down()
-        shutil.rmtree(self.pin_path, ignore_errors=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        tear_down(self.procs, self.topo.down, dirs=(self.pin_path, self.tmp))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import tear_down, wait_for
 
 PY = sys.executable
 
@@ -138,19 +137,17 @@ class Pair:
 
     # ---- clean-up ---------------------------------------------------------------------------------------------------
     def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(10)
+        tear_down(self.procs, self._close_sockets, self._del_namespaces,
+                  dirs=(self.pin_path, f"/sys/fs/bpf/xdp-filter/programs/{self.if_b}", self.tmp))
+
+    def _close_sockets(self) -> None:
         for fn in self.cleanups:
             with contextlib.suppress(Exception):
                 fn()
-        for ns in (self.ns_a, self.ns_b):
+
+    def _del_namespaces(self) -> None:
+        for ns in (self.ns_a, self.ns_b):  # the veth pair goes with them
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(self.pin_path, ignore_errors=True)
-        shutil.rmtree(f"/sys/fs/bpf/xdp-filter/programs/{self.if_b}", ignore_errors=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def until(cond, what: str, timeout: float = 20.0, tick=None):
