@@ -202,3 +202,16 @@ def test_chi2_constant_vs_random() -> None:
     assert c.values()[0] == pytest.approx(15 * 100)
     c.add(b"short")  # ignored, fewer than 8 bytes
     assert c.n == 100
+
+
+def test_chi2_running_squares_equal_the_textbook_sum() -> None:
+    """values() comes from sums of squares kept as samples arrive; it must equal Bonfiglio's sum((c - e)^2) / e over
+    the 16 counts of every group, after every sample (a flow is evaluated after each one)."""
+    rng = random.Random(7)
+    c = Chi2()
+    for i in range(300):
+        head = bytes([0x80, 0x00 if i % 3 else 0x78]) + rng.randbytes(2) + bytes([i & 0x0F]) + rng.randbytes(3)
+        c.add(head)
+        e = c.n / 16
+        want = [sum((c.counts[16 * g + v] - e) ** 2 for v in range(16)) / e for g in range(Chi2.GROUPS)]
+        assert c.values() == pytest.approx(want, rel=1e-12)

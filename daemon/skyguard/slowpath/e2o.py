@@ -80,6 +80,10 @@ def _tolerance_ms(period: int) -> float:
     return max(3.0, 0.3 * period)
 
 
+# (period, tolerance, 2x, 3x) per packetisation period: every sample checks its inter-arrival against all of them
+_PERIOD_TESTS = tuple((p, _tolerance_ms(p), 2 * p, 3 * p) for p in PERIODS_MS)
+
+
 @dataclass
 class _Dir:
     """Running facts about one direction of the flow."""
@@ -123,11 +127,10 @@ class _Dir:
         if self.last_ts is not None and ts_ns >= self.last_ts:
             iat = (ts_ns - self.last_ts) / 1e6
             self.iats += 1
-            for i, p in enumerate(PERIODS_MS):
-                tol = _tolerance_ms(p)
+            for i, (p, tol, p2, p3) in enumerate(_PERIOD_TESTS):
                 if abs(iat - p) <= tol:
                     self.hits[i] += 1
-                elif abs(iat - 2 * p) <= tol or abs(iat - 3 * p) <= tol:
+                elif abs(iat - p2) <= tol or abs(iat - p3) <= tol:
                     self.mult[i] += 1
         self.last_ts = ts_ns
 
@@ -165,31 +168,41 @@ class Chi2:
 
     GROUPS = 16
 
-    __slots__ = ("n", "counts")
+    __slots__ = ("n", "counts", "squares")
 
     def __init__(self) -> None:
         self.n = 0
         # 16 groups x 16 nibble values in one 256-entry array of unsigned shorts (512 bytes, not 16 lists: the
         # slow path keeps one per tracked flow, tens of thousands of them)
         self.counts = array("H", bytes(512))
+        # per group, the sum of its squared counts, kept as samples come: the chi-square is then one division per
+        # group (see values), where a flow is evaluated again after each of its samples
+        self.squares = array("Q", bytes(8 * self.GROUPS))
 
     def add(self, data: bytes) -> None:
         if len(data) < 8 or self.n >= 0xFFFF:
             return
         self.n += 1
-        c = self.counts
+        c, sq = self.counts, self.squares
         for i in range(8):
             b = data[i]
-            c[32 * i + (b >> 4)] += 1
-            c[32 * i + 16 + (b & 0x0F)] += 1
+            j = 32 * i + (b >> 4)
+            sq[2 * i] += 2 * c[j] + 1  # (x + 1)^2 - x^2
+            c[j] += 1
+            j = 32 * i + 16 + (b & 0x0F)
+            sq[2 * i + 1] += 2 * c[j] + 1
+            c[j] += 1
 
     def values(self) -> list[float]:
-        """Chi-square of each group against a uniform nibble (15 degrees of freedom); 15*n for a constant group."""
-        if self.n == 0:
+        """Chi-square of each group against a uniform nibble (15 degrees of freedom); 15*n for a constant group.
+
+        Every sample adds one to each group, so with e = n/16 expected per value, sum((c - e)^2) / e equals
+        (16 * sum(c^2) - n^2) / n: exact integers, one rounding."""
+        n = self.n
+        if n == 0:
             return [0.0] * self.GROUPS
-        e = self.n / 16
-        c = self.counts
-        return [sum((c[16 * g + v] - e) ** 2 for v in range(16)) / e for g in range(self.GROUPS)]
+        nn = n * n
+        return [(16 * s - nn) / n for s in self.squares]
 
     def deterministic(self) -> list[bool]:
         """Groups above the threshold (far from uniform). Group i here is Bonfiglio's group i + 1."""
