@@ -123,13 +123,15 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
         for path in paths:
             run = CaptureRun(str(path))
             runs.append(run)
+            name = Path(path).name
             _fresh_state(kernel)
             eng = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all, logger=_quiet_logger())
             pkt_index = {"n": 0, "first": {}}
+            mine: list[dict] = []  # this capture's decisions (their times to verdict are set once it ends)
 
-            def note(key, old, new, ts_ns, pkts, _run=run, _idx=pkt_index):
-                decisions.append({"capture": Path(_run.path).name, "flow": str(key), "old": _cname(old),
-                                  "new": _cname(new), "packet": _idx["n"], "flow_packets": pkts, "ts_ns": ts_ns})
+            def note(key, old, new, ts_ns, pkts, _name=name, _idx=pkt_index, _mine=mine):
+                _mine.append({"capture": _name, "flow": str(key), "old": _cname(old), "new": _cname(new),
+                              "packet": _idx["n"], "flow_packets": pkts, "ts_ns": ts_ns})
 
             eng.on_decision.append(note)
             before = kernel.stats()
@@ -154,11 +156,12 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             totals.update({k: after.get(k, 0) - before.get(k, 0) for k in after})
             first = {}
             for key, flow in kernel.flows():
-                rows.append({"capture": Path(path).name, **eng.flow_row(key, flow)})
+                rows.append({"capture": name, **eng.flow_row(key, flow)})
                 first[str(key)] = flow.first_ns
-            for d in decisions:
-                if d["capture"] == Path(path).name and d["flow"] in first and "ms" not in d:
+            for d in mine:
+                if d["flow"] in first:
                     d["ms"] = round((d["ts_ns"] - first[d["flow"]]) / 1e6, 3)
+            decisions += mine
     finally:
         if own_kernel:
             kernel.close()
