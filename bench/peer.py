@@ -1,7 +1,8 @@
 """nDPI (ndpiReader) beside skyguard on the same captures: ndpiReader's own packets/s, skyguard's kernel ns/packet
 (the mean BPF_PROG_TEST_RUN duration during a replay), `skyguard replay` end-to-end packets/s (the compiled loop, and
 the per-packet Python loop it replaced, both measured here) and their ratio to ndpiReader; then the marginal rate of
-each between two sizes of the same generated traffic (start-up cancels out).
+each between two sizes of the same generated traffic (start-up cancels out); and the ceiling of any replay that runs
+the program once per packet: the same compiled loop driving a no-op program.
 
 Usage: bench/peer.py [--captures DIR] [--json]
 """
@@ -59,6 +60,33 @@ def ndpi_seconds(paths: list[Path]) -> float | None:
     return total
 
 
+_NOOP_RB = b"BPF_RINGBUF_OUTPUT(events, 1);\nint xdp_noop_rb(struct xdp_md *ctx) { return XDP_PASS; }\n"
+
+
+def walk_ceiling(paths: list[Path]) -> float | None:
+    """Packets/s of the replay's own C loop (offline/walk.c) driving a no-op XDP program over `paths`: one
+    BPF_PROG_TEST_RUN per packet and nothing else, so no replay that runs the program once per packet (the only way
+    its output stays the live program's, packet by packet) can beat it on this machine."""
+    import bcc
+
+    from skyguard.offline import fastwalk as fw
+
+    b = bcc.BPF(text=_NOOP_RB)
+    try:
+        fd, rb = b.load_func(b"xdp_noop_rb", bcc.BPF.XDP).fd, b[b"events"].map_fd
+        n, t = 0, time.perf_counter()
+        for p in paths:
+            with fw.Walker(p, fd, rb) as w:
+                while (step := w.run()).status == fw.PAUSE:
+                    pass
+                if step.status != fw.END:
+                    return None
+                n += step.packets
+        return n / (time.perf_counter() - t)
+    finally:
+        b.cleanup()
+
+
 def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     """Packets/s between two capture sets of the same traffic mix: (P2 - P1) / (T2 - T1), for the replay (kernel
     already compiled, as for one capture after another; per-capture set-up cancels out) and for ndpiReader."""
@@ -73,6 +101,8 @@ def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     out["replay_pps"] = (p2 - p1) / (t2 - t1) if t2 > t1 else None
     out["ndpi_pps"] = (p2 - p1) / (n2 - n1) if n1 is not None and n2 is not None and n2 > n1 else None
     out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
+    out["ceiling_pps"] = walk_ceiling(large)
+    out["ceiling_ratio"] = ratio(out["ceiling_pps"] or 0, out["ndpi_pps"] or 0)
     return out
 
 
@@ -120,7 +150,9 @@ def format_table(res: dict) -> str:
               f"(the per-packet Python loop: {f(res['python_ratio_vs_ndpi'], '.3f')}x)",
               f"marginal pps between {m['packets'][0]} and {m['packets'][1]} packets of generated traffic: "
               f"replay {f(m['replay_pps'], '.0f')}, nDPI {f(m['ndpi_pps'], '.0f')}, "
-              f"replay / nDPI {f(m['ratio'], '.2f')}x"]
+              f"replay / nDPI {f(m['ratio'], '.2f')}x",
+              f"ceiling of one test run per packet (the same C loop, a no-op program, the larger set): "
+              f"{f(m['ceiling_pps'], '.0f')} pps, {f(m['ceiling_ratio'], '.2f')}x nDPI's marginal rate"]
     return "\n".join(lines)
 
 
