@@ -107,8 +107,8 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", metavar="FILE", help="policy file (default: observe-only)")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/architecture.md, Replay JSON)")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
-                   help="replay up to N captures at once, one process each (each compiles its own program, a few "
-                        "seconds: worth it for large captures); the output is the same (default 1)")
+                   help="replay up to N captures at once, one process each (each loads its own program and maps, "
+                        "about a second once the replay build's image is cached); the output is the same (default 1)")
     p.add_argument("--log-all", action="store_true", help=argparse.SUPPRESS)
 
 

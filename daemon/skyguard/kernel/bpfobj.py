@@ -13,6 +13,7 @@ _libc = ct.CDLL(None, use_errno=True)
 _libc.syscall.restype = ct.c_long
 _SYS_BPF = 321  # x86_64
 
+BPF_MAP_CREATE = 0
 BPF_OBJ_GET = 7
 BPF_PROG_LOAD = 5
 BPF_PROG_GET_FD_BY_ID = 13
@@ -83,6 +84,14 @@ def load_xdp(insns: bytes, name: str, flags: int = 0, attach_type: int = 0, lice
         except BpfError:
             tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
             raise BpfError(e.errno, f"{e.strerror}{': ' + ' / '.join(tail) if tail else ''}") from None
+
+
+def create_map(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
+               inner_fd: int = 0, name: str = "") -> int:
+    """BPF_MAP_CREATE: a new map's fd (`inner_fd`: the template of a map of maps)."""
+    attr = struct.pack("<IIIIIII16s", map_type, key_size, value_size, max_entries, flags, inner_fd, 0,
+                       name.encode()[:15])
+    return _bpf(BPF_MAP_CREATE, attr)
 
 
 def obj_get(path: str) -> int:

@@ -15,18 +15,25 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import bcc
+from bcc import libbcc
 
 from skyguard import wire
-from skyguard.kernel import pins
+from skyguard.kernel import image, pins
 from skyguard.kernel.bpfobj import BPF_F_XDP_HAS_FRAGS, BPF_XDP, BpfError, load_xdp
 from skyguard.kernel.bpfsys import XDP_PASS, RawMap, RunResult, prog_test_run
 from skyguard.kernel.clock import ClockModel, clock_model
 from skyguard.kernel.memory import release_compiler_memory
 from skyguard.policy import Network, Policy
 
+_RINGBUF_CB = libbcc._RINGBUF_CB_TYPE  # int (*)(void *ctx, void *data, size_t size): libbpf's sample callback
 PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block", "drmedia")
 _LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
 _STATS_SIZE = wire.STRUCTS["sg_stats"].size
+# every map userspace opens by name (a cached replay image must carry them, whether the program loads them or not)
+_MAP_NAMES = ("flows", "policy", "config", "fwmarks", "chained", "rcu_sync", "rcu_inner", "stats", "qos",
+              "endpoints", "events", *(n for pair in _LPM_MAPS.values() for n in pair))
+_INNER = {"rcu_sync": "rcu_inner"}  # map of maps -> its template (bpf/skyguard.bpf.c)
+_PROGS = ("xdp_skyguard", "xdp_verdict")
 
 
 def _as_network(network: str | Network) -> Network:
@@ -66,14 +73,18 @@ class Kernel:
             "-Wno-unused-function",
         ]
         self.clock: ClockModel | None = None  # None: the program reads bpf_ktime_get_coarse_ns instead
-        try:
-            self.clock = clock_model()
-            cflags += self.clock.cflags()
-            self.clock_note = f"jiffies x {self.clock.tick_ns} ns"
-        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception when the probe does not compile or load
-            self.clock_note = f"bpf_ktime_get_coarse_ns (jiffies clock probe failed: {e})"
         if replay:
+            # a replay's packets carry their capture time; a run without it (tests) reads the coarse clock, so the
+            # build has no per-boot tick constants and its compiled image can be cached (kernel/image.py)
             cflags.append("-DSG_META_CLOCK")
+            self.clock_note = "capture timestamps (replay build), else bpf_ktime_get_coarse_ns"
+        else:
+            try:
+                self.clock = clock_model()
+                cflags += self.clock.cflags()
+                self.clock_note = f"jiffies x {self.clock.tick_ns} ns"
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception when the probe does not compile or load
+                self.clock_note = f"bpf_ktime_get_coarse_ns (jiffies clock probe failed: {e})"
         if chain:
             cflags.append("-DSG_XDP_CHAIN")
         cflags += list(extra_cflags)
@@ -86,13 +97,29 @@ class Kernel:
         self.pin_path = pin_path
         self.replay = replay
         self.chain = chain
-        self.bpf = bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
         self.prog_fd = -1
+        self.verdict_fd = -1
+        self.bpf: bcc.BPF | None = None
+        self._fds: dict[str, int] = {}  # the maps, when made from a cached image (then there is no bcc module)
+        self._image: image.Image | None = None
+        digest = None
+        if replay and not pin_path and not chain and before_load is None and image.enabled():
+            digest = image.key(bpf_dir, cflags)
+            self._image = image.load(digest)
+            if self._image is not None:
+                try:
+                    self._fds = self._image.create_maps()
+                except BpfError:
+                    self._image = None  # an image this kernel refuses: compiled below, and written again
+        self.from_cache = self._image is not None
+        if self._image is None:
+            self.bpf = bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
         self._events: list[wire.Event] = []
         self._sink: Callable[[wire.Event], None] | None = None  # set while drain_events runs
         self._sink_error: BaseException | None = None
         self._budget = 0  # events drain_events may still hand over in this call (negative: one past it)
-        self._ring_open = False
+        self._rb: int | None = None  # libbpf's ring_buffer manager (libbcc's bpf_new_ringbuf)
+        self._rb_cb = _RINGBUF_CB(self._on_event)  # kept referenced while libbpf may call it
         self._rb_fd: int | None = None
         kf = wire.FlowKey.FMT.size
         self._flows = self._raw("flows", kf, wire.Flow.FMT.size)
@@ -102,7 +129,7 @@ class Kernel:
         self.chained = self._raw("chained", 4, wire.CHAIN_FMT.size)
         self.chain_map = self._raw("chain", 4, 4) if chain else None
         self._rcu_sync = self._raw("rcu_sync", 4, 4)
-        self._rcu_inner_fd = self.bpf[b"rcu_inner"].map_fd
+        self._rcu_inner_fd = self._map_fd("rcu_inner")
         self._stats = self._raw("stats", 4, _STATS_SIZE, percpu=True)
         self._qos = self._raw("qos", 4, wire.QOS_FMT.size)
         self._endpoints = self._raw("endpoints", wire.EP_KEY_FMT.size, wire.EP_FMT.size)
@@ -117,11 +144,27 @@ class Kernel:
             if before_load is not None:
                 before_load(self)
             self.prog_fd, self.frags = self._load(chain)
-            self.verdict_fd: int = self.bpf.load_func(b"xdp_verdict", bcc.BPF.XDP).fd
+            verdict = self._insns("xdp_verdict")
+            self.verdict_fd = load_xdp(verdict, "xdp_verdict")  # as bcc's load_func: no flags, no attach type
+            if digest is not None and self.bpf is not None:
+                try:
+                    image.save(digest, image.capture(self.bpf, list(_PROGS), list(_MAP_NAMES), _INNER))
+                except image.ImageError:
+                    pass  # this build cannot be carried as an image: every replay compiles it
         except BaseException:
             self.close()  # the maps and what was loaded go with the failed start, not at some later collection
             raise
-        release_compiler_memory()
+        if self.bpf is not None:
+            release_compiler_memory()
+
+    def _map_fd(self, name: str) -> int:
+        return self._fds[name] if self._image is not None else self.bpf[name.encode()].map_fd
+
+    def _insns(self, prog: str) -> bytes:
+        """`prog`'s relocated instructions: bcc's, or the cached image's pointed at this Kernel's maps."""
+        if self._image is not None:
+            return self._image.instructions(prog, self._fds)
+        return bytes(self.bpf.dump_func(prog.encode()))
 
     def _load(self, chain: bool) -> tuple[int, bool]:
         """Load xdp_skyguard multi-buffer aware (BPF_F_XDP_HAS_FRAGS), so that native XDP attaches at any MTU: bcc
@@ -129,7 +172,7 @@ class Kernel:
         takes programs that match its first one (kernel: bpf_prog_map_compatible) in multi-buffer support and, on
         recent kernels, expected attach type (libbpf loads with BPF_XDP, bcc with 0); with a chained program already
         in `chain`, skyguard loads in the first shape it accepts, multi-buffer first."""
-        insns = self.bpf.dump_func(b"xdp_skyguard")
+        insns = self._insns("xdp_skyguard")
         shapes = [(BPF_F_XDP_HAS_FRAGS, 0)]
         if chain:
             shapes = [(BPF_F_XDP_HAS_FRAGS, BPF_XDP), (BPF_F_XDP_HAS_FRAGS, 0), (0, BPF_XDP), (0, 0)]
@@ -142,13 +185,20 @@ class Kernel:
         raise AssertionError("unreachable")
 
     def _raw(self, name: str, ks: int, vs: int, percpu: bool = False) -> RawMap:
-        return RawMap(self.bpf[name.encode()].map_fd, ks, vs, percpu)
+        return RawMap(self._map_fd(name), ks, vs, percpu)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def close(self) -> None:
-        if self.prog_fd >= 0:
-            os.close(self.prog_fd)
-            self.prog_fd = -1
+        if self._rb is not None:
+            libbcc.lib.bpf_free_ringbuf(self._rb)
+            self._rb = None
+        for attr in ("prog_fd", "verdict_fd"):
+            if getattr(self, attr, -1) >= 0:
+                os.close(getattr(self, attr))
+                setattr(self, attr, -1)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
@@ -189,20 +239,23 @@ class Kernel:
             self._sink_error = self._sink_error or e
         self._budget -= 1
 
-    def _open_ring(self) -> None:
-        if not self._ring_open:
-            self.bpf[b"events"].open_ring_buffer(self._on_event)
-            self._ring_open = True
+    def _open_ring(self) -> int:
+        if self._rb is None:
+            rb = libbcc.lib.bpf_new_ringbuf(self.ring_map_fd, self._rb_cb, None)
+            if not rb:
+                raise OSError("cannot open the events ring buffer (libbpf ring_buffer__new)")
+            self._rb = rb
+        return self._rb
 
     @property
     def ring_map_fd(self) -> int:
         """The ring buffer map's own fd (replay's compiled loop maps its positions to see when records wait)."""
-        return self.bpf[b"events"].map_fd
+        return self._map_fd("events")
 
     def events_fd(self) -> int | None:
         """An fd that polls readable when events wait (libbpf's ring_buffer__epoll_fd on bcc's ring buffer manager),
         for the daemon's selector; None if this libbpf lacks it (the daemon then polls on a short timer)."""
-        self._open_ring()
+        rb = self._open_ring()
         if self._rb_fd is None:
             try:
                 lib = ct.CDLL("libbpf.so.1")
@@ -210,7 +263,7 @@ class Kernel:
             except (OSError, AttributeError):
                 return None
             fn.restype, fn.argtypes = ct.c_int, [ct.c_void_p]
-            fd = fn(ct.c_void_p(self.bpf._ringbuf_manager))
+            fd = fn(ct.c_void_p(rb))
             self._rb_fd = fd if fd >= 0 else None
         return self._rb_fd
 
@@ -220,7 +273,7 @@ class Kernel:
         tens of thousands of events, and a list of them all would be the daemon's largest transient. An exception from
         `sink` stops nothing in the ring buffer's loop; the first one is raised after it. Returns how many events
         were handed over."""
-        self._open_ring()
+        rb = self._open_ring()
         budget = self._budget = max(1, max_events)
         self._sink, self._sink_error = sink, None
         leftover, self._events = self._events, []  # read by an earlier poll_events that nobody collected
@@ -228,9 +281,9 @@ class Kernel:
             for ev in leftover:
                 self._hand(ev)
             if self._budget > 0 and timeout_ms > 0:
-                self.bpf.ring_buffer_poll(timeout_ms)
+                libbcc.lib.bpf_poll_ringbuf(rb, timeout_ms)
             if self._budget > 0:
-                self.bpf.ring_buffer_consume()
+                libbcc.lib.bpf_consume_ringbuf(rb)
         finally:
             self._sink = None
         if self._sink_error is not None:
@@ -239,10 +292,10 @@ class Kernel:
         return budget - self._budget
 
     def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]:
-        self._open_ring()
+        rb = self._open_ring()
         if timeout_ms > 0:
-            self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+            libbcc.lib.bpf_poll_ringbuf(rb, timeout_ms)
+        libbcc.lib.bpf_consume_ringbuf(rb)
         out, self._events = self._events, []
         return out
 

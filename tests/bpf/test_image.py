@@ -1,0 +1,104 @@
+"""The replay build's cached image (kernel/image.py): a Kernel made from it compiles nothing, loads the same program
+against maps of its own, and replays to exactly what a freshly compiled one gives; a damaged or foreign image is
+never trusted (the build is compiled and the image written again)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from skyguard.kernel import image, loader
+from skyguard.lab import gen
+from skyguard.offline import replay
+
+pytestmark = pytest.mark.bpf
+
+SMALL = {"flows_max": 4096, "lpm_max": 1024, "ringbuf_bytes": 1 << 20}  # small maps: quick to create and verify
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("SKYGUARD_CACHE_DIR", str(d))
+    monkeypatch.delenv(image.ENV, raising=False)
+    return d
+
+
+def _no_compiler(monkeypatch) -> None:
+    def refuse(*_a, **_k):
+        raise AssertionError("bcc compiled, though a cached image was there")
+
+    monkeypatch.setattr(loader.bcc, "BPF", refuse)
+
+
+def outcome(res: replay.ReplayResult) -> dict:
+    return {"json": res.to_json(), "stats": res.stats, "decisions": res.decisions,
+            "captures": [(c.packets, dict(c.verdicts), c.error) for c in res.captures]}
+
+
+def test_cached_image_replays_like_a_compiled_build(bpf_ok, cache, tmp_path, monkeypatch) -> None:
+    gen.generate(5, tmp_path / "caps", calls=2)
+    paths = sorted((tmp_path / "caps").glob("*.pcap"))
+    with loader.Kernel(replay=True, **SMALL) as k:
+        assert not k.from_cache and k.bpf is not None
+        compiled = outcome(replay.replay(paths, kernel=k, engine="c"))
+    files = list(cache.glob("replay-*.json"))
+    assert len(files) == 1, "the compile wrote no image"
+    _no_compiler(monkeypatch)
+    with loader.Kernel(replay=True, **SMALL) as k:
+        assert k.from_cache and k.bpf is None
+        cached = outcome(replay.replay(paths, kernel=k, engine="c"))
+        # its maps are its own (the image's loads point at them), not some other Kernel's
+        assert set(k._fds) >= {"flows", "events", "rcu_sync", "rcu_inner"}
+    assert compiled["json"]["summary"]["packets"] > 1000 and compiled["decisions"]
+    assert cached == compiled
+
+
+def test_damaged_image_is_compiled_again(bpf_ok, cache) -> None:
+    with loader.Kernel(replay=True, **SMALL):
+        pass
+    (path,) = cache.glob("replay-*.json")
+    good = json.loads(path.read_text())
+    bad = dict(good, progs={n: dict(p, relocs=[[10**9, "flows"]]) for n, p in good["progs"].items()})
+    for text in ("{not json", json.dumps(dict(good, format=0)), json.dumps(bad)):
+        path.write_text(text)
+        with loader.Kernel(replay=True, **SMALL) as k:
+            assert not k.from_cache, text[:40]
+            assert k.test_run(bytes(60), ts_ns=1).verdict in (1, 2)
+        assert json.loads(path.read_text()) == good, "the image was not written again"
+
+
+def test_image_key_follows_sources_and_flags(tmp_path) -> None:
+    pytest.importorskip("bcc")
+    src = tmp_path / "bpf"
+    src.mkdir()
+    (src / "a.h").write_text("#define X 1\n")
+    k1 = image.key(src, ["-DA=1"])
+    assert image.key(src, ["-DA=2"]) != k1
+    (src / "a.h").write_text("#define X 2\n")
+    assert image.key(src, ["-DA=1"]) != k1
+    (src / "notes.txt").write_text("not a source")
+    assert image.key(src, ["-DA=1"]) == image.key(src, ["-DA=1"])
+
+
+def test_live_and_pinned_builds_are_never_taken_from_the_cache(bpf_ok, cache) -> None:
+    pins = f"/sys/fs/bpf/skyguard-test-image-{os.getpid()}"
+    try:
+        with loader.Kernel(**SMALL) as k:
+            assert not k.from_cache and k.clock_note.startswith(("jiffies", "bpf_ktime"))
+        with loader.Kernel(replay=True, pin_path=pins, **SMALL) as k:
+            assert not k.from_cache
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
+    assert not list(cache.glob("replay-*.json"))
+
+
+def test_cache_off(bpf_ok, cache, monkeypatch) -> None:
+    with loader.Kernel(replay=True, **SMALL):
+        pass
+    monkeypatch.setenv(image.ENV, "0")
+    with loader.Kernel(replay=True, **SMALL) as k:
+        assert not k.from_cache
