@@ -2,7 +2,8 @@
 (the mean BPF_PROG_TEST_RUN duration during a replay), `skyguard replay` end-to-end packets/s (the compiled loop, and
 the per-packet Python loop it replaced, both measured here) and their ratio to ndpiReader; then the marginal rate of
 each between two sizes of the same generated traffic (start-up cancels out); and the ceiling of any replay that runs
-the program once per packet: the same compiled loop driving a no-op program.
+the program once per packet: the same compiled loop driving a no-op program; and the seconds to a loaded replay
+build, compiled and from its cached image.
 
 Usage: bench/peer.py [--captures DIR] [--json]
 """
@@ -106,8 +107,32 @@ def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     return out
 
 
+def start_seconds() -> dict:
+    """Seconds to a loaded replay build: compiled by bcc (the image cache off), then from the cached image."""
+    import os
+
+    from skyguard.kernel import image
+
+    out = {}
+    for name, env in (("compiled", "0"), ("cached", "1")):
+        old = os.environ.get(image.ENV)
+        os.environ[image.ENV] = env
+        try:
+            t = time.perf_counter()
+            with Kernel(replay=True) as k:
+                out[name] = time.perf_counter() - t
+                out[f"{name}_from_cache"] = k.from_cache
+        finally:
+            if old is None:
+                os.environ.pop(image.ENV, None)
+            else:
+                os.environ[image.ENV] = old
+    return out
+
+
 def measure(cdir: Path = CAPTURES, small_calls: int = 5, large_calls: int = 40) -> dict:
     rows = {}
+    start = start_seconds()
     with tempfile.TemporaryDirectory(prefix="sg-peer-") as td, Kernel(replay=True) as k:
         gen.generate(11, td, calls=small_calls)
         paths = sorted(p for p in cdir.glob("*.pcap*")) + sorted(Path(td).glob("*.pcap"))
@@ -131,7 +156,7 @@ def measure(cdir: Path = CAPTURES, small_calls: int = 5, large_calls: int = 40) 
     return {"captures": rows, "packets": tot, "mean": mean,
             "ratio_vs_ndpi": ratio(mean["replay_pps"] or 0, mean["ndpi_pps"] or 0),
             "python_ratio_vs_ndpi": ratio(mean["python_pps"] or 0, mean["ndpi_pps"] or 0),
-            "marginal": marg}
+            "marginal": marg, "start": start}
 
 
 def format_table(res: dict) -> str:
@@ -145,14 +170,16 @@ def format_table(res: dict) -> str:
     for name, r in [*res["captures"].items(), mean]:
         lines.append(f"{name[:40]:40} {r['packets']:7} {f(r['ndpi_pps'], '10.0f')} {f(r['kernel_ns'], '12.0f')} "
                      f"{f(r['kernel_pps'], '13.0f')} {f(r['replay_pps'], '13.0f')} {f(r.get('python_pps'), '11.0f')}")
-    m = res["marginal"]
+    m, st = res["marginal"], res["start"]
     lines += [f"replay / nDPI (packet-weighted pps): {f(res['ratio_vs_ndpi'], '.2f')}x "
               f"(the per-packet Python loop: {f(res['python_ratio_vs_ndpi'], '.3f')}x)",
               f"marginal pps between {m['packets'][0]} and {m['packets'][1]} packets of generated traffic: "
               f"replay {f(m['replay_pps'], '.0f')}, nDPI {f(m['ndpi_pps'], '.0f')}, "
               f"replay / nDPI {f(m['ratio'], '.2f')}x",
               f"ceiling of one test run per packet (the same C loop, a no-op program, the larger set): "
-              f"{f(m['ceiling_pps'], '.0f')} pps, {f(m['ceiling_ratio'], '.2f')}x nDPI's marginal rate"]
+              f"{f(m['ceiling_pps'], '.0f')} pps, {f(m['ceiling_ratio'], '.2f')}x nDPI's marginal rate",
+              f"replay build ready in {st['compiled']:.2f} s compiled, {st['cached']:.2f} s from its cached image"
+              f"{'' if st['cached_from_cache'] else ' (NOT from the cache)'}"]
     return "\n".join(lines)
 
 
