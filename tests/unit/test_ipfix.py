@@ -226,6 +226,49 @@ def test_no_record_without_new_packets_but_an_end_after_reports():
     ex.close()
 
 
+def _chunks(flows: list[tuple[wire.FlowKey, wire.Flow]], per: int = 3) -> list[tuple[bytes, bytes, int]]:
+    """Raw (keys, values, n) chunks, as Kernel.flows_raw() reads the flow map."""
+    out = []
+    for i in range(0, len(flows), per):
+        part = flows[i:i + per]
+        out.append((b"".join(k.pack() for k, _f in part), b"".join(f.pack() for _k, f in part), len(part)))
+    return out
+
+
+def test_a_restart_exports_adopted_flows_from_where_the_previous_daemon_stopped():
+    """The previous daemon sent every flow's forced end at its stop; this one adopted the pinned flows: its records
+    carry only what came since (before, the first record of an adopted flow repeated everything since its start)."""
+    keys = [wire.FlowKey.make("192.168.1.6", 50010 + i, "52.114.250.5", 3478, 17, vlan=i % 3) for i in range(50)]
+    at_start = [(k, _flow((3 + i, 5), (300 + i, 500), dropped=i % 2, first=1_000_000_000 + i)) for i, k in
+                enumerate(keys)]
+    ex = Exporter("127.0.0.1:9", active_timeout_s=60)
+    assert ex.adopt(_chunks(at_start)) == 50 and ex.status()["adopted_flows"] == 50
+    k0, f0 = at_start[7]
+    assert not ex.record(k0, f0, ipfix.END_IDLE)  # nothing since the restart: its end was already sent
+    assert not ex.record(k0, f0, ipfix.END_ACTIVE)
+    k1, _f1 = at_start[8]
+    later = _flow((3 + 8 + 4, 5 + 1), (308 + 400, 600), first=1_000_000_008, last=9_000_000_000)
+    assert ex.record(k1, later, ipfix.END_ACTIVE, wall_off_ns=0)
+    r = ex.pending[-1]
+    assert (r.packets, r.l2_octets, r.start_ms) == (5, 500, 2000)  # the delta since adoption, from its last packet
+    more = _flow((3 + 8 + 6, 5 + 1), (308 + 600, 600), first=1_000_000_008, last=9_500_000_000)
+    assert ex.record(k1, more, ipfix.END_FORCED, wall_off_ns=0) and ex.pending[-1].packets == 2
+    # a new flow of the same 5-tuple (another first_ns) owes nothing to the adopted one
+    k2, _f2 = at_start[9]
+    fresh = _flow((2, 2), (200, 200), first=5_000_000_000)
+    assert ex.record(k2, fresh, ipfix.END_IDLE, wall_off_ns=0) and ex.pending[-1].packets == 4
+    # a flow the daemon did not find at its start is exported whole
+    other = wire.FlowKey.make("10.0.0.1", 1, "10.0.0.2", 2, 17)
+    assert ex.record(other, _flow((1, 1), (100, 100)), ipfix.END_IDLE) and ex.pending[-1].packets == 2
+    ex.close()
+
+
+def test_adopting_an_empty_table_keeps_no_baseline():
+    ex = Exporter("127.0.0.1:9", active_timeout_s=60)
+    assert ex.adopt([]) == 0 and ex.baseline is None
+    ex.close()
+
+
 def test_due_rows_cross_a_multiple_of_the_active_timeout():
     T = 60_000_000_000
     first = np.array([0, 0, 0, 50 * 10**9, 0], dtype=np.uint64)

@@ -140,8 +140,9 @@ class Daemon:
                               template_refresh_messages=cfg.ipfix_template_refresh_packets,
                               describe=lambda k, f: (f.class_name, wire.reason_name(f.reason), eng.action_of(f)))
         eng.on_flow_end.append(self.ipfix.flow_ended)
+        adopted = self.ipfix.adopt(self.kernel.flows_raw())  # exported by the daemon before this one, up to its stop
         self.log.info("ipfix export", collector=cfg.ipfix_collector, domain=cfg.ipfix_domain,
-                      active_timeout_s=cfg.ipfix_active_timeout)
+                      active_timeout_s=cfg.ipfix_active_timeout, adopted_flows=adopted)
 
     def _attach(self, ifname: str) -> None:
         """Attach with the kernel's expected-program replace: only what survey() found there, and foreign_xdp allowed

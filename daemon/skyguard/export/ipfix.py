@@ -259,6 +259,63 @@ class Reported:
     last_ns: int
 
 
+_FLOW_DTYPE = np.dtype(wire.STRUCTS["sg_flow"].numpy_spec())
+_KEY_WORDS = wire.FlowKey.FMT.size // 8
+# odd 64-bit constants (golden ratio, xxHash/Murmur primes): one per key word, then a Murmur3 finaliser
+_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                 0xFF51AFD7ED558CCD][:_KEY_WORDS], dtype=np.uint64)
+
+
+def _key_hash(words: np.ndarray) -> np.ndarray:
+    """64-bit hashes of flow keys given as rows of little-endian u64 words (numpy arithmetic wraps modulo 2^64)."""
+    h = (words * _MIX).sum(axis=1, dtype=np.uint64)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+class Baseline:
+    """The counters of the flows a restarted daemon adopted (pinned maps), as it found them at its start.
+
+    The previous daemon exported those flows up to its stop (every flow's forced end), so a record of this daemon
+    starts from here: without it, the first record of an adopted flow carried everything since the flow began, and a
+    restart counted every long flow twice at the collector. The packets of the restart window itself (counted by the
+    program while no daemon ran) are in nobody's record. Columnar and sorted by a hash of the key, 64 bytes a flow; an
+    entry holds only for the flow it was taken from (same first_ns), never for a later flow of the same 5-tuple."""
+
+    def __init__(self, chunks: Iterable[tuple[bytes, bytes, int]]) -> None:
+        ks, vs = wire.FlowKey.FMT.size, _FLOW_DTYPE.itemsize
+        keys = [np.frombuffer(k, dtype="<u8", count=n * ks // 8).reshape(n, _KEY_WORDS) for k, _v, n in chunks if n]
+        vals = [np.frombuffer(v, dtype=_FLOW_DTYPE, count=n) for _k, v, n in chunks if n]
+        assert ks % 8 == 0 and vs == wire.Flow.FMT.size
+        if keys:
+            h, f = _key_hash(np.concatenate(keys)), np.concatenate(vals)
+        else:
+            h, f = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=_FLOW_DTYPE)
+        order = np.argsort(h, kind="stable")
+        self.hash = h[order]
+        self.first_ns = f["first_ns"][order].copy()
+        self.last_ns = f["last_ns"][order].copy()
+        self.pkts = f["pkts"][order].copy()
+        self.bytes = f["bytes"][order].copy()
+        self.dropped = f["dropped"][order].copy()
+
+    def __len__(self) -> int:
+        return len(self.hash)
+
+    def get(self, key: wire.FlowKey, first_ns: int) -> Reported | None:
+        h = _key_hash(np.frombuffer(key.pack(), dtype="<u8").reshape(1, _KEY_WORDS))[0]
+        i = int(np.searchsorted(self.hash, h))
+        while i < len(self.hash) and self.hash[i] == h:
+            if int(self.first_ns[i]) == first_ns:
+                return Reported((int(self.pkts[i][0]), int(self.pkts[i][1])),
+                                (int(self.bytes[i][0]), int(self.bytes[i][1])), int(self.dropped[i]),
+                                int(self.last_ns[i]))
+            i += 1
+        return None
+
+
 @dataclass
 class ExportCounters:
     records: int = 0
@@ -299,15 +356,27 @@ class Exporter:
         self.describe = describe or _default_describe
         self.counters = ExportCounters()
         self.reported: dict[wire.FlowKey, Reported] = {}
+        self.baseline: Baseline | None = None  # adopted flows' counters at this daemon's start (adopt)
         self.pending: list[Record] = []
         self.outbox: collections.deque[tuple[bytes, int]] = collections.deque()  # (message, its record count)
         self._last_scan_ns: int | None = None
 
     # ---- flows -> records -----------------------------------------------------------------------------------------
 
+    def adopt(self, chunks: Iterable[tuple[bytes, bytes, int]]) -> int:
+        """Take the flows already in the kernel's table (raw chunks, Kernel.flows_raw) as exported up to now; returns
+        how many there were."""
+        base = Baseline(list(chunks))
+        self.baseline = base if len(base) else None
+        return len(base)
+
     def record(self, key: wire.FlowKey, flow: wire.Flow, end_reason: int, wall_off_ns: int | None = None) -> bool:
         """Queue the record of `flow`'s delta since its previous record; False when there is nothing new."""
         prev = self.reported.get(key)
+        adopted = False
+        if prev is None and self.baseline is not None:
+            prev = self.baseline.get(key, flow.first_ns)
+            adopted = prev is not None
         p0, p1 = flow.pkts
         b0, b1 = flow.bytes_
         if prev is None:
@@ -321,8 +390,10 @@ class Exporter:
         else:
             self.reported.pop(key, None)
         packets = d_pkts[0] + d_pkts[1]
-        if packets <= 0 and (prev is None or end_reason == END_ACTIVE):
-            return False  # nothing new; a flow already reported still gets its end record, with zero deltas
+        if packets <= 0 and (prev is None or end_reason == END_ACTIVE or adopted):
+            # nothing new; a flow already reported still gets its end record, with zero deltas (not one whose end
+            # the previous daemon already sent, and that saw nothing since)
+            return False
         if wall_off_ns is None:
             wall_off_ns = time.time_ns() - time.monotonic_ns()  # the flow clock is CLOCK_MONOTONIC
         init = flow.init_dir & 1
@@ -427,7 +498,7 @@ class Exporter:
         return {"collector": f"{self.collector[0]}:{self.collector[1]}", "records": c.records,
                 "messages": c.messages, "sequence": self.encoder.sequence, "send_errors": c.send_errors,
                 "records_lost": c.records_lost, "outbox": len(self.outbox), "tracked_flows": len(self.reported),
-                "last_error": c.last_error}
+                "adopted_flows": len(self.baseline) if self.baseline is not None else 0, "last_error": c.last_error}
 
 
 def due_rows(first_ns: np.ndarray, last_ns: np.ndarray, prev_ns: int, now_ns: int, active_ns: int) -> np.ndarray:
