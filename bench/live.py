@@ -45,6 +45,7 @@ from common import ROOT, load_baseline, ratio
 from pyroute2 import netns
 
 from skyguard.kernel import ifaces  # noqa: E402
+from skyguard.kernel.bpfobj import prog_info  # noqa: E402
 from skyguard.kernel.loader import Kernel  # noqa: E402
 from skyguard.lab.topo import in_netns, make_veth, ns_iproute, ns_run, remove_namespaces  # noqa: E402
 
@@ -52,6 +53,9 @@ SIZES = (64, 1400)
 FLOWS = (1, 10_000)
 ARMS = ("nothing", "noop", "floor", "skyguard")
 FLOOR_FLOWS_MAX = 262144  # the floor's flow table has the size of skyguard's default one
+# skyguard / nothing wanted with one flow and with many (the floor / nothing column is what parsing plus one lookup
+# in a table of skyguard's default size leaves, on the same feed: no flow classifier can be above it)
+TARGET_X_NOTHING = {False: 0.95, True: 0.93}
 TX_MAC, RX_MAC = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
 
 
@@ -221,6 +225,7 @@ class Arms:
         self.noop = load_baseline("noop")
         self.floor = load_baseline("floor", FLOOR_FLOWS_MAX)
         self.fds = {"noop": self.noop.fd, "floor": self.floor.fd, "skyguard": self.kernel.prog_fd}
+        self.attached: int | None = None  # id of the program on the interface
         self.mode = self._pick_mode(mode)
 
     def _pick_mode(self, mode: str) -> str:
@@ -234,11 +239,18 @@ class Arms:
         if arm == "nothing":
             return "none"
         with in_netns(self.pair.rx_ns):
-            return ifaces.attach(self.fds[arm], self.pair.rx_if, mode or self.mode).mode
+            got = ifaces.attach(self.fds[arm], self.pair.rx_if, mode or self.mode).mode
+        self.attached = prog_info(self.fds[arm]).id
+        return got
 
     def detach(self) -> None:
+        """The arm's program off the interface (ifaces.detach removes only the program it is told of)."""
+        if self.attached is None:
+            return
         with in_netns(self.pair.rx_ns):
-            ifaces.detach(self.pair.rx_if)
+            if not ifaces.detach(self.pair.rx_if, self.attached):
+                raise RuntimeError(f"program {self.attached} could not be detached from {self.pair.rx_if}")
+        self.attached = None
 
     def xdp_packets(self) -> int:
         return self.kernel.stats().get("packets", 0)
@@ -290,7 +302,8 @@ def measure(seconds: float = 1.5, rounds: int = 3, mode: str = "auto", feed: str
                         "x_noop": ratio(med["skyguard"], med["noop"]),
                         "x_floor": ratio(med["skyguard"], med["floor"]),
                         "floor_x_nothing": ratio(med["floor"], med["nothing"]),
-                        "noop_x_nothing": ratio(med["noop"], med["nothing"]), "target_x_nothing": 0.9}
+                        "noop_x_nothing": ratio(med["noop"], med["nothing"]),
+                        "target_x_nothing": TARGET_X_NOTHING[flows > 1]}
         finally:
             rx.close()
             with contextlib.suppress(Exception):
@@ -303,12 +316,12 @@ def format_table(r: dict) -> str:
     lines = [f"veth, feed {r.get('feed', 'direct')}, receiver XDP mode {r['xdp_mode']}; median of {r['rounds']} "
              f"alternating runs of {r['seconds_per_run']:g} s; pps = received frames/s",
              f"{'case':20} {'nothing':>9} {'noop':>9} {'floor':>9} {'skyguard':>9} {'sg/nothing':>10} {'sg/noop':>7} "
-             f"{'sg/floor':>8} {'noop/nothing':>12} {'floor/nothing':>13}  target sg/nothing >= 0.9"]
+             f"{'sg/floor':>8} {'noop/nothing':>12} {'floor/nothing':>13}  target sg/nothing"]
     for name, c in r["cases"].items():
         p = c["pps"]
         lines.append(f"{name:20} {p['nothing']:9.0f} {p['noop']:9.0f} {p['floor']:9.0f} {p['skyguard']:9.0f} "
                      f"{c['x_nothing']:10.3f} {c['x_noop']:7.3f} {c['x_floor']:8.3f} {c['noop_x_nothing']:12.3f} "
-                     f"{c['floor_x_nothing']:13.3f}")
+                     f"{c['floor_x_nothing']:13.3f}  >= {c['target_x_nothing']}")
     return "\n".join(lines)
 
 
