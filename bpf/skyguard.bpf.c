@@ -75,6 +75,28 @@ BPF_ARRAY_OF_MAPS(rcu_sync, "rcu_inner", 1);
 
 _Static_assert(SG_ST_VERDICT_BASE + 2 * SG_VS_SLOTS * SG_NACTIONS <= SG_ST_MAX, "the verdict pairs fit sg_stats");
 
+/* A flow's flag bits change from two sides: packets (here) and the daemon (xdp_verdict: block, exempt, its class). Both
+ * change them with atomic ops on the aligned 64-bit word that holds flow.flags (bcc's target has 64-bit atomics only),
+ * never with a plain read-modify-write of the byte, which could write back a bit the other side changed meanwhile. */
+#define SG_FLAGS_OFF __builtin_offsetof(struct sg_flow, flags)
+#define SG_FLAGS_SHIFT ((SG_FLAGS_OFF & 7) * 8)
+_Static_assert(sizeof(((struct sg_flow *)0)->flags) == 1, "flags is one byte of its word");
+
+static __always_inline __u64 *sg_flags_word(struct sg_flow *f)
+{
+	return (__u64 *)((void *)f + (SG_FLAGS_OFF & ~7));
+}
+
+static __always_inline void sg_flags_set(struct sg_flow *f, __u8 bits)
+{
+	__sync_fetch_and_or(sg_flags_word(f), (__u64)bits << SG_FLAGS_SHIFT);
+}
+
+static __always_inline void sg_flags_clear(struct sg_flow *f, __u8 bits)
+{
+	__sync_fetch_and_and(sg_flags_word(f), ~((__u64)bits << SG_FLAGS_SHIFT));
+}
+
 /* The packet's (verdict slot, action) pair: its packet counter and the byte counter beside it. Every caller passes a
  * constant action and a slot it has bounded (a constant, or a class clamped below SG_NCLASSES), so this is one index
  * computation and two increments, and the verifier sees the index inside the struct. */
@@ -315,11 +337,11 @@ static __always_inline void sg_set_class(struct sg_run *r, struct sg_flow *f, __
 		return;
 	f->reason = reason;
 	if (done)
-		f->flags |= SG_F_DONE;
+		sg_flags_set(f, SG_F_DONE);
 	if (old == cls)
 		return;
 	f->cls = cls;
-	f->flags |= SG_F_LOGGED;
+	sg_flags_set(f, SG_F_LOGGED);
 	r->st->c[SG_ST_CLASSIFIED]++;
 	sg_emit_classified(r, f, old, cls, reason);
 }
@@ -755,7 +777,7 @@ static __always_inline void sg_inspect(struct sg_run *r, struct sg_flow *f, stru
 		if (f->cls == SG_CLASS_UNKNOWN || f->cls == SG_CLASS_OTHER)
 			sg_set_class(r, f, SG_CLASS_OTHER, SG_R_WINDOW_END, 1);
 		else
-			f->flags |= SG_F_DONE;
+			sg_flags_set(f, SG_F_DONE);
 	}
 }
 
@@ -899,7 +921,7 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 			f->dropped++;
 			return XDP_DROP;
 		}
-		f->flags &= ~SG_F_BLOCKED; /* unblocked since: its class decides from now on */
+		sg_flags_clear(f, SG_F_BLOCKED); /* unblocked since: its class decides from now on */
 	}
 	st->c[SG_ST_OUT_FLOW]++;
 	return -1;
@@ -1022,9 +1044,6 @@ int xdp_skyguard(struct xdp_md *ctx)
  * meanwhile all stay counted, and a class the kernel sets is replaced only by an SG_V_CLASS decision. Flag bits are
  * set with atomic ops on the aligned 64-bit word that holds flow.flags (bcc's target has 64-bit atomics only), so the other bytes of that word are untouched.
  * Returns XDP_PASS when the flow exists (the decision applied), XDP_DROP when it does not, XDP_ABORTED on bad input. */
-#define SG_FLAGS_OFF __builtin_offsetof(struct sg_flow, flags)
-#define SG_FLAGS_SHIFT ((SG_FLAGS_OFF & 7) * 8)
-
 int xdp_verdict(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -1032,7 +1051,6 @@ int xdp_verdict(struct xdp_md *ctx)
 	struct sg_verdict *v = data;
 	struct sg_flow_key key;
 	struct sg_flow *f;
-	__u64 *word;
 
 	if ((void *)(v + 1) > data_end || v->magic != SG_V_MAGIC)
 		return XDP_ABORTED;
@@ -1040,11 +1058,10 @@ int xdp_verdict(struct xdp_md *ctx)
 	f = flows.lookup(&key);
 	if (!f)
 		return XDP_DROP;
-	word = (__u64 *)((void *)f + (SG_FLAGS_OFF & ~7));
 	if (v->set_flags)
-		__sync_fetch_and_or(word, (__u64)v->set_flags << SG_FLAGS_SHIFT);
+		sg_flags_set(f, v->set_flags);
 	if (v->clear_flags)
-		__sync_fetch_and_and(word, ~((__u64)v->clear_flags << SG_FLAGS_SHIFT));
+		sg_flags_clear(f, v->clear_flags);
 	if (v->op == SG_V_CLASS) {
 		/* SG_F_DAEMON is in set_flags and already set: from here on the kernel's own signatures leave the class alone */
 		f->reason = v->reason;
