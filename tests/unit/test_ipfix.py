@@ -263,6 +263,65 @@ def test_a_restart_exports_adopted_flows_from_where_the_previous_daemon_stopped(
     ex.close()
 
 
+def test_adopted_keys_that_differ_only_in_high_bits_keep_their_own_counters():
+    """Two flows whose keys differ only in high address bits, adopted with the same first_ns (flows begun in the same
+    clock tick): each record starts from its own flow's counters, never from the other's."""
+    a = wire.FlowKey.make("10.0.0.1", 5000, "10.0.0.2", 6000, 17)
+    b = wire.FlowKey.make("10.0.0.129", 5000, "10.0.0.130", 6000, 17)
+    ex = Exporter("127.0.0.1:9", active_timeout_s=60)
+    ex.adopt(_chunks([(a, _flow((100, 100), (1000, 1000))), (b, _flow((5, 5), (50, 50)))]))
+    assert ex.record(b, _flow((6, 5), (60, 50)), ipfix.END_IDLE, wall_off_ns=0)
+    assert (ex.pending[-1].packets, ex.pending[-1].init_packets, ex.pending[-1].resp_packets) == (1, 1, 0)
+    assert ex.record(a, _flow((101, 102), (1010, 1020)), ipfix.END_IDLE, wall_off_ns=0)
+    assert ex.pending[-1].packets == 3
+    assert ex.flush() == 0  # and every record encodes (a negative count would not)
+    ex.close()
+
+
+def test_an_adopted_flow_quiet_since_the_restart_never_gets_a_record():
+    """Due for an active-timeout record with nothing new, then idle: the stopped daemon already sent its end."""
+    ex = Exporter("127.0.0.1:9", active_timeout_s=60)
+    f = _flow((7, 7), (700, 700))
+    ex.adopt(_chunks([(KEY, f)]))
+    assert not ex.record(KEY, f, ipfix.END_ACTIVE)
+    assert not ex.record(KEY, f, ipfix.END_IDLE)
+    assert not ex.pending and KEY not in ex.reported
+    ex.close()
+
+
+def test_a_later_flow_of_a_reported_5_tuple_is_exported_whole():
+    """An active-timeout record, then the flow vanishes without an end (LRU eviction) and the 5-tuple starts again
+    with smaller counters: the new flow's record carries its own counts, not a negative difference."""
+    ex = Exporter("127.0.0.1:9", active_timeout_s=60)
+    assert ex.record(KEY, _flow((50, 50), (5000, 5000)), ipfix.END_ACTIVE, wall_off_ns=0)
+    again = _flow((3, 1), (300, 100), first=7_000_000_000, last=8_000_000_000)
+    assert ex.record(KEY, again, ipfix.END_IDLE, wall_off_ns=0)
+    assert (ex.pending[-1].packets, ex.pending[-1].l2_octets, ex.pending[-1].start_ms) == (4, 400, 7000)
+    ex.close()
+
+
+def test_the_baseline_goes_once_no_adopted_flow_is_left():
+    class Snap:
+        def __init__(self, first: list[int], taken_ns: int) -> None:
+            self.cols = type("Cols", (), {"first_ns": np.array(first, dtype=np.uint64),
+                                          "last_ns": np.array(first, dtype=np.uint64)})()
+            self.taken_ns = taken_ns
+
+        def __len__(self) -> int:
+            return len(self.cols.first_ns)
+
+    ex = Exporter("127.0.0.1:9", active_timeout_s=60)
+    ex.adopt(_chunks([(KEY, _flow((1, 1), (100, 100), first=1_000))]))
+    later = time.monotonic_ns() + 1
+    ex.active_timeouts(Snap([1_000, 5_000], later), lambda _k: None, now_ns=10)
+    assert ex.baseline is not None  # the adopted flow is still there
+    ex.active_timeouts(Snap([5_000], 0), lambda _k: None, now_ns=20)
+    assert ex.baseline is not None  # a round older than the adoption proves nothing
+    ex.active_timeouts(Snap([5_000], later), lambda _k: None, now_ns=30)
+    assert ex.baseline is None
+    ex.close()
+
+
 def test_adopting_an_empty_table_keeps_no_baseline():
     ex = Exporter("127.0.0.1:9", active_timeout_s=60)
     assert ex.adopt([]) == 0 and ex.baseline is None

@@ -257,21 +257,29 @@ class Reported:
     nbytes: tuple[int, int]
     dropped: int
     last_ns: int
+    first_ns: int  # of the flow those records were about (a later flow of the same 5-tuple owes them nothing)
 
 
 _FLOW_DTYPE = np.dtype(wire.STRUCTS["sg_flow"].numpy_spec())
 _KEY_WORDS = wire.FlowKey.FMT.size // 8
-# odd 64-bit constants (golden ratio, xxHash/Murmur primes): one per key word, then a Murmur3 finaliser
-_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                 0xFF51AFD7ED558CCD][:_KEY_WORDS], dtype=np.uint64)
+assert wire.FlowKey.FMT.size % 8 == 0 and _FLOW_DTYPE.itemsize == wire.Flow.FMT.size
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, over a numpy array (uint64 arithmetic wraps modulo 2^64)."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
 
 
 def _key_hash(words: np.ndarray) -> np.ndarray:
-    """64-bit hashes of flow keys given as rows of little-endian u64 words (numpy arithmetic wraps modulo 2^64)."""
-    h = (words * _MIX).sum(axis=1, dtype=np.uint64)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
+    """64-bit hashes of flow keys given as rows of little-endian u64 words: each word mixed into the running hash
+    (a collision only costs a comparison of the whole key)."""
+    h = np.zeros(len(words), dtype=np.uint64)
+    for i in range(words.shape[1]):
+        h = _fmix64(h ^ words[:, i])
     return h
 
 
@@ -281,37 +289,44 @@ class Baseline:
     The previous daemon exported those flows up to its stop (every flow's forced end), so a record of this daemon
     starts from here: without it, the first record of an adopted flow carried everything since the flow began, and a
     restart counted every long flow twice at the collector. The packets of the restart window itself (counted by the
-    program while no daemon ran) are in nobody's record. Columnar and sorted by a hash of the key, 64 bytes a flow; an
-    entry holds only for the flow it was taken from (same first_ns), never for a later flow of the same 5-tuple."""
+    program while no daemon ran) are in nobody's record. Columnar and sorted by a hash of the key (104 bytes a flow);
+    an entry holds only for the flow it was taken from (the same whole key and first_ns), never for a later flow of the
+    same 5-tuple. Flows that began after the newest adopted one are not looked up."""
+
+    COLUMNS = ("first_ns", "last_ns", "pkts", "bytes", "dropped")
 
     def __init__(self, chunks: Iterable[tuple[bytes, bytes, int]]) -> None:
-        ks, vs = wire.FlowKey.FMT.size, _FLOW_DTYPE.itemsize
-        keys = [np.frombuffer(k, dtype="<u8", count=n * ks // 8).reshape(n, _KEY_WORDS) for k, _v, n in chunks if n]
-        vals = [np.frombuffer(v, dtype=_FLOW_DTYPE, count=n) for _k, v, n in chunks if n]
-        assert ks % 8 == 0 and vs == wire.Flow.FMT.size
-        if keys:
-            h, f = _key_hash(np.concatenate(keys)), np.concatenate(vals)
-        else:
-            h, f = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=_FLOW_DTYPE)
+        words_parts = [np.zeros((0, _KEY_WORDS), dtype=np.uint64)]
+        cols: dict[str, list[np.ndarray]] = {n: [np.zeros(0, dtype=_FLOW_DTYPE)[n]] for n in self.COLUMNS}
+        for k, v, n in chunks:  # copies of the columns kept, chunk by chunk: the raw chunks go as they are read
+            if not n:
+                continue
+            f = np.frombuffer(v, dtype=_FLOW_DTYPE, count=n)
+            words_parts.append(np.frombuffer(k, dtype="<u8", count=n * _KEY_WORDS).reshape(n, _KEY_WORDS).copy())
+            for name in self.COLUMNS:
+                cols[name].append(f[name].copy())
+        words = np.concatenate(words_parts)
+        h = _key_hash(words)
         order = np.argsort(h, kind="stable")
-        self.hash = h[order]
-        self.first_ns = f["first_ns"][order].copy()
-        self.last_ns = f["last_ns"][order].copy()
-        self.pkts = f["pkts"][order].copy()
-        self.bytes = f["bytes"][order].copy()
-        self.dropped = f["dropped"][order].copy()
+        self.hash, self.words = h[order], words[order]
+        for name, parts in cols.items():
+            setattr(self, name, np.concatenate(parts)[order])
+        self.max_first_ns = int(self.first_ns.max()) if len(h) else -1
 
     def __len__(self) -> int:
         return len(self.hash)
 
     def get(self, key: wire.FlowKey, first_ns: int) -> Reported | None:
-        h = _key_hash(np.frombuffer(key.pack(), dtype="<u8").reshape(1, _KEY_WORDS))[0]
+        if first_ns > self.max_first_ns:
+            return None  # began after every adopted flow
+        w = np.frombuffer(key.pack(), dtype="<u8").reshape(1, _KEY_WORDS)
+        h = _key_hash(w)[0]
         i = int(np.searchsorted(self.hash, h))
         while i < len(self.hash) and self.hash[i] == h:
-            if int(self.first_ns[i]) == first_ns:
+            if int(self.first_ns[i]) == first_ns and np.array_equal(self.words[i], w[0]):
                 return Reported((int(self.pkts[i][0]), int(self.pkts[i][1])),
                                 (int(self.bytes[i][0]), int(self.bytes[i][1])), int(self.dropped[i]),
-                                int(self.last_ns[i]))
+                                int(self.last_ns[i]), first_ns)
             i += 1
         return None
 
@@ -357,6 +372,7 @@ class Exporter:
         self.counters = ExportCounters()
         self.reported: dict[wire.FlowKey, Reported] = {}
         self.baseline: Baseline | None = None  # adopted flows' counters at this daemon's start (adopt)
+        self._adopted_ns = 0
         self.pending: list[Record] = []
         self.outbox: collections.deque[tuple[bytes, int]] = collections.deque()  # (message, its record count)
         self._last_scan_ns: int | None = None
@@ -365,14 +381,27 @@ class Exporter:
 
     def adopt(self, chunks: Iterable[tuple[bytes, bytes, int]]) -> int:
         """Take the flows already in the kernel's table (raw chunks, Kernel.flows_raw) as exported up to now; returns
-        how many there were."""
-        base = Baseline(list(chunks))
+        how many there were. A daemon that starts exporting after one that did not treats them alike: their earlier
+        packets are in no collector's records."""
+        base = Baseline(chunks)
         self.baseline = base if len(base) else None
+        self._adopted_ns = time.monotonic_ns()
         return len(base)
+
+    def _release_baseline(self, snapshot) -> None:
+        """Forget the baseline once a whole snapshot round, taken after the adoption, holds no adopted flow."""
+        base = self.baseline
+        if base is None or snapshot.taken_ns <= self._adopted_ns:
+            return
+        n = len(snapshot)
+        if n == 0 or int(snapshot.cols.first_ns[:n].min()) > base.max_first_ns:
+            self.baseline = None
 
     def record(self, key: wire.FlowKey, flow: wire.Flow, end_reason: int, wall_off_ns: int | None = None) -> bool:
         """Queue the record of `flow`'s delta since its previous record; False when there is nothing new."""
         prev = self.reported.get(key)
+        if prev is not None and prev.first_ns != flow.first_ns:
+            prev = None  # an earlier flow of this 5-tuple, gone without an end the daemon saw (LRU eviction)
         adopted = False
         if prev is None and self.baseline is not None:
             prev = self.baseline.get(key, flow.first_ns)
@@ -381,19 +410,19 @@ class Exporter:
         b0, b1 = flow.bytes_
         if prev is None:
             d_pkts, d_b, d_drop, start_ns = (p0, p1), (b0, b1), flow.dropped, flow.first_ns
-        else:
-            d_pkts = (p0 - prev.pkts[0], p1 - prev.pkts[1])
-            d_b = (b0 - prev.nbytes[0], b1 - prev.nbytes[1])
-            d_drop, start_ns = flow.dropped - prev.dropped, max(prev.last_ns, flow.first_ns)
+        else:  # the kernel's counters only grow for one flow; max() keeps a record's counts unsigned whatever comes
+            d_pkts = (max(p0 - prev.pkts[0], 0), max(p1 - prev.pkts[1], 0))
+            d_b = (max(b0 - prev.nbytes[0], 0), max(b1 - prev.nbytes[1], 0))
+            d_drop, start_ns = max(flow.dropped - prev.dropped, 0), max(prev.last_ns, flow.first_ns)
+        packets = d_pkts[0] + d_pkts[1]
+        if adopted and packets <= 0:
+            return False  # its end was sent by the daemon before this one, and it saw nothing since
         if end_reason == END_ACTIVE:
-            self.reported[key] = Reported((p0, p1), (b0, b1), flow.dropped, flow.last_ns)
+            self.reported[key] = Reported((p0, p1), (b0, b1), flow.dropped, flow.last_ns, flow.first_ns)
         else:
             self.reported.pop(key, None)
-        packets = d_pkts[0] + d_pkts[1]
-        if packets <= 0 and (prev is None or end_reason == END_ACTIVE or adopted):
-            # nothing new; a flow already reported still gets its end record, with zero deltas (not one whose end
-            # the previous daemon already sent, and that saw nothing since)
-            return False
+        if packets <= 0 and (prev is None or end_reason == END_ACTIVE):
+            return False  # nothing new; a flow already reported still gets its end record, with zero deltas
         if wall_off_ns is None:
             wall_off_ns = time.time_ns() - time.monotonic_ns()  # the flow clock is CLOCK_MONOTONIC
         init = flow.init_dir & 1
@@ -423,6 +452,7 @@ class Exporter:
         since the previous scan and that saw packets since then (numpy over the columns: only those flows are read
         from the kernel). Returns how many records were queued."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        self._release_baseline(snapshot)
         prev_ns = self._last_scan_ns if self._last_scan_ns is not None else now_ns
         self._last_scan_ns = now_ns
         n = len(snapshot)
