@@ -114,6 +114,8 @@ def start_seconds() -> dict:
     from skyguard.kernel import image
 
     out = {}
+    with Kernel(replay=True):  # the image is written by a compile with the cache on, if it is not there yet
+        pass
     for name, env in (("compiled", "0"), ("cached", "1")):
         old = os.environ.get(image.ENV)
         os.environ[image.ENV] = env

@@ -4,6 +4,7 @@ never trusted (the build is compiled and the image written again)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -71,6 +72,52 @@ def test_damaged_image_is_compiled_again(bpf_ok, cache) -> None:
         assert json.loads(path.read_text()) == good, "the image was not written again"
 
 
+def test_incomplete_or_inconsistent_images_are_refused(bpf_ok, cache) -> None:
+    with loader.Kernel(replay=True, **SMALL):
+        pass
+    (path,) = cache.glob("replay-*.json")
+    good = json.loads(path.read_text())
+    image.Image.from_json(good, loader._MAP_NAMES, loader._PROGS)  # the written one is whole
+    no_flows = dict(good, maps=[m for m in good["maps"] if m["name"] != "flows"])
+    inner_late = dict(good, maps=sorted(good["maps"], key=lambda m: m["name"] != "rcu_sync"))
+    prog = good["progs"]["xdp_skyguard"]
+    not_a_load = dict(good, progs=dict(good["progs"], xdp_skyguard=dict(prog, relocs=[[0, "flows"]])))
+    no_verdict = dict(good, progs={"xdp_skyguard": prog})
+    for doc, why in ((no_flows, "maps missing"), (inner_late, "template"), (not_a_load, "no map-fd load"),
+                     (no_verdict, "programs missing")):
+        with pytest.raises(image.ImageError, match=why):
+            image.Image.from_json(doc, loader._MAP_NAMES, loader._PROGS)
+
+
+def test_an_image_the_verifier_refuses_is_compiled_instead(bpf_ok, cache) -> None:
+    """A well-formed image whose program does not load here (another kernel's verifier, a damaged instruction):
+    the Kernel compiles, works, and writes a good image again."""
+    with loader.Kernel(replay=True, **SMALL):
+        pass
+    (path,) = cache.glob("replay-*.json")
+    good = json.loads(path.read_text())
+    raw = bytearray(base64.b64decode(good["progs"]["xdp_skyguard"]["insns"]))
+    raw[-8:] = bytes([0xFF]) + bytes(7)  # the last instruction (the exit) becomes an opcode no kernel knows
+    bad = dict(good, progs=dict(good["progs"], xdp_skyguard=dict(good["progs"]["xdp_skyguard"],
+                                                                  insns=base64.b64encode(bytes(raw)).decode())))
+    path.write_text(json.dumps(bad))
+    with loader.Kernel(replay=True, **SMALL) as k:
+        assert not k.from_cache and k.bpf is not None
+        assert k.test_run(bytes(60), ts_ns=1).verdict in (1, 2)
+    assert json.loads(path.read_text()) == good
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_compile(bpf_ok, cache, monkeypatch) -> None:
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(image.tempfile, "mkstemp", full)
+    with loader.Kernel(replay=True, **SMALL) as k:
+        assert not k.from_cache
+        assert k.test_run(bytes(60), ts_ns=1).verdict in (1, 2)
+    assert not list(cache.glob("replay-*.json")) and not list(cache.glob(".replay-*"))
+
+
 def test_image_key_follows_sources_and_flags(tmp_path) -> None:
     pytest.importorskip("bcc")
     src = tmp_path / "bpf"
@@ -78,6 +125,7 @@ def test_image_key_follows_sources_and_flags(tmp_path) -> None:
     (src / "a.h").write_text("#define X 1\n")
     k1 = image.key(src, ["-DA=1"])
     assert image.key(src, ["-DA=2"]) != k1
+    assert image.key(src, ["-DA=1"], contract=("flows",)) != k1  # the maps and programs the loader asks for
     (src / "a.h").write_text("#define X 2\n")
     assert image.key(src, ["-DA=1"]) != k1
     (src / "notes.txt").write_text("not a source")

@@ -18,6 +18,7 @@ import os
 import platform
 import struct
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,22 +86,41 @@ class Image:
                           for n, (raw, rel) in self.progs.items()}}
 
     @classmethod
-    def from_json(cls, doc: dict) -> Image:
+    def from_json(cls, doc: dict, maps: Sequence[str] = (), progs: Sequence[str] = ()) -> Image:
+        """The image of a file's JSON, checked whole: every map and program the caller names is there, each map of
+        maps comes after its template, and every map reference is a map-fd load of a map of the image."""
         try:
             if doc.get("format") != FORMAT:
                 raise ImageError(f"image format {doc.get('format')!r}, not {FORMAT}")
-            maps = tuple(MapSpec(**m) for m in doc["maps"])
-            names = {m.name for m in maps}
-            progs = {}
+            specs = tuple(MapSpec(**m) for m in doc["maps"])
+            made: set[str] = set()
+            for m in specs:
+                if not all(isinstance(getattr(m, f), int) for f in ("type", "key_size", "value_size", "max_entries",
+                                                                    "flags")):
+                    raise ImageError(f"map {m.name}: a field is not a number")
+                if m.inner is not None and m.inner not in made:
+                    raise ImageError(f"map {m.name}: its template {m.inner} does not come before it")
+                made.add(m.name)
+            if missing := [n for n in maps if n not in made]:
+                raise ImageError(f"maps missing: {', '.join(missing)}")
+            out = {}
             for n, p in doc["progs"].items():
                 raw = base64.b64decode(p["insns"], validate=True)
                 relocs = tuple((int(s), str(name)) for s, name in p["relocs"])
-                if len(raw) % 8 or any(not 0 <= s < len(raw) // 8 or name not in names for s, name in relocs):
-                    raise ImageError(f"program {n}: instructions and map references do not match")
-                progs[n] = (raw, relocs)
-        except (KeyError, TypeError, ValueError) as e:
+                for slot, name in relocs:
+                    if name not in made or not 0 <= slot < len(raw) // 8 - 1:
+                        raise ImageError(f"program {n}: reference {slot} -> {name} is outside the image")
+                    code, regs, _off, _imm = _INSN.unpack_from(raw, 8 * slot)
+                    if code != _LD_IMM64 or regs >> 4 != _PSEUDO_MAP_FD:
+                        raise ImageError(f"program {n}: instruction {slot} is no map-fd load")
+                if len(raw) % 8:
+                    raise ImageError(f"program {n}: {len(raw)} bytes is no whole number of instructions")
+                out[n] = (raw, relocs)
+            if missing := [n for n in progs if n not in out]:
+                raise ImageError(f"programs missing: {', '.join(missing)}")
+        except (KeyError, TypeError, ValueError, struct.error) as e:
             raise ImageError(f"unreadable image: {e}") from e
-        return cls(maps, progs)
+        return cls(specs, out)
 
 
 def capture(bpf, progs: list[str], maps: list[str], inner: dict[str, str]) -> Image:
@@ -137,11 +157,13 @@ def capture(bpf, progs: list[str], maps: list[str], inner: dict[str, str]) -> Im
     return Image(tuple(specs), out)
 
 
-def key(sources: Path, cflags: list[str]) -> str:
-    """What an image depends on: every file of bpf/, the flags, the kernel release and bcc's version."""
+def key(sources: Path, cflags: list[str], contract: object = ()) -> str:
+    """What an image depends on: every file of bpf/, the flags, the kernel release, bcc's version and the loader's
+    `contract` (the maps and programs it asks for by name)."""
     import bcc
 
-    h = hashlib.sha256(f"{FORMAT}\0{platform.release()}\0{bcc.__version__}\0{' '.join(cflags)}\0".encode())
+    h = hashlib.sha256(f"{FORMAT}\0{platform.release()}\0{bcc.__version__}\0{' '.join(cflags)}\0{contract!r}\0"
+                       .encode())
     for p in sorted(sources.iterdir()):
         if p.is_file() and p.suffix in (".c", ".h"):
             h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
@@ -161,13 +183,14 @@ def _path(digest: str) -> Path | None:
         return None  # no private cache directory here: compile every time
 
 
-def load(digest: str) -> Image | None:
-    """The cached image of `digest`, or None (none yet, or unreadable: it is then compiled and written again)."""
+def load(digest: str, maps: Sequence[str] = (), progs: Sequence[str] = ()) -> Image | None:
+    """The cached image of `digest` with at least `maps` and `progs`, or None (none yet, or unreadable or
+    incomplete: it is then compiled and written again)."""
     p = _path(digest)
     if p is None or not p.is_file():
         return None
     try:
-        return Image.from_json(json.loads(p.read_text()))
+        return Image.from_json(json.loads(p.read_text()), maps, progs)
     except (OSError, ValueError):
         return None
 
@@ -177,11 +200,13 @@ def save(digest: str, img: Image) -> None:
     p = _path(digest)
     if p is None:
         return
-    fd, tmp = tempfile.mkstemp(prefix=".replay-", suffix=".json", dir=p.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".replay-", suffix=".json", dir=p.parent)
         with os.fdopen(fd, "w") as f:
             json.dump(img.to_json(), f)
         os.replace(tmp, p)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except OSError:  # a full or read-only cache: the next replay compiles again
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

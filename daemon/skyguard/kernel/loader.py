@@ -104,16 +104,20 @@ class Kernel:
         self._image: image.Image | None = None
         digest = None
         if replay and not pin_path and not chain and before_load is None and image.enabled():
-            digest = image.key(bpf_dir, cflags)
-            self._image = image.load(digest)
+            digest = image.key(bpf_dir, cflags, contract=(_MAP_NAMES, _PROGS, sorted(_INNER.items())))
+            self._image = image.load(digest, maps=_MAP_NAMES, progs=_PROGS)
             if self._image is not None:
                 try:
                     self._fds = self._image.create_maps()
                 except BpfError:
                     self._image = None  # an image this kernel refuses: compiled below, and written again
         self.from_cache = self._image is not None
+
+        def compile_now() -> bcc.BPF:
+            return bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
+
         if self._image is None:
-            self.bpf = bcc.BPF(src_file=str(bpf_dir / "skyguard.bpf.c").encode(), cflags=cflags)
+            self.bpf = compile_now()
         self._events: list[wire.Event] = []
         self._sink: Callable[[wire.Event], None] | None = None  # set while drain_events runs
         self._sink_error: BaseException | None = None
@@ -121,6 +125,29 @@ class Kernel:
         self._rb: int | None = None  # libbpf's ring_buffer manager (libbcc's bpf_new_ringbuf)
         self._rb_cb = _RINGBUF_CB(self._on_event)  # kept referenced while libbpf may call it
         self._rb_fd: int | None = None
+        try:
+            self._setup(chain, before_load, digest)
+        except Exception:
+            if not self.from_cache:
+                self.close()  # the maps and what was loaded go with the failed start, not at some later collection
+                raise
+            # the cached image did not load here (a kernel that verifies differently, a damaged file): compile
+            self.close()
+            self._image, self.from_cache = None, False
+            self.bpf = compile_now()
+            try:
+                self._setup(chain, before_load, digest)
+            except BaseException:
+                self.close()
+                raise
+        except BaseException:
+            self.close()
+            raise
+        if self.bpf is not None:
+            release_compiler_memory()
+
+    def _setup(self, chain: bool, before_load: Callable[[Kernel], None] | None, digest: str | None) -> None:
+        """The maps by name, then the programs loaded (and, after a compile, the replay build's image written)."""
         kf = wire.FlowKey.FMT.size
         self._flows = self._raw("flows", kf, wire.Flow.FMT.size)
         self._policy = self._raw("policy", 4, wire.PolicySlot.FMT.size)
@@ -140,22 +167,16 @@ class Kernel:
             )
             for kind, (m4, m6) in _LPM_MAPS.items()
         }
-        try:
-            if before_load is not None:
-                before_load(self)
-            self.prog_fd, self.frags = self._load(chain)
-            verdict = self._insns("xdp_verdict")
-            self.verdict_fd = load_xdp(verdict, "xdp_verdict")  # as bcc's load_func: no flags, no attach type
-            if digest is not None and self.bpf is not None:
-                try:
-                    image.save(digest, image.capture(self.bpf, list(_PROGS), list(_MAP_NAMES), _INNER))
-                except image.ImageError:
-                    pass  # this build cannot be carried as an image: every replay compiles it
-        except BaseException:
-            self.close()  # the maps and what was loaded go with the failed start, not at some later collection
-            raise
-        if self.bpf is not None:
-            release_compiler_memory()
+        if before_load is not None:
+            before_load(self)
+        self.prog_fd, self.frags = self._load(chain)
+        verdict = self._insns("xdp_verdict")
+        self.verdict_fd = load_xdp(verdict, "xdp_verdict")  # as bcc's load_func: no flags, no attach type
+        if digest is not None and self.bpf is not None:
+            try:
+                image.save(digest, image.capture(self.bpf, list(_PROGS), list(_MAP_NAMES), _INNER))
+            except (image.ImageError, OSError):
+                pass  # not carried as an image (this build cannot be, or the cache cannot be written): compiled again
 
     def _map_fd(self, name: str) -> int:
         return self._fds[name] if self._image is not None else self.bpf[name.encode()].map_fd
@@ -199,6 +220,7 @@ class Kernel:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+        self._rb_fd = None  # libbpf's epoll fd went with its ring buffer manager
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
@@ -253,7 +275,7 @@ class Kernel:
         return self._map_fd("events")
 
     def events_fd(self) -> int | None:
-        """An fd that polls readable when events wait (libbpf's ring_buffer__epoll_fd on bcc's ring buffer manager),
+        """An fd that polls readable when events wait (libbpf's ring_buffer__epoll_fd on the ring buffer manager),
         for the daemon's selector; None if this libbpf lacks it (the daemon then polls on a short timer)."""
         rb = self._open_ring()
         if self._rb_fd is None:
@@ -456,8 +478,9 @@ class Kernel:
         read-side section, however long it is delayed (preemption, a descheduled virtual CPU).
 
         A replay build is never attached (the daemon loads the live build): it runs only inside its owner's own,
-        synchronous BPF_PROG_TEST_RUN calls, none of which is running while the owner is here, so there is nothing
-        to wait for; the grace period (about 10 ms) would otherwise be paid once per replayed capture."""
+        synchronous BPF_PROG_TEST_RUN calls, none of which is running while the owner is here (a replay Kernel is
+        used by one thread), so there is nothing to wait for; the grace period (about 10 ms) would otherwise be paid
+        once per replayed capture."""
         if self.replay:
             return
         if not self._rcu_sync.update(b"\0\0\0\0", self._rcu_inner_fd.to_bytes(4, "little")):
