@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -152,3 +153,11 @@ class Pair:
 
 def until(cond, what: str, timeout: float = 20.0, tick=None):
     return wait_for(cond, what, timeout, 0.05, tick)
+
+
+def filter_hits(p: Pair, port: int = 7777) -> int:
+    """Packets xdp-filter (on b's end) has counted for its dropped `port`, from `xdp-filter status`."""
+    out = p.sh_b("xdp-filter", "status").stdout
+    m = re.search(rf"^\s*{port}\s+\S+\s+(\d+)", out, re.M)
+    assert m, out
+    return int(m.group(1))

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.e2e.pairnet import Pair, until
+from tests.e2e.pairnet import Pair, filter_hits, until
 
 POLICY = 'name = "gw-drop"\n[class.skype-out]\naction = "drop"\n[pstn]\nprefixes = ["10.77.0.3/32"]\n'
 N = 40
@@ -32,13 +32,6 @@ def pair(bpf_ok, request):
     p.sh_b("xdp-filter", "load", p.if_b, "-m", "native")
     p.sh_b("xdp-filter", "port", "7777")
     return p
-
-
-def _filter_hits(p: Pair) -> int:
-    out = p.sh_b("xdp-filter", "status").stdout
-    m = re.search(r"^\s*7777\s+\S+\s+(\d+)", out, re.M)
-    assert m, out
-    return int(m.group(1))
 
 
 def _traffic(p: Pair) -> dict[str, int]:
@@ -78,11 +71,11 @@ def test_refuse_then_chain_then_put_back(pair: Pair) -> None:
     assert own != filt
     status = p.sh_b("xdp-loader", "status", p.if_b).stdout
     assert "xdp_skyguard" in status  # what libxdp's tools see while chained: skyguard's program on the interface
-    before = _filter_hits(p)
+    before = filter_hits(p)
     got = _traffic(p)
     # both effects at once: skyguard dropped the call, xdp-filter (behind skyguard) dropped port 7777, 8888 passed
     assert got == {"call": 0, "filtered": 0, "other": N}
-    assert _filter_hits(p) - before == N
+    assert filter_hits(p) - before == N
     flows = p.cli("flows")["flows"]
     call = [f for f in flows if f["b"].startswith(p.addr_gw) or f["a"].startswith(p.addr_gw)]
     assert call and call[0]["class"] == "skype-out" and call[0]["dropped"] == N
@@ -90,10 +83,10 @@ def test_refuse_then_chain_then_put_back(pair: Pair) -> None:
     assert p.stop(d) == 0  # on_stop = detach: xdp-filter's very program back, still filtering
     assert p.xdp_id() == filt
     assert "xdpfilt_" in p.sh_b("xdp-loader", "status", p.if_b).stdout
-    before = _filter_hits(p)
+    before = filter_hits(p)
     got = _traffic(p)
     assert got == {"call": N, "filtered": 0, "other": N}
-    assert _filter_hits(p) - before == N
+    assert filter_hits(p) - before == N
 
 
 def test_detach_command_puts_back_after_keep(pair: Pair) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from skyguard.kernel.foreign import pinned_chain
 from skyguard.kernel.ifaces import XDP_FLAGS_DRV_MODE
 from tests.conftest import ROOT, bpf_unavailable, skip_or_fail
 from tests.e2e.conftest import wait_for
-from tests.e2e.pairnet import Pair, until
+from tests.e2e.pairnet import Pair, filter_hits, until
 
 DEB = ROOT / "dist" / f"skyguard_{__version__}_all.deb"
 # Debian's programs only: the package's scripts run /usr/bin/python3, and pyenv's python3 must not stand in for it
@@ -177,13 +176,6 @@ def _udp_through(p: Pair) -> dict[int, int]:
     return got
 
 
-def _filter_hits(p: Pair) -> int:
-    out = p.sh_b("xdp-filter", "status").stdout
-    m = re.search(r"^\s*7777\s+\S+\s+(\d+)", out, re.M)
-    assert m, out
-    return int(m.group(1))
-
-
 def _skyguard_on(p: Pair) -> bool:
     return f"name {PROG_NAME}" in p.sh_b("ip", "-o", "-d", "link", "show").stdout
 
@@ -226,9 +218,9 @@ def test_purge_puts_back_the_chained_program(chain_rig: Pair, installed_deb: lis
     own = p.xdp_id()
     assert own != filt and _skyguard_on(p)
     assert pinned_chain(str(PIN_PATH)).get(ifindex) == (filt, XDP_FLAGS_DRV_MODE)
-    before = _filter_hits(p)
+    before = filter_hits(p)
     assert _udp_through(p) == {7777: 0, 8888: N}  # skyguard (observe-only) passes all; xdp-filter behind it drops
-    assert _filter_hits(p) - before == N
+    assert filter_hits(p) - before == N
     d.send_signal(signal.SIGTERM)
     assert d.wait(60) == 0
     assert p.xdp_id() == own  # on_stop = keep: the chain stays in force with no daemon
@@ -240,9 +232,9 @@ def test_purge_puts_back_the_chained_program(chain_rig: Pair, installed_deb: lis
     assert not _skyguard_on(p)
     assert prog_info_by_id(own) is None  # skyguard's program is gone from the kernel, not just from the interface
     assert not PIN_PATH.exists()
-    before = _filter_hits(p)
+    before = filter_hits(p)
     assert _udp_through(p) == {7777: 0, 8888: N}  # and it filters: port 7777 dropped, 8888 passed
-    assert _filter_hits(p) - before == N
+    assert filter_hits(p) - before == N
     print(f"xdp-filter prog {filt}, skyguard prog {own} on {p.if_b} (ifindex {ifindex}); after purge: {p.xdp_id()}")
 
 
@@ -266,8 +258,8 @@ def test_purge_keeps_skyguard_where_the_chained_program_cannot_go_back(chain_rig
     assert f"could not put back XDP program {filt} on {p.if_b} (Numerical result out of range)" in said
     assert "skyguard's program stays attached there" in said
     assert (PIN_PATH / "chain").exists() and (PIN_PATH / "chained").exists()
-    before = _filter_hits(p)
+    before = filter_hits(p)
     assert _udp_through(p) == {7777: 0, 8888: N}  # the filter still works, behind skyguard
-    assert _filter_hits(p) - before == N
+    assert filter_hits(p) - before == N
     print(f"xdp-filter prog {filt}; restore refused, skyguard prog {own} still on {p.if_b}:",
           next(ln for ln in said.splitlines() if "could not put back" in ln))
