@@ -137,7 +137,12 @@ def skyguard_page(prefix: str) -> str:
             "an error (the daemon refused, could not be reached, or a file was bad)", ".TP",
             str(cli_main.EXIT_USAGE), "usage error"]
     out += [".SH ENVIRONMENT", ".TP", ".B SKYGUARD_SOCKET",
-            esc(f"the daemon's control socket when --socket is not given (default {DEFAULT_SOCKET})")]
+            esc(f"the daemon's control socket when --socket is not given (default {DEFAULT_SOCKET})"), ".TP",
+            ".B SKYGUARD_CACHE_DIR",
+            esc("where replay keeps its compiled packet loop and the replay build's program image, a directory "
+                "private to the user (default $XDG_CACHE_HOME/skyguard, else ~/.cache/skyguard)"), ".TP",
+            ".B SKYGUARD_BPF_CACHE",
+            esc("0: replay compiles its XDP program every time instead of loading the cached image")]
     out += [".SH FILES", ".TP", esc(DEFAULT_SOCKET),
             esc("control socket; members of the skyguard group may use it"), ".TP",
             esc(f"{prefix}/share/skyguard/policies/"), esc("example policies (see skyguard-policy(5))")]
