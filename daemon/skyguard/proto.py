@@ -228,6 +228,7 @@ _EXAMPLES: dict[str, Any] = {
                             "classified": 2, "events_lost": 0, "out_no_flow": 0},
                "slowpath": {}, "pin_path": "/sys/fs/bpf/skyguard", "socket": "/run/skyguard/skyguard.sock"},
     "stats": {"kernel": {"packets": 1540, "act_drop": 3}, "daemon": {"events": {"classified": 2}, "decisions": 1,
+                                                                     "decisions_reapplied": 0,
                                                                      "prefix_changes": 0, "expired_flows": 0,
                                                                      "log_suppressed": 0}},
     "flows": {"flows": [_ROW], "total": 1, "snapshot_age_ms": 0.4},

@@ -89,8 +89,9 @@ class Commands:
         eng = self.engine
         c = eng.counters
         return {"kernel": eng.kernel_stats(),
-                "daemon": {"events": dict(c.events), "decisions": c.decisions, "prefix_changes": c.prefix_changes,
-                           "expired_flows": c.expired_flows, "log_suppressed": eng.log_suppressed}}
+                "daemon": {"events": dict(c.events), "decisions": c.decisions, "decisions_reapplied": c.reapplied,
+                           "prefix_changes": c.prefix_changes, "expired_flows": c.expired_flows,
+                           "log_suppressed": eng.log_suppressed}}
 
     def flows(self, args: dict[str, Any]) -> dict[str, Any]:
         cls = args.get("class")

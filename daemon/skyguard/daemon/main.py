@@ -38,6 +38,8 @@ from skyguard.policy import Policy, PolicyError, load_policy
 from skyguard.slowpath.engine import Engine
 
 TICK_S = 1.0  # housekeeping period (expiry, watchdog, status)
+# a class decision is read again this long after it is applied (Engine.recheck): far longer than any program run
+RECHECK_NS = 200_000_000
 
 
 class Daemon:
@@ -105,6 +107,7 @@ class Daemon:
         if self.adopted_flows:
             self.log.info("adopted pinned maps", pin_path=cfg.pin_path, flows=self.adopted_flows)
         self.engine = Engine(self.kernel, policy, logger=self.log)
+        self.engine.recheck_ns = RECHECK_NS
         self.table = FlowTable(self.kernel, cap=cfg.flows_max)
         self.engine.table = self.table
         self.policy_loaded_at = time.time()
@@ -261,6 +264,7 @@ class Daemon:
                                                    "classified", "events_lost", "out_no_flow")})
 
     def _housekeeping(self) -> None:
+        self.engine.recheck()
         self.engine.slow.expire(time.time_ns())
         for pc in self.engine.slow.take_prefix_changes():
             self.engine.apply_prefix(pc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -76,6 +76,7 @@ class EngineCounters:
     prefix_changes: int = 0
     endpoints_learned: int = 0
     expired_flows: int = 0
+    reapplied: int = 0  # decisions a packet's own class write had undone, applied again by recheck()
     # (new class, reason bits) -> classifications seen (kernel events and the daemon's decisions): for metrics
     classified: Counter = field(default_factory=Counter)
 
@@ -96,6 +97,11 @@ class Engine:
         self.table = None  # flowtable.FlowTable: the daemon sets one (scans at a million flows)
         # key, old class, new class, ts_ns, packets of the flow when decided
         self.on_decision: list[Callable[[wire.FlowKey, int, int, int, int], None]] = []
+        # RECHECK_NS after it is applied, a class decision is checked once more (recheck; off until the daemon sets
+        # recheck_ns: a replay's program runs only between its decisions)
+        self.recheck_ns: int | None = None
+        self._recheck: deque[tuple[int, wire.FlowKey]] = deque()
+        self._latest: dict[wire.FlowKey, tuple[int, int, int]] = {}  # key -> (class, reason, due) last decided
         # key and flow as last read, just before the daemon deletes it (idle expiry): the IPFIX exporter's flow end
         self.on_flow_end: list[Callable[[wire.FlowKey, wire.Flow], None]] = []
         kernel.load_policy(policy)
@@ -188,10 +194,38 @@ class Engine:
         if not self.kernel.set_class(d.key, d.cls, d.reason):
             return False
         self.counters.decisions += 1
+        if self.recheck_ns is not None:
+            due = time.monotonic_ns() + self.recheck_ns
+            self._recheck.append((due, d.key))
+            self._latest[d.key] = (d.cls, d.reason, due)
         self._log_class(d.key, flow.cls, d.cls, d.reason, ts_ns, by="daemon", detail=d.detail)
         for cb in self.on_decision:
             cb(d.key, flow.cls, d.cls, ts_ns, flow.packets)
         return True
+
+    def recheck(self, now_ns: int | None = None) -> int:
+        """Class decisions applied at least `recheck_ns` ago, read once more. A packet that passed its SG_F_DAEMON
+        check just before a decision set the flag may still write its own class after the decision's read-back
+        (kernel/loader.py set_class); once that run has ended no packet can, so one more application is final
+        (the daemon waits 200 ms, where a run takes well under a microsecond).
+        Returns how many were applied again."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        again = 0
+        while self._recheck and self._recheck[0][0] <= now_ns:
+            due, key = self._recheck.popleft()
+            latest = self._latest.get(key)
+            if latest is None or latest[2] != due:
+                continue  # decided again since: that decision's own entry checks it
+            cls, reason, _due = self._latest.pop(key)
+            flow = self.kernel.flow(key)
+            if flow is None or flow.cls == cls or not flow.flags & F_DAEMON:
+                continue  # gone, as decided, or handed back to the kernel meanwhile
+            if self.kernel.set_class(key, cls, reason):
+                again += 1
+                self.counters.reapplied += 1
+                self.log.info("decision applied again", flow=str(key), cls=wire.CLASS_NAMES[cls],
+                              overwritten_by=wire.CLASS_NAMES[flow.cls] if flow.cls < wire.NCLASSES else flow.cls)
+        return again
 
     def apply_prefix(self, pc: PrefixChange, ts_ns: int = 0) -> None:
         self.counters.prefix_changes += 1
