@@ -82,9 +82,14 @@ def test_incomplete_or_inconsistent_images_are_refused(bpf_ok, cache) -> None:
     inner_late = dict(good, maps=sorted(good["maps"], key=lambda m: m["name"] != "rcu_sync"))
     prog = good["progs"]["xdp_skyguard"]
     not_a_load = dict(good, progs=dict(good["progs"], xdp_skyguard=dict(prog, relocs=[[0, "flows"]])))
+    one_short = dict(good, progs=dict(good["progs"], xdp_skyguard=dict(prog, relocs=prog["relocs"][1:])))
     no_verdict = dict(good, progs={"xdp_skyguard": prog})
-    for doc, why in ((no_flows, "maps missing"), (inner_late, "template"), (not_a_load, "no map-fd load"),
-                     (no_verdict, "programs missing")):
+    twice = dict(good, maps=[*good["maps"], good["maps"][0]])
+    negative = dict(good, maps=[dict(good["maps"][0], key_size=-1), *good["maps"][1:]])
+    for doc, why in ((no_flows, "maps missing"), (inner_late, "template"), (not_a_load, "not exactly"),
+                     (one_short, "not exactly"), (no_verdict, "programs missing"), (twice, "not unique"),
+                     (negative, "32-bit"), ([], "not an image"), (None, "not an image"),
+                     (dict(good, progs=[]), "not a table"), (dict(good, maps=[1]), "unreadable")):
         with pytest.raises(image.ImageError, match=why):
             image.Image.from_json(doc, loader._MAP_NAMES, loader._PROGS)
 

@@ -39,9 +39,9 @@ class Kernel:
         f.cls, f.reason = cls, reason
         return True
 
-    def late_packet_writes(self, cls: int) -> None:
-        """The in-flight packet's store, after the decision's read-back."""
-        self.flows[K].cls = cls
+    def late_packet_writes(self, cls: int, reason: int = 0) -> None:
+        """The in-flight packet's store, after the decision's read-back (sg_set_class writes the reason first)."""
+        self.flows[K].cls, self.flows[K].reason = cls, reason
 
 
 class Log:
@@ -109,3 +109,36 @@ def test_off_unless_the_daemon_turns_it_on():
     eng, _log = engine(k, recheck_ns=None)
     eng.apply(Decision(K, wire.OUT, R, "stats"))
     assert not eng._recheck and eng.recheck(now_ns=2**62) == 0
+
+
+def test_a_late_write_of_the_same_class_still_puts_the_decision_s_reason_back():
+    k = Kernel()
+    eng, _log = engine(k)
+    eng.apply(Decision(K, wire.OUT, R, "stats"))
+    k.late_packet_writes(wire.OUT, wire.REASON_BITS["pstn-prefix"])
+    assert eng.recheck(now_ns=2**62) == 1 and k.flows[K].reason == R
+
+
+def test_a_newer_decision_the_flow_already_holds_is_not_undone_by_the_older_one():
+    """Decided OUT; a late packet wrote OTHER; the daemon then decides OTHER itself (apply finds it there and writes
+    nothing): the recheck must not bring OUT back over that newer decision."""
+    k = Kernel()
+    eng, _log = engine(k)
+    eng.apply(Decision(K, wire.OUT, R, "stats"))
+    k.late_packet_writes(wire.OTHER, R)
+    assert not eng.apply(Decision(K, wire.OTHER, R, "again"))
+    assert eng.recheck(now_ns=2**62) == 0 and k.flows[K].cls == wire.OTHER
+
+
+def test_a_recheck_reads_at_most_its_share_per_call():
+    k = Kernel()
+    eng, _log = engine(k)
+    keys = [wire.FlowKey.make("192.168.1.6", 50000 + i, "198.51.100.7", 40000, 17) for i in range(10)]
+    for key in keys:
+        k.flows[key] = wire.Flow(first_ns=1, last_ns=2, pkts=(1, 1), bytes_=(1, 1))
+        eng.apply(Decision(key, wire.OUT, R, "stats"))
+    for key in keys:
+        k.flows[key].cls = wire.OTHER
+    assert eng.recheck(now_ns=2**62, most=4) == 4
+    assert eng.recheck(now_ns=2**62, most=4) == 4
+    assert eng.recheck(now_ns=2**62, most=4) == 2

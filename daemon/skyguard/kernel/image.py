@@ -86,66 +86,82 @@ class Image:
                           for n, (raw, rel) in self.progs.items()}}
 
     @classmethod
-    def from_json(cls, doc: dict, maps: Sequence[str] = (), progs: Sequence[str] = ()) -> Image:
-        """The image of a file's JSON, checked whole: every map and program the caller names is there, each map of
-        maps comes after its template, and every map reference is a map-fd load of a map of the image."""
+    def from_json(cls, doc: object, maps: Sequence[str] = (), progs: Sequence[str] = ()) -> Image:
+        """The image of a file's JSON, checked whole: every map and program the caller names is there, map names are
+        unique, fields are in the kernel's ranges, each map of maps comes after its template, and the references are
+        exactly the programs' map-fd loads, each to a map of the image."""
         try:
-            if doc.get("format") != FORMAT:
-                raise ImageError(f"image format {doc.get('format')!r}, not {FORMAT}")
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise ImageError(f"not an image of format {FORMAT}")
             specs = tuple(MapSpec(**m) for m in doc["maps"])
             made: set[str] = set()
             for m in specs:
-                if not all(isinstance(getattr(m, f), int) for f in ("type", "key_size", "value_size", "max_entries",
-                                                                    "flags")):
-                    raise ImageError(f"map {m.name}: a field is not a number")
-                if m.inner is not None and m.inner not in made:
-                    raise ImageError(f"map {m.name}: its template {m.inner} does not come before it")
+                if not isinstance(m.name, str) or not m.name or m.name in made:
+                    raise ImageError(f"map name {m.name!r} is missing, not a string or not unique")
+                if not all(isinstance(v, int) and 0 <= v < 1 << 32
+                           for v in (m.type, m.key_size, m.value_size, m.max_entries, m.flags)):
+                    raise ImageError(f"map {m.name}: a field is not a 32-bit unsigned number")
+                if m.inner is not None and (not isinstance(m.inner, str) or m.inner not in made):
+                    raise ImageError(f"map {m.name}: its template {m.inner!r} does not come before it")
                 made.add(m.name)
             if missing := [n for n in maps if n not in made]:
                 raise ImageError(f"maps missing: {', '.join(missing)}")
+            if not isinstance(doc["progs"], dict):
+                raise ImageError("progs is not a table")
             out = {}
             for n, p in doc["progs"].items():
                 raw = base64.b64decode(p["insns"], validate=True)
-                relocs = tuple((int(s), str(name)) for s, name in p["relocs"])
-                for slot, name in relocs:
-                    if name not in made or not 0 <= slot < len(raw) // 8 - 1:
-                        raise ImageError(f"program {n}: reference {slot} -> {name} is outside the image")
-                    code, regs, _off, _imm = _INSN.unpack_from(raw, 8 * slot)
-                    if code != _LD_IMM64 or regs >> 4 != _PSEUDO_MAP_FD:
-                        raise ImageError(f"program {n}: instruction {slot} is no map-fd load")
                 if len(raw) % 8:
                     raise ImageError(f"program {n}: {len(raw)} bytes is no whole number of instructions")
+                relocs = tuple((int(s), str(name)) for s, name in p["relocs"])
+                if sorted(s for s, _name in relocs) != [s for s, _imm in _map_loads(n, raw)]:
+                    raise ImageError(f"program {n}: its references are not exactly its map-fd loads")
+                if any(name not in made for _s, name in relocs):
+                    raise ImageError(f"program {n}: a reference names a map the image does not have")
                 out[n] = (raw, relocs)
             if missing := [n for n in progs if n not in out]:
                 raise ImageError(f"programs missing: {', '.join(missing)}")
-        except (KeyError, TypeError, ValueError, struct.error) as e:
-            raise ImageError(f"unreadable image: {e}") from e
+        except (KeyError, TypeError, ValueError, AttributeError, struct.error) as e:
+            if isinstance(e, ImageError):
+                raise
+            raise ImageError(f"unreadable image: {e!r}") from e
         return cls(specs, out)
+
+
+def _map_loads(prog: str, raw: bytes) -> list[tuple[int, int]]:
+    """(slot, immediate) of every map-fd load (a two-slot 64-bit immediate load) of `raw`, in order; ImageError on
+    a 64-bit load of anything else but a plain constant (map values, BTF ids, functions: an image cannot carry them)."""
+    out = []
+    slot, n = 0, len(raw) // 8
+    while slot < n:
+        code, regs, _off, imm = _INSN.unpack_from(raw, 8 * slot)
+        if code == _LD_IMM64:
+            if slot + 1 >= n:
+                raise ImageError(f"{prog}: instruction {slot} is a 64-bit load without its second half")
+            src = regs >> 4
+            if src == _PSEUDO_MAP_FD:
+                out.append((slot, imm))
+            elif src != 0:
+                raise ImageError(f"{prog}: instruction {slot} loads an object the image cannot carry (src {src})")
+            slot += 2
+        else:
+            slot += 1
+    return out
 
 
 def capture(bpf, progs: list[str], maps: list[str], inner: dict[str, str]) -> Image:
     """The image of bcc module `bpf`: programs `progs` (dump_func), maps `maps` (every map the instructions load,
     and those userspace needs besides), `inner`: map of maps -> its template map. Refused (ImageError) when an
-    instruction loads anything but a map fd of `maps`."""
+    instruction loads an object other than a map fd."""
     by_fd = {bpf[n.encode()].map_fd: n for n in maps}
     out = {}
     for p in progs:
         raw = bytes(bpf.dump_func(p.encode()))
         relocs = []
-        slot = 0
-        while slot < len(raw) // 8:
-            code, regs, _off, imm = _INSN.unpack_from(raw, 8 * slot)
-            if code == _LD_IMM64:
-                src = regs >> 4
-                if src == _PSEUDO_MAP_FD:
-                    if imm not in by_fd:  # a map only the program uses (scratch space): named after its fd
-                        by_fd[imm] = f"fd{imm}"
-                    relocs.append((slot, by_fd[imm]))
-                elif src != 0:
-                    raise ImageError(f"{p}: instruction {slot} loads an object the image cannot carry (src {src})")
-                slot += 2
-            else:
-                slot += 1
+        for slot, fd in _map_loads(p, raw):
+            if fd not in by_fd:  # a map only the program uses (scratch space): named after its fd
+                by_fd[fd] = f"fd{fd}"
+            relocs.append((slot, by_fd[fd]))
         out[p] = (raw, tuple(relocs))
     specs = []
     for fd, n in sorted(by_fd.items(), key=lambda kv: kv[1] in inner):  # templates before the maps of maps

@@ -190,6 +190,7 @@ class Engine:
         if flow is None:
             return False
         if flow.cls == d.cls and flow.flags & F_DAEMON:
+            self._latest.pop(d.key, None)  # the flow already holds this decision: an older one must not come back
             return False
         if not self.kernel.set_class(d.key, d.cls, d.reason):
             return False
@@ -203,22 +204,23 @@ class Engine:
             cb(d.key, flow.cls, d.cls, ts_ns, flow.packets)
         return True
 
-    def recheck(self, now_ns: int | None = None) -> int:
+    def recheck(self, now_ns: int | None = None, most: int = 4096) -> int:
         """Class decisions applied at least `recheck_ns` ago, read once more. A packet that passed its SG_F_DAEMON
         check just before a decision set the flag may still write its own class after the decision's read-back
         (kernel/loader.py set_class); once that run has ended no packet can, so one more application is final
         (the daemon waits 200 ms, where a run takes well under a microsecond).
-        Returns how many were applied again."""
+        At most `most` are read per call (the rest wait for the next one). Returns how many were applied again."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         again = 0
-        while self._recheck and self._recheck[0][0] <= now_ns:
+        while self._recheck and self._recheck[0][0] <= now_ns and most > 0:
+            most -= 1
             due, key = self._recheck.popleft()
             latest = self._latest.get(key)
             if latest is None or latest[2] != due:
                 continue  # decided again since: that decision's own entry checks it
             cls, reason, _due = self._latest.pop(key)
             flow = self.kernel.flow(key)
-            if flow is None or flow.cls == cls or not flow.flags & F_DAEMON:
+            if flow is None or (flow.cls == cls and flow.reason == reason) or not flow.flags & F_DAEMON:
                 continue  # gone, as decided, or handed back to the kernel meanwhile
             if self.kernel.set_class(key, cls, reason):
                 again += 1
