@@ -31,12 +31,20 @@ class ClockModel:
 
 
 def clock_model_from(samples: Sequence[tuple[int, int]]) -> ClockModel:
-    """The model from (jiffies, coarse monotonic ns) samples taken in order. The tick is snapped to the nominal
-    TICK_NSEC of the nearest CONFIG_HZ choice when it is within 0.5% of it; the offset is the median over samples."""
-    (j1, c1), (j2, c2) = samples[0], samples[-1]
+    """The model from (jiffies, coarse monotonic ns) samples taken in order. The tick is the median of the slopes
+    between samples half the run apart (Theil-Sen): a sample read while one of the two clocks had taken the tick and
+    the other not yet (a virtual CPU descheduled between their updates) is one tick off, and would be the whole
+    error of a slope between the first and last sample only. It is snapped to the nominal TICK_NSEC of the nearest
+    CONFIG_HZ choice when within 0.5% of it; the offset is the median over samples."""
+    (j1, _c1), (j2, _c2) = samples[0], samples[-1]
     if j2 <= j1:
         raise ValueError(f"jiffies did not advance over {len(samples)} clock samples")
-    tick = (c2 - c1) / (j2 - j1)
+    half = max(1, len(samples) // 2)
+    slopes = sorted((c2 - c1) / (j2 - j1) for (j1, c1), (j2, c2) in zip(samples, samples[half:], strict=False)
+                    if j2 > j1)
+    if not slopes:
+        raise ValueError(f"jiffies did not advance between clock samples half a run apart ({len(samples)} samples)")
+    tick = slopes[len(slopes) // 2]
     hz = min(HZ_CHOICES, key=lambda h: abs(1e9 / h - tick))
     nominal = (1_000_000_000 + hz // 2) // hz
     tick_ns = nominal if abs(nominal - tick) <= 0.005 * nominal else round(tick)
@@ -45,7 +53,7 @@ def clock_model_from(samples: Sequence[tuple[int, int]]) -> ClockModel:
 
 
 @functools.lru_cache(maxsize=1)
-def clock_model(ticks: int = 4, timeout_s: float = 1.0) -> ClockModel:
+def clock_model(ticks: int = 24, timeout_s: float = 1.0) -> ClockModel:
     """Measure the jiffies -> monotonic ns model with bpf/clock.bpf.c (once per process: it is fixed per boot)."""
     b = bcc.BPF(src_file=str(wire.bpf_dir() / "clock.bpf.c").encode())
     try:
