@@ -28,6 +28,34 @@ def cache(tmp_path, monkeypatch):
     return d
 
 
+@pytest.fixture(scope="module")
+def compiled(bpf_ok, tmp_path_factory):
+    """One compile for the module: the image it wrote (file name, JSON) and its replay of a generated set."""
+    caps, d = tmp_path_factory.mktemp("caps"), tmp_path_factory.mktemp("cache")
+    gen.generate(5, caps, calls=2)
+    paths = sorted(caps.glob("*.pcap"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SKYGUARD_CACHE_DIR", str(d))
+    mp.delenv(image.ENV, raising=False)
+    try:
+        with loader.Kernel(replay=True, **SMALL) as k:
+            assert not k.from_cache and k.bpf is not None
+            out = outcome(replay.replay(paths, kernel=k, engine="c"))
+    finally:
+        mp.undo()
+    files = list(d.glob("replay-*.json"))
+    assert len(files) == 1, "the compile wrote no image"
+    return {"name": files[0].name, "doc": json.loads(files[0].read_text()), "paths": paths, "outcome": out}
+
+
+def _put(cache, compiled, doc=None) -> object:
+    """The module's image (or `doc`) in this test's cache, under the name the Kernel looks for."""
+    cache.mkdir(mode=0o700, exist_ok=True)
+    path = cache / compiled["name"]
+    path.write_text(json.dumps(compiled["doc"] if doc is None else doc))
+    return path
+
+
 def _no_compiler(monkeypatch) -> None:
     def refuse(*_a, **_k):
         raise AssertionError("bcc compiled, though a cached image was there")
@@ -40,44 +68,37 @@ def outcome(res: replay.ReplayResult) -> dict:
             "captures": [(c.packets, dict(c.verdicts), c.error) for c in res.captures]}
 
 
-def test_cached_image_replays_like_a_compiled_build(bpf_ok, cache, tmp_path, monkeypatch) -> None:
-    gen.generate(5, tmp_path / "caps", calls=2)
-    paths = sorted((tmp_path / "caps").glob("*.pcap"))
-    with loader.Kernel(replay=True, **SMALL) as k:
-        assert not k.from_cache and k.bpf is not None
-        compiled = outcome(replay.replay(paths, kernel=k, engine="c"))
-    files = list(cache.glob("replay-*.json"))
-    assert len(files) == 1, "the compile wrote no image"
+def test_cached_image_replays_like_a_compiled_build(cache, compiled, monkeypatch) -> None:
+    _put(cache, compiled)
     _no_compiler(monkeypatch)
     with loader.Kernel(replay=True, **SMALL) as k:
         assert k.from_cache and k.bpf is None
-        cached = outcome(replay.replay(paths, kernel=k, engine="c"))
+        cached = outcome(replay.replay(compiled["paths"], kernel=k, engine="c"))
         # its maps are its own (the image's loads point at them), not some other Kernel's
         assert set(k._fds) >= {"flows", "events", "rcu_sync", "rcu_inner"}
-    assert compiled["json"]["summary"]["packets"] > 1000 and compiled["decisions"]
-    assert cached == compiled
+    assert compiled["outcome"]["json"]["summary"]["packets"] > 1000 and compiled["outcome"]["decisions"]
+    assert cached == compiled["outcome"]
 
 
-def test_damaged_image_is_compiled_again(bpf_ok, cache) -> None:
-    with loader.Kernel(replay=True, **SMALL):
-        pass
-    (path,) = cache.glob("replay-*.json")
-    good = json.loads(path.read_text())
-    bad = dict(good, progs={n: dict(p, relocs=[[10**9, "flows"]]) for n, p in good["progs"].items()})
-    for text in ("{not json", json.dumps(dict(good, format=0)), json.dumps(bad)):
-        path.write_text(text)
-        with loader.Kernel(replay=True, **SMALL) as k:
-            assert not k.from_cache, text[:40]
-            assert k.test_run(bytes(60), ts_ns=1).verdict in (1, 2)
-        assert json.loads(path.read_text()) == good, "the image was not written again"
+def test_damaged_image_is_compiled_again(cache, compiled) -> None:
+    """Unreadable as JSON (the shapes JSON can take are refused without a compile below): compiled, and written
+    again whole."""
+    path = _put(cache, compiled)
+    path.write_text("{not json")
+    with loader.Kernel(replay=True, **SMALL) as k:
+        assert not k.from_cache
+        assert k.test_run(bytes(60), ts_ns=1).verdict in (1, 2)
+    assert json.loads(path.read_text()) == compiled["doc"], "the image was not written again"
 
 
-def test_incomplete_or_inconsistent_images_are_refused(bpf_ok, cache) -> None:
-    with loader.Kernel(replay=True, **SMALL):
-        pass
-    (path,) = cache.glob("replay-*.json")
-    good = json.loads(path.read_text())
+def test_incomplete_or_inconsistent_images_are_refused(compiled) -> None:
+    good = compiled["doc"]
     image.Image.from_json(good, loader._MAP_NAMES, loader._PROGS)  # the written one is whole
+    bad = dict(good, progs={n: dict(p, relocs=[[10**9, "flows"]]) for n, p in good["progs"].items()})
+    with pytest.raises(image.ImageError):
+        image.Image.from_json(bad, loader._MAP_NAMES, loader._PROGS)
+    with pytest.raises(image.ImageError, match="format"):
+        image.Image.from_json(dict(good, format=0), loader._MAP_NAMES, loader._PROGS)
     no_flows = dict(good, maps=[m for m in good["maps"] if m["name"] != "flows"])
     inner_late = dict(good, maps=sorted(good["maps"], key=lambda m: m["name"] != "rcu_sync"))
     prog = good["progs"]["xdp_skyguard"]
@@ -94,13 +115,11 @@ def test_incomplete_or_inconsistent_images_are_refused(bpf_ok, cache) -> None:
             image.Image.from_json(doc, loader._MAP_NAMES, loader._PROGS)
 
 
-def test_an_image_the_verifier_refuses_is_compiled_instead(bpf_ok, cache) -> None:
+def test_an_image_the_verifier_refuses_is_compiled_instead(cache, compiled) -> None:
     """A well-formed image whose program does not load here (another kernel's verifier, a damaged instruction):
     the Kernel compiles, works, and writes a good image again."""
-    with loader.Kernel(replay=True, **SMALL):
-        pass
-    (path,) = cache.glob("replay-*.json")
-    good = json.loads(path.read_text())
+    good = compiled["doc"]
+    path = _put(cache, compiled)
     raw = bytearray(base64.b64decode(good["progs"]["xdp_skyguard"]["insns"]))
     raw[-8:] = bytes([0xFF]) + bytes(7)  # the last instruction (the exit) becomes an opcode no kernel knows
     bad = dict(good, progs=dict(good["progs"], xdp_skyguard=dict(good["progs"]["xdp_skyguard"],
@@ -149,9 +168,8 @@ def test_live_and_pinned_builds_are_never_taken_from_the_cache(bpf_ok, cache) ->
     assert not list(cache.glob("replay-*.json"))
 
 
-def test_cache_off(bpf_ok, cache, monkeypatch) -> None:
-    with loader.Kernel(replay=True, **SMALL):
-        pass
+def test_cache_off(cache, compiled, monkeypatch) -> None:
+    _put(cache, compiled)
     monkeypatch.setenv(image.ENV, "0")
     with loader.Kernel(replay=True, **SMALL) as k:
         assert not k.from_cache
