@@ -126,22 +126,18 @@ class Kernel:
         self._rb_cb = _RINGBUF_CB(self._on_event)  # kept referenced while libbpf may call it
         self._rb_fd: int | None = None
         try:
-            self._setup(chain, before_load, digest)
-        except Exception:
-            if not self.from_cache:
-                self.close()  # the maps and what was loaded go with the failed start, not at some later collection
-                raise
-            # the cached image did not load here (a kernel that verifies differently, a damaged file): compile
-            self.close()
-            self._image, self.from_cache = None, False
-            self.bpf = compile_now()
             try:
                 self._setup(chain, before_load, digest)
-            except BaseException:
+            except Exception:
+                if not self.from_cache:
+                    raise
+                # the cached image did not load here (a kernel that verifies differently, a damaged file): compile
                 self.close()
-                raise
+                self._image, self.from_cache = None, False
+                self.bpf = compile_now()
+                self._setup(chain, before_load, digest)
         except BaseException:
-            self.close()
+            self.close()  # the maps and what was loaded go with the failed start, not at some later collection
             raise
         if self.bpf is not None:
             release_compiler_memory()
