@@ -28,6 +28,7 @@ import numpy as np
 
 from skyguard import wire
 from skyguard.endpoints import parse_endpoint
+from skyguard.kernel.flowtable import FLOW_DTYPE
 
 VERSION = 10  # IPFIX message header version (RFC 7011 section 3.1)
 TEMPLATE_SET_ID = 2  # Set ID of a Template Set (RFC 7011 section 3.3.2)
@@ -260,9 +261,8 @@ class Reported:
     first_ns: int  # of the flow those records were about (a later flow of the same 5-tuple owes them nothing)
 
 
-_FLOW_DTYPE = np.dtype(wire.STRUCTS["sg_flow"].numpy_spec())
 _KEY_WORDS = wire.FlowKey.FMT.size // 8
-assert wire.FlowKey.FMT.size % 8 == 0 and _FLOW_DTYPE.itemsize == wire.Flow.FMT.size
+assert wire.FlowKey.FMT.size % 8 == 0 and FLOW_DTYPE.itemsize == wire.Flow.FMT.size
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
@@ -297,11 +297,11 @@ class Baseline:
 
     def __init__(self, chunks: Iterable[tuple[bytes, bytes, int]]) -> None:
         words_parts = [np.zeros((0, _KEY_WORDS), dtype=np.uint64)]
-        cols: dict[str, list[np.ndarray]] = {n: [np.zeros(0, dtype=_FLOW_DTYPE)[n]] for n in self.COLUMNS}
+        cols: dict[str, list[np.ndarray]] = {n: [np.zeros(0, dtype=FLOW_DTYPE)[n]] for n in self.COLUMNS}
         for k, v, n in chunks:  # copies of the columns kept, chunk by chunk: the raw chunks go as they are read
             if not n:
                 continue
-            f = np.frombuffer(v, dtype=_FLOW_DTYPE, count=n)
+            f = np.frombuffer(v, dtype=FLOW_DTYPE, count=n)
             words_parts.append(np.frombuffer(k, dtype="<u8", count=n * _KEY_WORDS).reshape(n, _KEY_WORDS).copy())
             for name in self.COLUMNS:
                 cols[name].append(f[name].copy())
