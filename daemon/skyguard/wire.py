@@ -68,6 +68,13 @@ POL_MALFORMED = C["SG_POL_MALFORMED"]
 POL_BLOCKED = C["SG_POL_BLOCKED"]
 POL_SLOTS = C["SG_POL_SLOTS"]
 
+
+
+def class_name(cls: int) -> str:
+    """A class id's name; an id this build does not know (a newer layout's flow) as its number."""
+    return CLASS_NAMES[cls] if 0 <= cls < NCLASSES else str(cls)
+
+
 UNKNOWN, OTHER, SIGNALING, P2P, OUT, RELAY = (C[f"SG_CLASS_{n}"] for n in
                                               ("UNKNOWN", "OTHER", "SIGNALING", "P2P", "OUT", "RELAY"))
 PASS, DROP, MARK = C["SG_ACT_PASS"], C["SG_ACT_DROP"], C["SG_ACT_MARK"]
@@ -294,7 +301,7 @@ class Flow:
 
     @property
     def class_name(self) -> str:
-        return CLASS_NAMES[self.cls] if self.cls < NCLASSES else str(self.cls)
+        return class_name(self.cls)
 
 
 _FLOW_FIELDS = tuple(f.name for f in dataclasses.fields(Flow))

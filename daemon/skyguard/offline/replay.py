@@ -130,8 +130,8 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             mine: list[dict] = []  # this capture's decisions (their times to verdict are set once it ends)
 
             def note(key, old, new, ts_ns, pkts, _name=name, _idx=pkt_index, _mine=mine):
-                _mine.append({"capture": _name, "flow": str(key), "old": _cname(old), "new": _cname(new),
-                              "packet": _idx["n"], "flow_packets": pkts, "ts_ns": ts_ns})
+                _mine.append({"capture": _name, "flow": str(key), "old": wire.class_name(old),
+                              "new": wire.class_name(new), "packet": _idx["n"], "flow_packets": pkts, "ts_ns": ts_ns})
 
             eng.on_decision.append(note)
             before = kernel.stats()
@@ -295,10 +295,6 @@ def _count(path) -> int:
         return count_packets(path)
     except (CaptureError, OSError):
         return 0
-
-
-def _cname(c: int) -> str:
-    return wire.CLASS_NAMES[c] if 0 <= c < wire.NCLASSES else str(c)
 
 
 def _quiet_logger():

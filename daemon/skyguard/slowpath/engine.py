@@ -225,8 +225,8 @@ class Engine:
             if self.kernel.set_class(key, cls, reason):
                 again += 1
                 self.counters.reapplied += 1
-                self.log.info("decision applied again", flow=str(key), cls=wire.CLASS_NAMES[cls],
-                              overwritten_by=wire.CLASS_NAMES[flow.cls] if flow.cls < wire.NCLASSES else flow.cls)
+                self.log.info("decision applied again", flow=str(key), cls=wire.class_name(cls),
+                              overwritten_by=flow.class_name)
         return again
 
     def apply_prefix(self, pc: PrefixChange, ts_ns: int = 0) -> None:
@@ -282,7 +282,7 @@ class Engine:
             return  # nobody reads it: no formatting (the address strings are the costly part of an event)
         a, b = key.endpoints()
         event = {"type": "classified", "by": by, "proto": key.proto_name, "a": a, "b": b, "vlan": key.vlan,
-                 "old_class": _cname(old), "class": _cname(new), "reason": wire.reason_name(reason),
+                 "old_class": wire.class_name(old), "class": wire.class_name(new), "reason": wire.reason_name(reason),
                  "reasons": wire.reason_names(reason), "action": wire.ACTION_NAMES[slot.action], "ts_ns": ts_ns}
         if detail:
             event["detail"] = detail
@@ -291,7 +291,8 @@ class Engine:
             fields = {k: v for k, v in event.items() if k not in ("type", "reasons")}
             self.log.info("flow classified", **fields)
             if slot.action != wire.PASS:
-                self.log.info("enforcement", flow=str(key), action=event["action"], dscp=slot.dscp, class_=_cname(new))
+                self.log.info("enforcement", flow=str(key), action=event["action"], dscp=slot.dscp,
+                              class_=wire.class_name(new))
 
     # ---- queries ----------------------------------------------------------------------------------------------------
 
@@ -427,6 +428,3 @@ def _flag(bit: int, on: bool) -> tuple[int, int]:
     the flow here, which would overwrite what the kernel counts meanwhile)."""
     return (bit, 0) if on else (0, bit)
 
-
-def _cname(cls: int) -> str:
-    return wire.CLASS_NAMES[cls] if 0 <= cls < wire.NCLASSES else str(cls)
