@@ -191,10 +191,10 @@ def enabled() -> bool:
 
 
 def _path(digest: str) -> Path | None:
-    from skyguard.offline.fastwalk import BuildError, _private_dir, cache_dir
+    from skyguard.offline.fastwalk import BuildError, cache_dir, private_dir
 
     try:
-        return _private_dir(cache_dir()) / f"replay-{digest}.json"
+        return private_dir(cache_dir()) / f"replay-{digest}.json"
     except (BuildError, OSError):
         return None  # no private cache directory here: compile every time
 

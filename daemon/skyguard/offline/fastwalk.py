@@ -49,7 +49,7 @@ def cache_dir() -> Path:
     return Path(base) / "skyguard"
 
 
-def _private_dir(d: Path) -> Path:
+def private_dir(d: Path) -> Path:
     """`d`, created 0700; refused unless it is ours and nobody else may write to it (we load code from it)."""
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = d.stat()
@@ -64,7 +64,7 @@ def build(cc: str | None = None) -> Path:
     cc = cc or os.environ.get("CC") or "gcc"
     digest = hashlib.sha256(src + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
     try:
-        d = _private_dir(cache_dir())
+        d = private_dir(cache_dir())
     except OSError as e:
         raise BuildError(f"cannot create the cache directory {cache_dir()}: {e}") from e
     out = d / f"walk-{digest}.so"
