@@ -155,7 +155,21 @@ def until(cond, what: str, timeout: float = 20.0, tick=None):
     return wait_for(cond, what, timeout, 0.05, tick)
 
 
-def filter_hits(p: Pair, port: int = 7777) -> int:
+FILTERED_PORT = 7777  # the UDP port xdp-filter drops in filtered_pair()
+
+
+def filtered_pair(request) -> Pair:
+    """A Pair up, with Debian's xdp-filter loaded natively on b's end dropping UDP port FILTERED_PORT; taken down when
+    the test ends (a finalizer of `request`, so finalizers the caller added before run after it)."""
+    p = Pair()
+    request.addfinalizer(p.down)
+    p.up()
+    p.sh_b("xdp-filter", "load", p.if_b, "-m", "native")
+    p.sh_b("xdp-filter", "port", str(FILTERED_PORT))
+    return p
+
+
+def filter_hits(p: Pair, port: int = FILTERED_PORT) -> int:
     """Packets xdp-filter (on b's end) has counted for its dropped `port`, from `xdp-filter status`."""
     out = p.sh_b("xdp-filter", "status").stdout
     m = re.search(rf"^\s*{port}\s+\S+\s+(\d+)", out, re.M)

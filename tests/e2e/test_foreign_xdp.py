@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.e2e.pairnet import Pair, filter_hits, until
+from tests.e2e.pairnet import Pair, filter_hits, filtered_pair, until
 
 POLICY = 'name = "gw-drop"\n[class.skype-out]\naction = "drop"\n[pstn]\nprefixes = ["10.77.0.3/32"]\n'
 N = 40
@@ -26,12 +26,7 @@ N = 40
 def pair(bpf_ok, request):
     if not shutil.which("xdp-filter") or not shutil.which("nsenter"):
         skip_or_fail("xdp-filter (Debian xdp-tools) and nsenter are needed")
-    p = Pair()
-    request.addfinalizer(p.down)
-    p.up()
-    p.sh_b("xdp-filter", "load", p.if_b, "-m", "native")
-    p.sh_b("xdp-filter", "port", "7777")
-    return p
+    return filtered_pair(request)
 
 
 def _traffic(p: Pair) -> dict[str, int]:

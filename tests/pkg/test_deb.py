@@ -26,7 +26,7 @@ from skyguard.kernel.foreign import pinned_chain
 from skyguard.kernel.ifaces import XDP_FLAGS_DRV_MODE
 from tests.conftest import ROOT, bpf_unavailable, skip_or_fail
 from tests.e2e.conftest import wait_for
-from tests.e2e.pairnet import Pair, filter_hits, until
+from tests.e2e.pairnet import Pair, filter_hits, filtered_pair, until
 
 DEB = ROOT / "dist" / f"skyguard_{__version__}_all.deb"
 # Debian's programs only: the package's scripts run /usr/bin/python3, and pyenv's python3 must not stand in for it
@@ -148,13 +148,8 @@ def chain_rig(request: pytest.FixtureRequest) -> Pair:
     if PIN_PATH.exists():  # a real skyguard's pins (and chained programs): never this test's to remove
         pytest.fail(f"{PIN_PATH} exists: a skyguard on this machine uses the default pin path; the test would "
                     "purge it", pytrace=False)
-    p = Pair()
     request.addfinalizer(lambda: shutil.rmtree(PIN_PATH, ignore_errors=True))  # last: after the namespaces are gone
-    request.addfinalizer(p.down)
-    p.up()
-    p.sh_b("xdp-filter", "load", p.if_b, "-m", "native")
-    p.sh_b("xdp-filter", "port", "7777")
-    return p
+    return filtered_pair(request)
 
 
 def _udp_through(p: Pair) -> dict[int, int]:
