@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 
 import pytest
 
@@ -156,15 +154,11 @@ def test_image_key_follows_sources_and_flags(tmp_path) -> None:
     assert image.key(src, ["-DA=1"]) == image.key(src, ["-DA=1"])
 
 
-def test_live_and_pinned_builds_are_never_taken_from_the_cache(bpf_ok, cache) -> None:
-    pins = f"/sys/fs/bpf/skyguard-test-image-{os.getpid()}"
-    try:
-        with loader.Kernel(**SMALL) as k:
-            assert not k.from_cache and k.clock_note.startswith(("jiffies", "bpf_ktime"))
-        with loader.Kernel(replay=True, pin_path=pins, **SMALL) as k:
-            assert not k.from_cache
-    finally:
-        shutil.rmtree(pins, ignore_errors=True)
+def test_live_and_pinned_builds_are_never_taken_from_the_cache(cache, pin_path) -> None:
+    with loader.Kernel(**SMALL) as k:
+        assert not k.from_cache and k.clock_note.startswith(("jiffies", "bpf_ktime"))
+    with loader.Kernel(replay=True, pin_path=pin_path, **SMALL) as k:
+        assert not k.from_cache
     assert not list(cache.glob("replay-*.json"))
 
 

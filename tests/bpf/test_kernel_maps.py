@@ -96,19 +96,11 @@ def test_flow_iteration_decodes_keys(k):
     assert k.flow(wire.FlowKey.make("2001:db8::99", 9, "2001:db8::1", 10, 17)) is None
 
 
-def test_pinned_maps_are_adopted(bpf_ok, tmp_path):
-    import secrets
-
+def test_pinned_maps_are_adopted(pin_path):
     from skyguard.kernel.loader import Kernel
 
-    pin = f"/sys/fs/bpf/skyguard-test-{secrets.token_hex(4)}"  # unique: a leftover or a parallel run must not count
-    try:
-        with Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16, pin_path=pin) as k1:
-            k1.test_run(udp4("192.0.2.70", 1, "192.0.2.71", 2, b"p" * 20))
-            assert k1.flow_count() == 1
-        with Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16, pin_path=pin) as k2:
-            assert k2.flow_count() == 1
-    finally:
-        import shutil
-
-        shutil.rmtree(pin, ignore_errors=True)
+    with Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16, pin_path=pin_path) as k1:
+        k1.test_run(udp4("192.0.2.70", 1, "192.0.2.71", 2, b"p" * 20))
+        assert k1.flow_count() == 1
+    with Kernel(flows_max=256, lpm_max=64, ringbuf_bytes=1 << 16, pin_path=pin_path) as k2:
+        assert k2.flow_count() == 1

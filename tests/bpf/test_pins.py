@@ -5,7 +5,6 @@ other mismatch, before anything is touched."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -17,15 +16,6 @@ OLD_STATS_U64 = 40  # sg_stats before the (verdict slot, action) pairs (SG_ST_MA
 SMALL = {"flows_max": 4096, "lpm_max": 1024, "ringbuf_bytes": 1 << 20}
 FRAME = P.udp("10.5.0.1", 4000, "10.5.0.2", 4001, bytes(range(40)))
 FLOW = wire.FlowKey.make("10.5.0.1", 4000, "10.5.0.2", 4001, 17)
-
-
-@pytest.fixture
-def pin_path(bpf_ok):
-    path = f"/sys/fs/bpf/skyguard-test-pins-{os.getpid()}"
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def pin_by_hand(path: str, name: str, bcc_type: str, key: str | None, value: str, entries: int) -> pins.Layout:
