@@ -1,9 +1,9 @@
 """nDPI (ndpiReader) beside skyguard on the same captures: ndpiReader's own packets/s, skyguard's kernel ns/packet
-(the mean BPF_PROG_TEST_RUN duration during a replay), `skyguard replay` end-to-end packets/s (the compiled loop, and
-the per-packet Python loop it replaced, both measured here) and their ratio to ndpiReader; then the marginal rate of
-each between two sizes of the same generated traffic (start-up cancels out); and the ceiling of any replay that runs
-the program once per packet: the same compiled loop driving a no-op program; and the seconds to a loaded replay
-build, compiled and from its cached image.
+(the kernel's BPF_PROG_TEST_RUN durations during a replay, per packet), `skyguard replay` end-to-end packets/s (the
+compiled loop, and the per-packet Python loop it replaced, both measured here) and their ratio to ndpiReader; then the
+marginal rate of each between two sizes of the same generated traffic (start-up cancels out), with the test runs per
+packet; the ceiling of the compiled loop itself: driving a program that does nothing, in batches and with one test
+run per packet; and the seconds to a loaded replay build, compiled and from its cached image.
 
 Usage: bench/peer.py [--captures DIR] [--json]
 """
@@ -11,6 +11,7 @@ Usage: bench/peer.py [--captures DIR] [--json]
 from __future__ import annotations
 
 import argparse
+import ctypes as ct
 import json
 import re
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from common import ROOT, ratio
 
+from skyguard import wire
 from skyguard.kernel.loader import Kernel  # noqa: E402
 from skyguard.lab import gen
 from skyguard.offline import replay  # noqa: E402
@@ -64,20 +66,28 @@ def ndpi_seconds(paths: list[Path]) -> float | None:
 _NOOP_RB = b"BPF_RINGBUF_OUTPUT(events, 1);\nint xdp_noop_rb(struct xdp_md *ctx) { return XDP_PASS; }\n"
 
 
-def walk_ceiling(paths: list[Path]) -> float | None:
-    """Packets/s of the replay's own C loop (offline/walk.c) driving a no-op XDP program over `paths`: one
-    BPF_PROG_TEST_RUN per packet and nothing else, so no replay that runs the program once per packet (the only way
-    its output stays the live program's, packet by packet) can beat it on this machine."""
+def walk_ceiling(paths: list[Path], batched: bool = True) -> float | None:
+    """Packets/s of the replay's own C loop (offline/walk.c) over `paths` driving a program that does nothing with the
+    packets: bench/batch_noop.bpf.c, which walks batches as the replay build does (`batched`), else a no-op program
+    with one BPF_PROG_TEST_RUN per packet. What is left of a replay when the program and the slow path cost nothing."""
     import bcc
 
+    from skyguard import wire
     from skyguard.offline import fastwalk as fw
 
-    b = bcc.BPF(text=_NOOP_RB)
+    if batched:
+        b = bcc.BPF(src_file=str(ROOT / "bench" / "batch_noop.bpf.c").encode(), cflags=[f"-I{wire.bpf_dir()}"])
+        fd = b.load_func(b"xdp_batch_noop", bcc.BPF.XDP).fd
+        b[b"replay_next"][ct.c_int(0)] = ct.c_int(fd)
+        batch_fd = b[b"batch"].map_fd
+    else:
+        b = bcc.BPF(text=_NOOP_RB)
+        fd, batch_fd = b.load_func(b"xdp_noop_rb", bcc.BPF.XDP).fd, -1
     try:
-        fd, rb = b.load_func(b"xdp_noop_rb", bcc.BPF.XDP).fd, b[b"events"].map_fd
+        rb = b[b"events"].map_fd
         n, t = 0, time.perf_counter()
         for p in paths:
-            with fw.Walker(p, fd, rb) as w:
+            with fw.Walker(p, fd, rb, batch_fd) as w:
                 while (step := w.run()).status == fw.PAUSE:
                     pass
                 if step.status != fw.END:
@@ -96,14 +106,18 @@ def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     for paths in (small, large):
         t = time.perf_counter()
         res = replay.replay(paths, kernel=k, engine="c")
-        sizes.append((sum(c.packets for c in res.captures), time.perf_counter() - t, ndpi_seconds(paths)))
-    (p1, t1, n1), (p2, t2, n2) = sizes
+        sizes.append((sum(c.packets for c in res.captures), time.perf_counter() - t, ndpi_seconds(paths),
+                      sum(c.runs for c in res.captures)))
+    (p1, t1, n1, _r1), (p2, t2, n2, _r2) = sizes
     out["packets"] = [p1, p2]
     out["replay_pps"] = (p2 - p1) / (t2 - t1) if t2 > t1 else None
     out["ndpi_pps"] = (p2 - p1) / (n2 - n1) if n1 is not None and n2 is not None and n2 > n1 else None
     out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
     out["ceiling_pps"] = walk_ceiling(large)
     out["ceiling_ratio"] = ratio(out["ceiling_pps"] or 0, out["ndpi_pps"] or 0)
+    out["single_ceiling_pps"] = walk_ceiling(large, batched=False)
+    out["single_ceiling_ratio"] = ratio(out["single_ceiling_pps"] or 0, out["ndpi_pps"] or 0)
+    out["runs_per_packet"] = sizes[1][3] / p2 if p2 else None
     return out
 
 
@@ -178,8 +192,11 @@ def format_table(res: dict) -> str:
               f"marginal pps between {m['packets'][0]} and {m['packets'][1]} packets of generated traffic: "
               f"replay {f(m['replay_pps'], '.0f')}, nDPI {f(m['ndpi_pps'], '.0f')}, "
               f"replay / nDPI {f(m['ratio'], '.2f')}x",
-              f"ceiling of one test run per packet (the same C loop, a no-op program, the larger set): "
-              f"{f(m['ceiling_pps'], '.0f')} pps, {f(m['ceiling_ratio'], '.2f')}x nDPI's marginal rate",
+              f"test runs per packet in the larger set: {f(m['runs_per_packet'], '.3f')} (batches of up to "
+              f"{wire.BATCH_MAX} packets, cut after each packet that leaves events)",
+              f"ceiling of the same C loop driving a program that does nothing (the larger set): batched "
+              f"{f(m['ceiling_pps'], '.0f')} pps, {f(m['ceiling_ratio'], '.2f')}x nDPI's marginal rate; one test run "
+              f"per packet {f(m['single_ceiling_pps'], '.0f')} pps, {f(m['single_ceiling_ratio'], '.2f')}x",
               f"replay build ready in {st['compiled']:.2f} s compiled, {st['cached']:.2f} s from its cached image"
               f"{'' if st['cached_from_cache'] else ' (NOT from the cache)'}"]
     return "\n".join(lines)

@@ -68,6 +68,12 @@ BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
 #else
 #define SG_RB_FLAGS 0
 #endif
+#ifdef SG_META_CLOCK
+/* batch: a replay's packets of one test run and their verdicts (mmapped by offline/walk.c); see struct sg_batch */
+BPF_F_TABLE("array", u32, struct sg_batch, batch, 1, BPF_F_MMAPABLE);
+/* replay_next: this very program (the loader puts it there), tail-called for a batch's next packet */
+BPF_PROG_ARRAY(replay_next, 1);
+#endif
 /* rcu_inner: the one map rcu_sync holds; nothing reads it */
 BPF_ARRAY(rcu_inner, u32, 1);
 /* rcu_sync: never read; a write returns once all running programs have ended (RCU), a reload's fence */
@@ -246,6 +252,18 @@ static __always_inline __u64 sg_clock(struct xdp_md *ctx, void *data, __u8 *from
 }
 
 /* ---- events ---- */
+/* A record went into the ring buffer: a replay's batch ends after this packet, for the slow path to read it. */
+static __always_inline void sg_replay_emitted(void)
+{
+#ifdef SG_META_CLOCK
+	__u32 zero = 0;
+	struct sg_batch *b = batch.lookup(&zero);
+
+	if (b)
+		b->stop = 1;
+#endif
+}
+
 static __always_inline void sg_ev_hdr(struct sg_ev_hdr *h, __u8 type, struct sg_run *r)
 {
 	h->type = type;
@@ -273,6 +291,7 @@ static __always_inline void sg_emit_classified(struct sg_run *r, struct sg_flow 
 	ev->reason = reason;
 	ev->pkts = f->pkts[0] + f->pkts[1];
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
+	sg_replay_emitted();
 }
 
 /* Copy up to `max` payload bytes (what the packet holds) into an event's `buf`; returns how many were copied.
@@ -310,6 +329,7 @@ static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, 
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
+	sg_replay_emitted();
 }
 
 /* A `dns`, `tls` or `http` event: the first SG_BIG_BYTES payload bytes. */
@@ -326,6 +346,7 @@ static __always_inline void sg_emit_big(struct sg_run *r, struct sg_pkt *pk, __u
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
+	sg_replay_emitted();
 }
 
 /* Set the flow's class; a class change emits `classified`. Daemon-owned classes are never touched. */
@@ -1025,12 +1046,87 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	return sg_enforce(&r, gen, cls, &f->dropped, 1);
 }
 
+#ifdef SG_META_CLOCK
+/* ---- a replay's batch (struct sg_batch): the packets of one test run, one after the other ---- */
+_Static_assert((SG_BATCH_MAX & (SG_BATCH_MAX - 1)) == 0, "SG_BATCH_MAX is a power of two");
+
+/* A batch index the verifier sees bounded: masked behind a barrier, so the compiler cannot drop the mask as redundant
+ * with the caller's checks (which it may reorder so that the verifier loses them). */
+static __always_inline __u32 sg_bidx(__u32 i)
+{
+	asm volatile("" : "+r"(i));
+	return i & (SG_BATCH_MAX - 1);
+}
+
+/* The batch's first packet is the buffer's last: the frame starts there. 0, or -1 when the frame cannot move. */
+static __always_inline int sg_batch_first(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct sg_batch *b = batch.lookup(&zero);
+
+	if (!b || b->n < 2 || b->done || !b->skip)
+		return 0;
+	if (bpf_xdp_adjust_head(ctx, b->skip & 0xffff) == 0)
+		return 0;
+	b->stop = 1; /* done stays 0: the walker runs these packets one by one */
+	return -1;
+}
+
+/* Packet `done` gave `rc`: record it, then make the frame the next packet (the one in front of this one), with its
+ * capture time in the metadata, and run the program on it. Returns when the batch ends: all ran, a packet left a
+ * record (stop), or a move failed. */
+static __always_inline void sg_batch_next(struct xdp_md *ctx, int rc)
+{
+	__u32 zero = 0, i, len, prev;
+	struct sg_batch *b = batch.lookup(&zero);
+	struct sg_meta *m;
+
+	if (!b || b->n < 2)
+		return;
+	i = b->done;
+	if (i >= SG_BATCH_MAX || i >= b->n)
+		return;
+	b->pkt[sg_bidx(i)].verdict = rc;
+	b->done = ++i;
+	if (i >= SG_BATCH_MAX || i >= b->n || b->stop)
+		return;
+	len = (b->pkt[sg_bidx(i)].len & 0xffff) + SG_BATCH_GAP;
+	prev = (b->pkt[sg_bidx(i - 1)].len & 0xffff) + SG_BATCH_GAP;
+	if (bpf_xdp_adjust_head(ctx, -(int)len) || bpf_xdp_adjust_tail(ctx, -(int)prev))
+		goto fail;
+	/* a firewall mark put its metadata in front of the replay's: the next packet gets the replay's alone */
+	m = (void *)(long)ctx->data_meta;
+	if ((void *)m + sizeof(*m) + sizeof(struct sg_mark_meta) <= (void *)(long)ctx->data &&
+	    bpf_xdp_adjust_meta(ctx, sizeof(struct sg_mark_meta)))
+		goto fail;
+	m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		goto fail;
+	m->magic = SG_META_MAGIC;
+	m->_pad = 0;
+	m->ts_ns = b->pkt[sg_bidx(i)].ts_ns;
+	replay_next.call(ctx, 0);
+	/* the tail call failed (the kernel's limit): the walker runs the rest in another test run */
+	return;
+fail:
+	b->stop = 1;
+}
+#endif
+
 /* Every packet; with chaining (SG_XDP_CHAIN), a packet skyguard passes goes on to the program that was attached to the
  * interface before it. A tail call does not return: that program's verdict is the packet's. An empty slot (no
  * foreign program on this interface) falls through to XDP_PASS. */
 int xdp_skyguard(struct xdp_md *ctx)
 {
+#ifdef SG_META_CLOCK
+	if (sg_batch_first(ctx))
+		return XDP_ABORTED;
+#endif
 	int rc = sg_packet(ctx);
+
+#ifdef SG_META_CLOCK
+	sg_batch_next(ctx, rc);
+#endif
 
 #ifdef SG_XDP_CHAIN
 	if (rc == XDP_PASS)

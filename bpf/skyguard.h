@@ -383,4 +383,29 @@ struct sg_meta {
 	__u64 ts_ns;
 };
 
+/* A replay's batch (replay build, offline/walk.c): up to SG_BATCH_MAX packets in one BPF_PROG_TEST_RUN, so that the
+ * run's fixed cost (a syscall, the kernel's buffer and timer set-up) is paid once for them all. The packets sit in the
+ * test run's buffer last one first, each after a gap of SG_BATCH_GAP bytes; the program runs the first (the buffer's
+ * tail), then moves the frame's head back onto the next one, cuts its tail off and runs itself again through the
+ * `replay_next` tail call. Moving the head moves the metadata with it (bpf_xdp_adjust_head): it lands in the gap, not
+ * on the bytes of the packet in front. A run ends after the packet that left a record in the ring buffer (`stop`), so
+ * the slow path still acts before the next packet, as it does after every single run. n < 2: not a batch, the program
+ * runs the one packet it is given. */
+#define SG_BATCH_MAX   32   /* packets per test run: the kernel allows 33 tail calls (MAX_TAIL_CALL_CNT) */
+#define SG_BATCH_BYTES 3072 /* metadata, packets and gaps of one run: linear on every kernel configuration */
+#define SG_BATCH_GAP   32   /* in front of each packet: room for the largest XDP metadata (32 bytes) */
+struct sg_batch_pkt {
+	__u32 len;     /* the frame's length (at least 14, the Ethernet header: head and tail moves need it) */
+	__u32 verdict; /* the program's XDP verdict for it, written once it ran */
+	__u64 ts_ns;   /* its capture time, put into the metadata before it runs */
+};
+
+struct sg_batch {
+	__u32 n;    /* packets in this run (the walker); < 2: no batch */
+	__u32 done; /* packets run so far (the program) */
+	__u32 skip; /* bytes in front of the first packet: the others and their gaps, which follow it in capture order */
+	__u32 stop; /* the program: a packet left a record, or a head/tail/metadata move failed (then `done` says where) */
+	struct sg_batch_pkt pkt[SG_BATCH_MAX];
+};
+
 #endif /* SKYGUARD_H */

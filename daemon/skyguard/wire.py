@@ -90,6 +90,7 @@ WINDOW = C["SG_WINDOW"]
 PROBE = C["SG_PROBE"]
 LPM_MAX = C["SG_LPM_MAX"]
 RINGBUF_BYTES = C["SG_RINGBUF_BYTES"]
+BATCH_MAX = C["SG_BATCH_MAX"]  # packets per test run in a replay's batch (struct sg_batch)
 
 
 def reason_name(bits: int) -> str:

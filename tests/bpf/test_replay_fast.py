@@ -1,6 +1,8 @@
 """The compiled replay loop (offline/walk.c) against the per-packet Python loop it replaced: on the shared captures,
 generated ones (IPv4, IPv6, VLAN), other link types, pcapng variants and broken files, both give the same flows,
-classes, reasons, counters, verdicts, decisions with their packet positions (time to verdict) and errors."""
+classes, reasons, counters, verdicts, decisions with their packet positions (time to verdict) and errors. The compiled
+loop runs packets in batches (struct sg_batch); the Python loop runs one per test run, so every comparison here is also
+one of batches against single runs."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from skyguard import wire
 from skyguard.lab import gen
 from skyguard.offline import fastwalk, replay
 from skyguard.offline.pcap import read_packets, write_pcap
-from skyguard.policy import load_policy
+from skyguard.policy import load_policy, parse_policy
 from tests.conftest import ROOT, skip_or_fail
 
 
@@ -194,3 +197,56 @@ def test_without_a_compiler_auto_falls_back_and_c_refuses(monkeypatch, tmp_path)
     assert replay._walker_factory("auto") is None
     with pytest.raises(fastwalk.BuildError):
         replay._walker_factory("c")
+
+
+def _runs(kern, paths, policy=None) -> tuple[int, int]:
+    res = replay.replay(paths, policy, kernel=kern, engine="c")
+    return sum(c.packets for c in res.captures), sum(c.runs for c in res.captures)
+
+
+def test_packets_run_in_batches_cut_at_events(kern, tmp_path):
+    """Batches are used (far fewer test runs than packets), yet every packet that left events ends its batch: a
+    capture of flows that each emit on their first packet needs a run per packet."""
+    gen.generate(4242, tmp_path, calls=4)
+    packets, runs = _runs(kern, sorted(glob.glob(str(tmp_path / "*.pcap"))))
+    assert packets > 10_000 and runs * 3 < packets
+    # DNS responses all leave a `dns` event: one run each, whatever their number
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    def answer(i: int) -> bytes:
+        name = f"h{i}.example.com"
+        return bytes(Ether() / IP(src="192.0.2.53", dst="198.51.100.7") / UDP(sport=53, dport=40000 + i)
+                     / DNS(id=i, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata="203.0.113.9")))
+
+    frames = [(1_000_000_000 + i * 1_000_000, answer(i)) for i in range(40)]
+    path = tmp_path / "dns.pcap"
+    write_pcap(path, frames)
+    assert _runs(kern, [str(path)]) == (40, 40)
+    assert_same(kern, [str(path)])
+
+
+def test_firewall_mark_metadata_between_batched_packets(kern, captures):
+    """A class with a firewall mark grows each of its packets' metadata (bpf_xdp_adjust_meta): the next packet of the
+    batch must still get the replay's metadata alone, with its own capture time."""
+    pol = parse_policy('name = "fw"\n[class.other]\nfwmark = 0x2a\n[class.unknown]\nfwmark = 0x2b\n'
+                       '[class.skype-signaling]\naction = "mark"\ndscp = 24\nfwmark = 0x2c\n', "fw.toml")
+    paths = sorted(str(p) for p in captures.glob("*.pcap*"))
+    out = assert_same(kern, paths, pol)
+    packets, runs = _runs(kern, paths, pol)
+    assert out["stats"]["fwmark"] > packets // 4 and runs * 2 < packets
+    assert out["stats"]["meta_ts"] == packets  # every packet's clock was its capture time
+
+
+def test_frames_too_long_or_short_for_a_batch_run_alone(kern, captures, tmp_path):
+    """Frames longer than a batch holds (SG_BATCH_BYTES) run alone, between batches, in capture order."""
+    pkts = _frames(captures, 200)
+    big = pkts[10][1][:14] + bytes(wire.C["SG_BATCH_BYTES"] + 100)
+    for at in (0, 5, 50, 51, 120):
+        pkts.insert(at, (pkts[at][0], big))
+    pkts.append((pkts[-1][0], big))
+    path = tmp_path / "long.pcap"
+    write_pcap(path, pkts)
+    out = assert_same(kern, [str(path)])
+    assert out["captures"][0][1] == len(pkts)

@@ -32,6 +32,7 @@ _STATS_SIZE = wire.STRUCTS["sg_stats"].size
 # every map userspace opens by name (a cached replay image must carry them, whether the program loads them or not)
 _MAP_NAMES = ("flows", "policy", "config", "fwmarks", "chained", "rcu_sync", "rcu_inner", "stats", "qos",
               "endpoints", "events", *(n for pair in _LPM_MAPS.values() for n in pair))
+_REPLAY_MAPS = ("batch", "replay_next")  # the replay build's own: its batches (offline/walk.c) and their tail call
 _INNER = {"rcu_sync": "rcu_inner"}  # map of maps -> its template (bpf/skyguard.bpf.c)
 _PROGS = ("xdp_skyguard", "xdp_verdict")
 
@@ -104,8 +105,9 @@ class Kernel:
         self._image: image.Image | None = None
         digest = None
         if replay and not pin_path and not chain and before_load is None and image.enabled():
-            digest = image.key(bpf_dir, cflags, contract=(_MAP_NAMES, _PROGS, sorted(_INNER.items())))
-            self._image = image.load(digest, maps=_MAP_NAMES, progs=_PROGS)
+            maps = (*_MAP_NAMES, *_REPLAY_MAPS)
+            digest = image.key(bpf_dir, cflags, contract=(maps, _PROGS, sorted(_INNER.items())))
+            self._image = image.load(digest, maps=maps, progs=_PROGS)
             if self._image is not None:
                 try:
                     self._fds = self._image.create_maps()
@@ -166,11 +168,14 @@ class Kernel:
         if before_load is not None:
             before_load(self)
         self.prog_fd, self.frags = self._load(chain)
+        # the replay build runs a batch's next packet through a tail call to itself (struct sg_batch)
+        if self.replay and not self._raw("replay_next", 4, 4).update(b"\0\0\0\0", self.prog_fd.to_bytes(4, "little")):
+            raise OSError("cannot put the replay build into its own replay_next program array")
         verdict = self._insns("xdp_verdict")
         self.verdict_fd = load_xdp(verdict, "xdp_verdict")  # as bcc's load_func: no flags, no attach type
         if digest is not None and self.bpf is not None:
             try:
-                image.save(digest, image.capture(self.bpf, list(_PROGS), list(_MAP_NAMES), _INNER))
+                image.save(digest, image.capture(self.bpf, list(_PROGS), [*_MAP_NAMES, *_REPLAY_MAPS], _INNER))
             except (image.ImageError, OSError):
                 pass  # not carried as an image (this build cannot be, or the cache cannot be written): compiled again
 
@@ -264,6 +269,12 @@ class Kernel:
                 raise OSError("cannot open the events ring buffer (libbpf ring_buffer__new)")
             self._rb = rb
         return self._rb
+
+    @property
+    def batch_map_fd(self) -> int:
+        """The replay build's `batch` map (struct sg_batch), which replay's compiled loop maps to run packets in
+        batches; -1 for the live build."""
+        return self._map_fd("batch") if self.replay else -1
 
     @property
     def ring_map_fd(self) -> int:

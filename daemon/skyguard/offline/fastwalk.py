@@ -36,7 +36,8 @@ class _Sgw(ct.Structure):
         ("err_off", ct.c_uint64),
         ("err_no", ct.c_int32),
         ("err", ct.c_char * 240),
-        ("_private", ct.c_uint8 * 512),
+        ("runs", ct.c_uint64),
+        ("_private", ct.c_uint8 * 8192),
     ]
 
 
@@ -59,10 +60,15 @@ def private_dir(d: Path) -> Path:
 
 
 def build(cc: str | None = None) -> Path:
-    """The helper's shared object, compiled now unless the cache already holds this very source's build."""
-    src = SOURCE.read_bytes()
+    """The helper's shared object, compiled now unless the cache already holds this very source's build (walk.c and
+    the header whose layouts it shares with the program)."""
+    from skyguard import wire
+
+    inc = wire.bpf_dir()
+    src = SOURCE.read_bytes() + (inc / "skyguard.h").read_bytes()
     cc = cc or os.environ.get("CC") or "gcc"
-    digest = hashlib.sha256(src + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
+    flags = [*CFLAGS, f"-I{inc}"]
+    digest = hashlib.sha256(src + " ".join([cc, *flags]).encode()).hexdigest()[:16]
     try:
         d = private_dir(cache_dir())
     except OSError as e:
@@ -75,7 +81,7 @@ def build(cc: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".walk-", suffix=".so", dir=d)
     os.close(fd)
     try:
-        r = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             raise BuildError(f"{cc} could not build {SOURCE.name}: {r.stderr.strip()[:2000]}")
         os.replace(tmp, out)  # atomic: a concurrent replay sees either no file or the whole one
@@ -93,7 +99,7 @@ def lib() -> ct.CDLL:
     if _lib is None:
         so = ct.CDLL(str(build()))
         so.sgw_open.restype = ct.c_int
-        so.sgw_open.argtypes = [ct.POINTER(_Sgw), ct.c_char_p, ct.c_int, ct.c_int]
+        so.sgw_open.argtypes = [ct.POINTER(_Sgw), ct.c_char_p, ct.c_int, ct.c_int, ct.c_int]
         so.sgw_run.restype = ct.c_int
         so.sgw_run.argtypes = [ct.POINTER(_Sgw), ct.c_uint64]
         so.sgw_close.restype = None
@@ -114,12 +120,13 @@ class Step:
 
 
 class Walker:
-    """One capture walked through program `prog_fd`, pausing whenever ring buffer `rb_fd` holds records."""
+    """One capture walked through program `prog_fd`, pausing whenever ring buffer `rb_fd` holds records; with the
+    replay build's batch map `batch_fd`, up to SG_BATCH_MAX packets per test run, else one."""
 
-    def __init__(self, path: str | os.PathLike[str], prog_fd: int, rb_fd: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], prog_fd: int, rb_fd: int, batch_fd: int = -1) -> None:
         self._lib = lib()
         self._w = _Sgw()
-        rc = self._lib.sgw_open(ct.byref(self._w), os.fsencode(path), prog_fd, rb_fd)
+        rc = self._lib.sgw_open(ct.byref(self._w), os.fsencode(path), prog_fd, rb_fd, batch_fd)
         if rc < 0:
             raise OSError(-rc, os.strerror(-rc), str(path))
         self._open = True
@@ -135,6 +142,11 @@ class Walker:
     @property
     def kernel_ns(self) -> int:
         return self._w.kernel_ns
+
+    @property
+    def runs(self) -> int:
+        """Test runs made: fewer than packets when they ran in batches."""
+        return self._w.runs
 
     @property
     def error(self) -> tuple[int, str]:

@@ -31,6 +31,7 @@ class CaptureRun:
     error: str | None = None
     seconds: float = 0.0
     kernel_ns: int = 0  # the kernel's own time for the program's runs (BPF_PROG_TEST_RUN durations)
+    runs: int = 0  # test runs made (the compiled loop batches packets; the Python loop makes one per packet)
 
 
 @dataclass
@@ -192,6 +193,7 @@ def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
         idx["n"] = run.packets
         run.verdicts[XDP_VERDICTS.get(res.verdict, str(res.verdict))] += 1
         run.kernel_ns += res.duration_ns
+        run.runs += 1
         eng.pump()
         if on_packet:
             on_packet(run.packets, res.verdict)
@@ -205,7 +207,7 @@ def _loop_compiled(walk, kernel, eng, path, run: CaptureRun, idx: dict, bar: Pro
     buffer does nothing."""
     from skyguard.offline import fastwalk as fw
 
-    with walk(path, kernel.prog_fd, kernel.ring_map_fd) as w:
+    with walk(path, kernel.prog_fd, kernel.ring_map_fd, kernel.batch_map_fd) as w:
         try:
             while True:
                 step = w.run(PROGRESS_EVERY)
@@ -227,6 +229,7 @@ def _loop_compiled(walk, kernel, eng, path, run: CaptureRun, idx: dict, bar: Pro
                 if n:
                     run.verdicts[XDP_VERDICTS.get(v, "other")] += n
             run.kernel_ns = w.kernel_ns
+            run.runs = w.runs
 
 
 _build_note_shown = False

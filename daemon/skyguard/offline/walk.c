@@ -4,7 +4,12 @@
  * Compiled by skyguard itself (offline/fastwalk.py, with the system's gcc, into a cache directory) and called through
  * ctypes. It returns to Python only when the program's ring buffer holds records after a packet (the slow path must
  * see them, and write its decisions back, before the next packet: the order the per-packet Python loop gives), at the
- * end of the capture, on a capture error, or after `max_packets` packets (progress).
+ * end of the capture, on a capture error, or after about `max_packets` packets (progress).
+ *
+ * Batches: given the replay build's `batch` map, up to SG_BATCH_MAX packets go into one test run (struct sg_batch in
+ * bpf/skyguard.h says how the program walks them). The program ends a batch after a packet that left a record, so the
+ * slow path sees the same packets in the same order as with one run per packet; packets read ahead wait in `stage`
+ * for the next run. A packet shorter than an Ethernet header, or too long for a batch, runs alone.
  *
  * Capture parsing mirrors offline/pcap.py exactly, error messages and byte offsets included: the identical-output
  * test (tests/bpf/test_replay_fast.py) holds the two to each other. */
@@ -20,6 +25,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "skyguard.h" /* struct sg_batch, struct sg_meta: the layouts the program reads (needs linux/types.h) */
 
 /* The part of union bpf_attr that BPF_PROG_TEST_RUN reads (UAPI, stable); defined here so that the helper needs
  * only the C library's headers. */
@@ -66,6 +73,7 @@ struct sgw {
 	uint64_t err_off;          /* SGW_ECAPTURE: byte offset of the bad header, record or block */
 	int32_t err_no;            /* SGW_ERUN: errno of the failed test run */
 	char err[240];             /* SGW_ECAPTURE: what is wrong (pcap.py's message) */
+	uint64_t runs;             /* test runs made (packets / runs: the batches' mean size) */
 	/* private */
 	const uint8_t *buf;
 	uint64_t size;
@@ -87,7 +95,19 @@ struct sgw {
 	const volatile uint64_t *cons, *prod;
 	void *rb_map;
 	size_t rb_len;
+	volatile struct sg_batch *batch; /* the program's batch map, mmapped; NULL: one packet per test run */
+	size_t batch_len;
+	/* packets read from the capture and not run yet, in order: frames back to back in `stage` */
+	uint8_t *stage;
+	size_t stage_used, stage_cap;
+	uint32_t nstage;
+	uint32_t slen[SG_BATCH_MAX + 1];
+	uint64_t sts[SG_BATCH_MAX + 1];
+	int pending;               /* what the capture said after the staged packets: 0, SGW_END, SGW_ECAPTURE, SGW_ERUN */
+	uint8_t run_buf[SG_BATCH_BYTES];
 };
+
+_Static_assert(sizeof(struct sg_meta) == META_LEN, "the metadata the program reads");
 
 static uint32_t rd32(const struct sgw *w, uint64_t off, int big)
 {
@@ -447,8 +467,9 @@ static int start(struct sgw *w)
 	return 0;
 }
 
-/* Open `path` for program `prog_fd` and ring buffer map `rb_fd`; 0, or -errno with nothing left open. */
-int sgw_open(struct sgw *w, const char *path, int prog_fd, int rb_fd)
+/* Open `path` for program `prog_fd`, ring buffer map `rb_fd` and batch map `batch_fd` (-1: none, one packet per test
+ * run); 0, or -errno with nothing left open. */
+int sgw_open(struct sgw *w, const char *path, int prog_fd, int rb_fd, int batch_fd)
 {
 	struct stat st;
 	long page = sysconf(_SC_PAGESIZE);
@@ -478,12 +499,25 @@ int sgw_open(struct sgw *w, const char *path, int prog_fd, int rb_fd)
 	}
 	w->cons = (const volatile uint64_t *)w->rb_map;
 	w->prod = (const volatile uint64_t *)((char *)w->rb_map + page);
+	if (batch_fd >= 0) {
+		size_t len = (sizeof(struct sg_batch) + page - 1) / page * page;
+		void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, batch_fd, 0);
+
+		if (p == MAP_FAILED)
+			goto err;
+		w->batch = p;
+		w->batch_len = len;
+		w->batch->n = 0;
+	}
 	return 0;
 err:;
 	int e = errno;
 
 	if (w->buf)
 		munmap((void *)w->buf, w->size);
+	if (w->rb_map)
+		munmap(w->rb_map, w->rb_len);
+	w->rb_map = NULL;
 	close(w->fd);
 	w->buf = NULL;
 	w->fd = -1;
@@ -502,19 +536,169 @@ void sgw_close(struct sgw *w)
 		munmap((void *)w->buf, w->size);
 	if (w->rb_map)
 		munmap(w->rb_map, w->rb_len);
+	if (w->batch) {
+		w->batch->n = 0; /* the program's next single runs are not taken for a batch */
+		munmap((void *)w->batch, w->batch_len);
+	}
 	if (w->fd >= 0)
 		close(w->fd);
 	free(w->scratch);
+	free(w->stage);
 	free(w->ifaces);
 	w->buf = NULL;
 	w->rb_map = NULL;
+	w->batch = NULL;
 	w->fd = -1;
 	w->scratch = NULL;
+	w->stage = NULL;
 	w->ifaces = NULL;
 }
 
-/* Run packets until the ring buffer holds records (SGW_EVENTS), the capture ends (SGW_END), `max_packets` have run
- * in this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails (SGW_ERUN: err_no). */
+/* Read the capture's next packet into the stage: 1, or what ended the reading (SGW_END, SGW_ECAPTURE, SGW_ERUN). */
+static int stage_one(struct sgw *w)
+{
+	uint64_t ts = 0, len = 0, roff = 0;
+	const uint8_t *d = NULL;
+	uint32_t lt = 0;
+	int rc = w->pcapng ? next_pcapng(w, &ts, &d, &len, &lt, &roff) : next_pcap(w, &ts, &d, &len, &lt, &roff);
+
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return SGW_END;
+	if (w->pcapng && check_lt(w, roff, lt))
+		return SGW_ECAPTURE;
+	int64_t flen = build_frame(w, lt, d, len);
+
+	if (flen < 0 || w->stage_used + flen > w->stage_cap) {
+		size_t cap = w->stage_cap ? w->stage_cap : 2 * SG_BATCH_BYTES;
+		uint8_t *p;
+
+		while (flen >= 0 && cap < w->stage_used + flen)
+			cap *= 2;
+		if (flen < 0 || !(p = realloc(w->stage, cap))) {
+			w->err_no = ENOMEM;
+			return SGW_ERUN;
+		}
+		w->stage = p;
+		w->stage_cap = cap;
+	}
+	memcpy(w->stage + w->stage_used, w->scratch + META_LEN, flen);
+	w->stage_used += flen;
+	w->slen[w->nstage] = flen;
+	w->sts[w->nstage] = ts;
+	w->nstage++;
+	return 1;
+}
+
+/* How many staged packets the next test run takes: as many as fit a batch, or 1 (a packet that runs alone). */
+static uint32_t batch_size(const struct sgw *w)
+{
+	uint32_t k = 0;
+	uint64_t bytes = META_LEN;
+
+	if (!w->batch)
+		return 1;
+	while (k < w->nstage && k < SG_BATCH_MAX && w->slen[k] >= ETH_LEN &&
+	       bytes + (k ? SG_BATCH_GAP : 0) + w->slen[k] <= SG_BATCH_BYTES)
+		bytes += (k ? SG_BATCH_GAP : 0) + w->slen[k++];
+	return k ? k : 1;
+}
+
+/* One test run of the first `k` staged packets; their verdicts counted. Returns how many ran, or SGW_ERUN. */
+static int64_t run_staged(struct sgw *w, uint32_t k)
+{
+	uint32_t magic = SG_META_MAGIC, zero = 0, total = 0;
+	uint8_t *f = w->run_buf;
+	struct sgw_test_attr a;
+	uint32_t ctx[6] = {META_LEN, 0, 0, 0, 0, 0}; /* struct xdp_md */
+	uint64_t ran;
+
+	memcpy(f, &magic, 4);
+	memcpy(f + 4, &zero, 4);
+	memcpy(f + 8, &w->sts[0], 8);
+	memset(&a, 0, sizeof(a));
+	a.prog_fd = w->prog_fd;
+	a.repeat = 1;
+	a.ctx_in = (uint64_t)(uintptr_t)ctx;
+	a.ctx_size_in = sizeof(ctx);
+	if (k == 1) {
+		/* alone: the packet as staged (it may be longer than a batch), after the metadata in scratch */
+		memcpy(w->scratch, f, META_LEN);
+		memcpy(w->scratch + META_LEN, w->stage, w->slen[0]);
+		f = w->scratch;
+		total = w->slen[0];
+		if (w->batch)
+			w->batch->n = 0;
+	} else {
+		/* last packet first, each but the last after a gap: the program starts at the buffer's tail and moves the
+		 * frame forwards in the capture (struct sg_batch) */
+		uint32_t off, pos = 0;
+
+		for (uint32_t j = 0; j < k; j++)
+			total += w->slen[j] + (j ? SG_BATCH_GAP : 0);
+		off = META_LEN + total;
+		for (uint32_t j = 0; j < k; j++) {
+			off -= w->slen[j];
+			memcpy(f + off, w->stage + pos, w->slen[j]);
+			if (j + 1 < k) {
+				off -= SG_BATCH_GAP;
+				memset(f + off, 0, SG_BATCH_GAP);
+			}
+			pos += w->slen[j];
+			w->batch->pkt[j].len = w->slen[j];
+			w->batch->pkt[j].verdict = 0;
+			w->batch->pkt[j].ts_ns = w->sts[j];
+		}
+		w->batch->skip = total - w->slen[0];
+		w->batch->done = 0;
+		w->batch->stop = 0;
+		w->batch->n = k;
+	}
+	ctx[1] = META_LEN + total;
+	a.data_in = (uint64_t)(uintptr_t)f;
+	a.data_size_in = META_LEN + total;
+	if (syscall(__NR_bpf, SGW_BPF_PROG_TEST_RUN, &a, sizeof(a)) != 0) {
+		w->err_no = errno;
+		if (w->batch)
+			w->batch->n = 0;
+		return SGW_ERUN;
+	}
+	w->kernel_ns += a.duration;
+	w->runs++;
+	if (k == 1) {
+		w->verdicts[a.retval < 5 ? a.retval : 7]++;
+		ran = 1;
+	} else {
+		ran = w->batch->done;
+		w->batch->n = 0;
+		if (ran > k)
+			ran = k;
+		for (uint32_t j = 0; j < ran; j++) {
+			uint32_t v = w->batch->pkt[j].verdict;
+
+			w->verdicts[v < 5 ? v : 7]++;
+		}
+		if (!ran) /* the frame could not move onto the first packet: the kernel refused this batch's layout */
+			return run_staged(w, 1);
+	}
+	w->packets += ran;
+	/* the packets that ran leave the stage */
+	uint32_t bytes = 0;
+
+	for (uint32_t j = 0; j < ran; j++)
+		bytes += w->slen[j];
+	memmove(w->stage, w->stage + bytes, w->stage_used - bytes);
+	w->stage_used -= bytes;
+	memmove(w->slen, w->slen + ran, (w->nstage - ran) * sizeof(w->slen[0]));
+	memmove(w->sts, w->sts + ran, (w->nstage - ran) * sizeof(w->sts[0]));
+	w->nstage -= ran;
+	return ran;
+}
+
+/* Run packets until the ring buffer holds records (SGW_EVENTS), the capture ends (SGW_END), about `max_packets` have
+ * run in this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails (SGW_ERUN: err_no).
+ * Packets before a bad record all run first, as in the per-packet loop. */
 int sgw_run(struct sgw *w, uint64_t max_packets)
 {
 	uint64_t done = 0;
@@ -522,48 +706,24 @@ int sgw_run(struct sgw *w, uint64_t max_packets)
 	if (!w->started && start(w))
 		return SGW_ECAPTURE;
 	for (;;) {
-		uint64_t ts = 0, len = 0, roff = 0;
-		const uint8_t *d = NULL;
-		uint32_t lt = 0;
-		int rc = w->pcapng ? next_pcapng(w, &ts, &d, &len, &lt, &roff) : next_pcap(w, &ts, &d, &len, &lt, &roff);
+		uint32_t want = w->batch ? SG_BATCH_MAX : 1;
 
-		if (rc < 0)
-			return rc;
-		if (rc == 0)
-			return SGW_END;
-		if (w->pcapng && check_lt(w, roff, lt))
-			return SGW_ECAPTURE;
-		int64_t flen = build_frame(w, lt, d, len);
+		while (!w->pending && w->nstage < want && w->stage_used < SG_BATCH_BYTES) {
+			int rc = stage_one(w);
 
-		if (flen < 0) {
-			w->err_no = ENOMEM;
-			return SGW_ERUN;
+			if (rc != 1)
+				w->pending = rc;
 		}
-		uint8_t *f = w->scratch;
-		uint32_t magic = 0x5347544d, zero = 0;
-		uint32_t ctx[6] = {META_LEN, (uint32_t)(META_LEN + flen), 0, 0, 0, 0}; /* struct xdp_md */
-		struct sgw_test_attr a;
+		if (!w->nstage)
+			return w->pending;
+		int64_t ran = run_staged(w, batch_size(w));
 
-		memcpy(f, &magic, 4);
-		memcpy(f + 4, &zero, 4);
-		memcpy(f + 8, &ts, 8);
-		memset(&a, 0, sizeof(a));
-		a.prog_fd = w->prog_fd;
-		a.data_in = (uint64_t)(uintptr_t)f;
-		a.data_size_in = META_LEN + flen;
-		a.ctx_in = (uint64_t)(uintptr_t)ctx;
-		a.ctx_size_in = sizeof(ctx);
-		a.repeat = 1;
-		if (syscall(__NR_bpf, SGW_BPF_PROG_TEST_RUN, &a, sizeof(a)) != 0) {
-			w->err_no = errno;
-			return SGW_ERUN;
-		}
-		w->packets++;
-		w->verdicts[a.retval < 5 ? a.retval : 7]++;
-		w->kernel_ns += a.duration;
+		if (ran < 0)
+			return (int)ran;
 		if (__atomic_load_n(w->prod, __ATOMIC_ACQUIRE) != __atomic_load_n(w->cons, __ATOMIC_ACQUIRE))
 			return SGW_EVENTS;
-		if (++done >= max_packets)
+		done += ran;
+		if (done >= max_packets)
 			return SGW_PAUSE;
 	}
 }
