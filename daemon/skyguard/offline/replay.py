@@ -120,12 +120,13 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     rows: list[dict] = []
     decisions: list[dict] = []
     totals: Counter = Counter()
+    left: list | None = None  # the flows the previous capture left, as listed at its end (None: not known)
     try:
         for path in paths:
             run = CaptureRun(str(path))
             runs.append(run)
             name = Path(path).name
-            _fresh_state(kernel)
+            _fresh_state(kernel, left)
             eng = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all, logger=_quiet_logger())
             pkt_index = {"n": 0, "first": {}}
             mine: list[dict] = []  # this capture's decisions (their times to verdict are set once it ends)
@@ -156,9 +157,11 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             after = kernel.stats()
             totals.update({k: after.get(k, 0) - before.get(k, 0) for k in after})
             first = {}
+            left = []
             for key, flow in kernel.flows():
                 rows.append({"capture": name, **eng.flow_row(key, flow)})
                 first[str(key)] = flow.first_ns
+                left.append(key)
             for d in mine:
                 if d["flow"] in first:
                     d["ms"] = round((d["ts_ns"] - first[d["flow"]]) / 1e6, 3)
@@ -170,12 +173,13 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     return ReplayResult(runs, policy.name, rows, dict(totals), decisions)
 
 
-def _fresh_state(kernel) -> None:
+def _fresh_state(kernel, flows: list | None = None) -> None:
     """No flow and no learned prefix of an earlier capture may decide anything in this one: every capture then
-    gives the same result alone, after others, or in its own process (jobs > 1)."""
+    gives the same result alone, after others, or in its own process (jobs > 1). `flows`: the keys of every flow in
+    the table, when the caller has just listed them (only packets make flows), which spares a scan of the table."""
     from skyguard.kernel.loader import PREFIX_KINDS
 
-    for key, _ in list(kernel.flows()):
+    for key in flows if flows is not None else [key for key, _ in kernel.flows()]:
         kernel.delete_flow(key)
     for kind in PREFIX_KINDS:
         for net, src, _exp in kernel.prefixes(kind):
