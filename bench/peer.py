@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes as ct
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -66,10 +67,11 @@ def ndpi_seconds(paths: list[Path]) -> float | None:
 _NOOP_RB = b"BPF_RINGBUF_OUTPUT(events, 1);\nint xdp_noop_rb(struct xdp_md *ctx) { return XDP_PASS; }\n"
 
 
-def walk_ceiling(paths: list[Path], batched: bool = True) -> float | None:
-    """Packets/s of the replay's own C loop (offline/walk.c) over `paths` driving a program that does nothing with the
-    packets: bench/batch_noop.bpf.c, which walks batches as the replay build does (`batched`), else a no-op program
-    with one BPF_PROG_TEST_RUN per packet. What is left of a replay when the program and the slow path cost nothing."""
+def walk_ceiling(paths: list[Path], batched: bool = True) -> dict | None:
+    """The replay's own C loop (offline/walk.c) over `paths` driving a program that does nothing with the packets:
+    bench/batch_noop.bpf.c, which walks batches as the replay build does (`batched`), else a no-op program with one
+    BPF_PROG_TEST_RUN per packet. What is left of a replay when the program and the slow path cost nothing: its
+    packets, test runs and packets/s (None if a capture did not run to its end)."""
     import bcc
 
     from skyguard import wire
@@ -85,15 +87,16 @@ def walk_ceiling(paths: list[Path], batched: bool = True) -> float | None:
         fd, batch_fd = b.load_func(b"xdp_noop_rb", bcc.BPF.XDP).fd, -1
     try:
         rb = b[b"events"].map_fd
-        n, t = 0, time.perf_counter()
+        n = runs = 0
+        t = time.perf_counter()
         for p in paths:
             with fw.Walker(p, fd, rb, batch_fd) as w:
                 while (step := w.run()).status == fw.PAUSE:
                     pass
-                if step.status != fw.END:
+                if step.status != fw.END or w.verdicts[2] != step.packets:  # all passed: each packet ran once
                     return None
-                n += step.packets
-        return n / (time.perf_counter() - t)
+                n, runs = n + step.packets, runs + w.runs
+        return {"packets": n, "runs": runs, "pps": n / (time.perf_counter() - t)}
     finally:
         b.cleanup()
 
@@ -113,17 +116,28 @@ def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     out["replay_pps"] = (p2 - p1) / (t2 - t1) if t2 > t1 else None
     out["ndpi_pps"] = (p2 - p1) / (n2 - n1) if n1 is not None and n2 is not None and n2 > n1 else None
     out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
-    out["ceiling_pps"] = walk_ceiling(large)
+    out["ceiling_pps"] = (walk_ceiling(large) or {}).get("pps")
     out["ceiling_ratio"] = ratio(out["ceiling_pps"] or 0, out["ndpi_pps"] or 0)
-    out["single_ceiling_pps"] = walk_ceiling(large, batched=False)
+    out["single_ceiling_pps"] = (walk_ceiling(large, batched=False) or {}).get("pps")
     out["single_ceiling_ratio"] = ratio(out["single_ceiling_pps"] or 0, out["ndpi_pps"] or 0)
     out["runs_per_packet"] = sizes[1][3] / p2 if p2 else None
+    # `skyguard replay --jobs N`: one process per capture (each loads its own replay build from the cached image, in
+    # both sizes alike, so that start-up cancels out too); ndpiReader reads one capture at a time
+    jobs = os.cpu_count() or 1
+    wall = []
+    for paths in (small, large):
+        t = time.perf_counter()
+        replay.replay(paths, engine="c", jobs=jobs)
+        wall.append(time.perf_counter() - t)
+    out["jobs"] = jobs
+    out["jobs_pps"] = (p2 - p1) / (wall[1] - wall[0]) if wall[1] > wall[0] else None
+    out["jobs_ratio"] = ratio(out["jobs_pps"] or 0, out["ndpi_pps"] or 0)
     return out
 
 
 def start_seconds() -> dict:
     """Seconds to a loaded replay build: compiled by bcc (the image cache off), then from the cached image."""
-    import os
+    from unittest import mock
 
     from skyguard.kernel import image
 
@@ -131,18 +145,11 @@ def start_seconds() -> dict:
     with Kernel(replay=True):  # the image is written by a compile with the cache on, if it is not there yet
         pass
     for name, env in (("compiled", "0"), ("cached", "1")):
-        old = os.environ.get(image.ENV)
-        os.environ[image.ENV] = env
-        try:
+        with mock.patch.dict(os.environ, {image.ENV: env}):
             t = time.perf_counter()
             with Kernel(replay=True) as k:
                 out[name] = time.perf_counter() - t
                 out[f"{name}_from_cache"] = k.from_cache
-        finally:
-            if old is None:
-                os.environ.pop(image.ENV, None)
-            else:
-                os.environ[image.ENV] = old
     return out
 
 
@@ -192,6 +199,8 @@ def format_table(res: dict) -> str:
               f"marginal pps between {m['packets'][0]} and {m['packets'][1]} packets of generated traffic: "
               f"replay {f(m['replay_pps'], '.0f')}, nDPI {f(m['ndpi_pps'], '.0f')}, "
               f"replay / nDPI {f(m['ratio'], '.2f')}x",
+              f"marginal pps of replay --jobs {m['jobs']} (one process per capture): {f(m['jobs_pps'], '.0f')}, "
+              f"{f(m['jobs_ratio'], '.2f')}x nDPI's (which reads one capture at a time)",
               f"test runs per packet in the larger set: {f(m['runs_per_packet'], '.3f')} (batches of up to "
               f"{wire.BATCH_MAX} packets, cut after each packet that leaves events)",
               f"ceiling of the same C loop driving a program that does nothing (the larger set): batched "

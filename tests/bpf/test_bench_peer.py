@@ -1,0 +1,28 @@
+"""bench/peer.py's ceiling of the replay loop: the batch walker it drives (bench/batch_noop.bpf.c) must follow the
+replay build's batch protocol (struct sg_batch), or the ceiling it prints measures something else. This checks that
+every packet ran once and that they ran in batches, never a rate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from skyguard import wire
+from skyguard.lab import gen
+from tests.conftest import ROOT
+
+
+def test_ceiling_walks_every_packet_once_in_batches(bpf_ok, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sys.modules.pop("peer", None)
+    import peer
+
+    gen.generate(5, tmp_path, calls=2, kinds=["modern-p2p", "sip-rtp"])
+    paths = sorted(Path(tmp_path).glob("*.pcap"))
+    batched = peer.walk_ceiling(paths)
+    single = peer.walk_ceiling(paths, batched=False)
+    assert batched and single, "a capture did not run to its end, or a packet did not pass exactly once"
+    assert batched["packets"] == single["packets"] > 1000
+    assert single["runs"] == single["packets"]
+    # nothing ends a batch but its size: most runs hold many packets
+    assert batched["runs"] * wire.BATCH_MAX < batched["packets"] * 4
