@@ -121,17 +121,6 @@ def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     out["single_ceiling_pps"] = (walk_ceiling(large, batched=False) or {}).get("pps")
     out["single_ceiling_ratio"] = ratio(out["single_ceiling_pps"] or 0, out["ndpi_pps"] or 0)
     out["runs_per_packet"] = sizes[1][3] / p2 if p2 else None
-    # `skyguard replay --jobs N`: one process per capture (each loads its own replay build from the cached image, in
-    # both sizes alike, so that start-up cancels out too); ndpiReader reads one capture at a time
-    jobs = os.cpu_count() or 1
-    wall = []
-    for paths in (small, large):
-        t = time.perf_counter()
-        replay.replay(paths, engine="c", jobs=jobs)
-        wall.append(time.perf_counter() - t)
-    out["jobs"] = jobs
-    out["jobs_pps"] = (p2 - p1) / (wall[1] - wall[0]) if wall[1] > wall[0] else None
-    out["jobs_ratio"] = ratio(out["jobs_pps"] or 0, out["ndpi_pps"] or 0)
     return out
 
 
@@ -199,8 +188,6 @@ def format_table(res: dict) -> str:
               f"marginal pps between {m['packets'][0]} and {m['packets'][1]} packets of generated traffic: "
               f"replay {f(m['replay_pps'], '.0f')}, nDPI {f(m['ndpi_pps'], '.0f')}, "
               f"replay / nDPI {f(m['ratio'], '.2f')}x",
-              f"marginal pps of replay --jobs {m['jobs']} (one process per capture): {f(m['jobs_pps'], '.0f')}, "
-              f"{f(m['jobs_ratio'], '.2f')}x nDPI's (which reads one capture at a time)",
               f"test runs per packet in the larger set: {f(m['runs_per_packet'], '.3f')} (batches of up to "
               f"{wire.BATCH_MAX} packets, cut after each packet that leaves events)",
               f"ceiling of the same C loop driving a program that does nothing (the larger set): batched "
