@@ -404,3 +404,38 @@ def test_config_keys_and_flags(tmp_path: Path):
                  "ipfix_mtu = 100\n")
     with pytest.raises(ConfigError, match=r"skyguard.toml:4: ipfix_mtu"):
         load_config(f)
+
+
+def test_reported_flows_the_table_lost_are_forgotten_after_two_rounds():
+    """A reported flow the LRU table evicted never gets an end the daemon sees: its entry goes once two snapshot rounds
+    in a row, both more than two active timeouts after its last record, did not hold its key. Flows still in the
+    table, recent records and a key missing from one round only are kept."""
+    from skyguard.kernel.flowtable import KEY_DTYPE
+
+    T = 60 * 10**9
+    gone, kept, young, blip = (wire.FlowKey.make("10.0.0.1", 40000 + i, "192.0.2.9", 3478, 17) for i in range(4))
+
+    class Snap:
+        def __init__(self, keys: list[wire.FlowKey], taken_ns: int) -> None:
+            raw = b"".join(k.pack() for k in keys)
+            self.keys = np.frombuffer(raw, dtype=KEY_DTYPE) if raw else np.zeros(0, dtype=KEY_DTYPE)
+            self.cols = type("Cols", (), {"first_ns": np.zeros(len(keys), dtype=np.uint64),
+                                          "last_ns": np.zeros(len(keys), dtype=np.uint64)})()
+            self.taken_ns = taken_ns
+
+        def __len__(self) -> int:
+            return len(self.keys)
+
+    ex = Exporter("127.0.0.1:9", active_timeout_s=60)
+    for k, last in ((gone, 1), (kept, 1), (blip, 1), (young, 9 * T)):
+        assert ex.record(k, _flow((5, 5), (500, 500), first=0, last=last), ipfix.END_ACTIVE, wall_off_ns=0)
+    now = 10 * T
+    ex.active_timeouts(Snap([kept, young], now), lambda _k: None, now_ns=now)  # gone and blip missing once
+    assert set(ex.reported) == {gone, kept, young, blip} and ex.counters.gone_unended == 0
+    ex.active_timeouts(Snap([kept, blip], now + 1), lambda _k: None, now_ns=now + 1)  # young is too recent
+    assert set(ex.reported) == {kept, young, blip}
+    assert ex.counters.gone_unended == 1 and ex.status()["gone_unended"] == 1
+    ex.active_timeouts(Snap([], now + 2), lambda _k: None, now_ns=now + 2)  # an empty table: blip missing once more
+    ex.active_timeouts(Snap([], now + 3), lambda _k: None, now_ns=now + 3)
+    assert set(ex.reported) == {young} and ex.counters.gone_unended == 3
+    ex.close()

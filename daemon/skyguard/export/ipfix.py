@@ -338,6 +338,7 @@ class ExportCounters:
     send_errors: int = 0  # sendto failures other than a full socket buffer (e.g. ICMP port unreachable)
     records_lost: int = 0  # records whose message was dropped because the outbox was full (a sequence gap)
     active_reads: int = 0  # flows read from the kernel for an active-timeout record
+    gone_unended: int = 0  # reported flows that left the table without an end the daemon saw (LRU eviction)
     last_error: str = ""
     by_reason: dict[int, int] = field(default_factory=dict)
 
@@ -376,6 +377,7 @@ class Exporter:
         self.pending: list[Record] = []
         self.outbox: collections.deque[tuple[bytes, int]] = collections.deque()  # (message, its record count)
         self._last_scan_ns: int | None = None
+        self._absent: set[wire.FlowKey] = set()  # reported flows missing from the last snapshot round
 
     # ---- flows -> records -----------------------------------------------------------------------------------------
 
@@ -453,6 +455,7 @@ class Exporter:
         from the kernel). Returns how many records were queued."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         self._release_baseline(snapshot)
+        self._forget_gone(snapshot)
         prev_ns = self._last_scan_ns if self._last_scan_ns is not None else now_ns
         self._last_scan_ns = now_ns
         n = len(snapshot)
@@ -471,6 +474,28 @@ class Exporter:
 
     def forget(self, key: wire.FlowKey) -> None:
         self.reported.pop(key, None)
+
+    def _forget_gone(self, snapshot) -> None:
+        """Drop what was reported of flows that left the table without an end the daemon saw (the LRU table evicted
+        them): a reported flow that goes on gets a record, and a new entry, every active timeout, and an idle one is
+        ended by the daemon's expiry, so an entry older than two active timeouts whose key two snapshot rounds in a
+        row did not hold is of a flow that is gone. Without this the entries of evicted flows stayed for the daemon's
+        life. Their packets since their last record are in no record (counted in `gone_unended`)."""
+        cutoff = snapshot.taken_ns - 2 * self.active_ns
+        old = [k for k, r in self.reported.items() if r.last_ns < cutoff]
+        if not old:
+            self._absent = set()
+            return
+        n = len(snapshot)
+        words = np.ascontiguousarray(snapshot.keys[:n]).view("<u8").reshape(n, _KEY_WORDS)
+        held = _key_hash(words)
+        mine = np.frombuffer(b"".join(k.pack() for k in old), dtype="<u8").reshape(len(old), _KEY_WORDS)
+        missing = ~np.isin(_key_hash(mine), held)  # a hash collision only keeps an entry one round longer
+        absent = {k for k, m in zip(old, missing, strict=True) if m}
+        for k in absent & self._absent:
+            del self.reported[k]
+            self.counters.gone_unended += 1
+        self._absent = absent - self._absent
 
     # ---- records -> the collector ----------------------------------------------------------------------------------
 
@@ -528,6 +553,7 @@ class Exporter:
         return {"collector": f"{self.collector[0]}:{self.collector[1]}", "records": c.records,
                 "messages": c.messages, "sequence": self.encoder.sequence, "send_errors": c.send_errors,
                 "records_lost": c.records_lost, "outbox": len(self.outbox), "tracked_flows": len(self.reported),
+                "gone_unended": c.gone_unended,
                 "adopted_flows": len(self.baseline) if self.baseline is not None else 0, "last_error": c.last_error}
 
 
