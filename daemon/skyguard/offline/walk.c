@@ -599,9 +599,14 @@ static uint32_t batch_size(const struct sgw *w)
 
 	if (!w->batch)
 		return 1;
-	while (k < w->nstage && k < SG_BATCH_MAX && w->slen[k] >= ETH_LEN &&
-	       bytes + (k ? SG_BATCH_GAP : 0) + w->slen[k] <= SG_BATCH_BYTES)
-		bytes += (k ? SG_BATCH_GAP : 0) + w->slen[k++];
+	while (k < w->nstage && k < SG_BATCH_MAX && w->slen[k] >= ETH_LEN) {
+		uint64_t next = bytes + (k ? SG_BATCH_GAP : 0) + w->slen[k];
+
+		if (next > SG_BATCH_BYTES)
+			break;
+		bytes = next;
+		k++;
+	}
 	return k ? k : 1;
 }
 
@@ -662,7 +667,8 @@ static int64_t run_staged(struct sgw *w, uint32_t k)
 		w->err_no = errno;
 		if (w->batch)
 			w->batch->n = 0;
-		return SGW_ERUN;
+		/* a kernel that refuses this batch's buffer: the first packet alone says whether the packet is the cause */
+		return k > 1 ? run_staged(w, 1) : SGW_ERUN;
 	}
 	w->kernel_ns += a.duration;
 	w->runs++;
