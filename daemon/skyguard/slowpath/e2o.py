@@ -82,6 +82,7 @@ def _tolerance_ms(period: int) -> float:
 
 # (period, tolerance, 2x, 3x) per packetisation period: every sample checks its inter-arrival against all of them
 _PERIOD_TESTS = tuple((p, _tolerance_ms(p), 2 * p, 3 * p) for p in PERIODS_MS)
+_BIN_NS = RATE_BIN_MS * 1_000_000
 
 
 @dataclass
@@ -103,35 +104,56 @@ class _Dir:
     bins: dict[int, int] = field(default_factory=dict)  # packets per RATE_BIN_MS bin since the first packet
 
     def add(self, ts_ns: int, payload_len: int, data: bytes) -> None:
+        # the slow path's hottest function (every sample of every watched flow): attributes are read once into
+        # locals and the Welford updates are _Running.add written out, with the same operations in the same order
         self.pkts += 1
         head = data[:5]
+        prev = self.prev_head
         cid = (
-            len(head) == 5 and self.prev_head is not None and len(self.prev_head) == 5
-            and head[:4] == self.prev_head[:4] and head[4] != self.prev_head[4]
+            len(head) == 5 and prev is not None and len(prev) == 5
+            and head[:4] == prev[:4] and head[4] != prev[4]
         )
         if cid:
             self.cid_rep += 1
-            self.cid_size.add(payload_len)
-        self.all_size.add(payload_len)
+            r = self.cid_size
+            r.n += 1
+            d = payload_len - r.mean
+            r.mean += d / r.n
+            r.m2 += d * (payload_len - r.mean)
+        r = self.all_size
+        r.n += 1
+        d = payload_len - r.mean
+        r.mean += d / r.n
+        r.m2 += d * (payload_len - r.mean)
         self.prev_head = bytes(head)
-        if len(data) >= 3 and (data[2] & 0x8F) in SOM_FUNCS:
-            self.som += 1
-            if data[2] & 0x8F == SOM_DATA and payload_len > 4:
-                self.som_data += 1
-        if self.first_ts is None and cid:
-            self.first_ts = ts_ns  # the rate is the media's: count from the first connection-ID packet on
-        if self.first_ts is not None:
-            b = max(0, ts_ns - self.first_ts) // (RATE_BIN_MS * 1_000_000)
-            if b in self.bins or len(self.bins) < MAX_SAMPLES:
-                self.bins[b] = self.bins.get(b, 0) + 1
-        if self.last_ts is not None and ts_ns >= self.last_ts:
-            iat = (ts_ns - self.last_ts) / 1e6
+        if len(data) >= 3:
+            func = data[2] & 0x8F
+            if func in SOM_FUNCS:
+                self.som += 1
+                if func == SOM_DATA and payload_len > 4:
+                    self.som_data += 1
+        first = self.first_ts
+        if first is None and cid:
+            first = self.first_ts = ts_ns  # the rate is the media's: count from the first connection-ID packet on
+        if first is not None:
+            since = ts_ns - first
+            b = since // _BIN_NS if since > 0 else 0
+            bins = self.bins
+            n = bins.get(b)
+            if n is not None:
+                bins[b] = n + 1
+            elif len(bins) < MAX_SAMPLES:
+                bins[b] = 1
+        last = self.last_ts
+        if last is not None and ts_ns >= last:
+            iat = (ts_ns - last) / 1e6
             self.iats += 1
+            hits, mult = self.hits, self.mult
             for i, (p, tol, p2, p3) in enumerate(_PERIOD_TESTS):
                 if abs(iat - p) <= tol:
-                    self.hits[i] += 1
+                    hits[i] += 1
                 elif abs(iat - p2) <= tol or abs(iat - p3) <= tol:
-                    self.mult[i] += 1
+                    mult[i] += 1
         self.last_ts = ts_ns
 
     def period(self) -> tuple[int, float, float]:
@@ -287,34 +309,44 @@ class E2OTracker:
         }
 
     def evaluate(self) -> Verdict | None:
+        """The E2O and E2E rules over features(), each feature computed only when its rule gets that far: a flow is
+        evaluated after each of its samples from MIN_SAMPLES on, and in replays of calls most evaluations end at the
+        size test, before the (costlier) clock tests. The features are pure functions of the state: the order in
+        which they are computed changes no verdict."""
         # cheap gates first: the chi-square and the rest only for flows that could pass one of the two rules
         if not self.balanced():
             return None
-        if self.cid_share() <= CID_SHARE and sum(d.som for d in self.dirs) < SOM_SHARE * self.n:
+        dirs, n = self.dirs, self.n
+        cid_share = self.cid_share()
+        som = sum(d.som for d in dirs)
+        if cid_share <= CID_SHARE and som < SOM_SHARE * n:
             return None
-        f = self.features()
-        det = f["det"]
-        ndet = sum(det)
-        periods = "/".join(sorted({f"{p[0]}ms" for p in f["period"] if p[0]}))
+        det = self.chi2.deterministic()
         # E2O: constant CID in every direction, random rest, constant bit rate, regular clock, both ways
         if (
-            f["cid_share"] > CID_SHARE
+            cid_share > CID_SHARE
             and sum(det[:8]) >= 7 and not any(det[8:])
-            and all(d.cid_size.n >= 2 and d.cid_size.sd <= SIZE_SD_MAX for d in self.dirs)
-            and all(f["regular"])
+            and all(d.cid_size.n >= 2 and d.cid_size.sd <= SIZE_SD_MAX for d in dirs)
+            and all(d.regular() for d in dirs)
         ):
-            sd = max(f["size_sd_cid"])
+            sd = max(d.cid_size.sd for d in dirs)
             return Verdict(wire.OUT, R_E2O_STATS,
-                           f"cid {f['cid_share']:.0%} chi2 {ndet}/16 det, size sd {sd:.1f}B, {periods}")
+                           f"cid {cid_share:.0%} chi2 {sum(det)}/16 det, size sd {sd:.1f}B, {_periods(dirs)}")
         # E2E: SoM data frames both ways, only the function byte's groups (5-6) deterministic, not CBR-with-CID
+        som_data_share = [d.som_data / d.pkts if d.pkts else 0.0 for d in dirs]
         if (
-            f["som_share"] >= SOM_SHARE
-            and all(s >= SOM_DATA_SHARE for s in f["som_data_share"])
+            (som / n if n else 0.0) >= SOM_SHARE
+            and all(s >= SOM_DATA_SHARE for s in som_data_share)
             and det[5] and not any(det[:4]) and not any(det[6:])
-            and f["cid_share"] < 0.5
+            and cid_share < 0.5
         ):
-            sd = max(f["size_sd"])
+            sd = max(d.all_size.sd for d in dirs)
             return Verdict(wire.P2P, R_SOM_VOICE,
-                           f"som data {min(f['som_data_share']):.0%} both ways, chi2 {ndet}/16 det (5-6), "
-                           f"size sd {sd:.1f}B, {periods or 'irregular'}")
+                           f"som data {min(som_data_share):.0%} both ways, chi2 {sum(det)}/16 det (5-6), "
+                           f"size sd {sd:.1f}B, {_periods(dirs) or 'irregular'}")
         return None
+
+
+def _periods(dirs: tuple[_Dir, _Dir]) -> str:
+    """The directions' dominant periods for a verdict's detail: '20ms', '20ms/30ms', '' for none."""
+    return "/".join(sorted({f"{p}ms" for p, _hit, _any in (d.period() for d in dirs) if p}))
