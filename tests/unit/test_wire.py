@@ -109,6 +109,24 @@ def test_event_roundtrip(layout):
         wire.Event.unpack(b"\x01" * 10)
 
 
+def test_event_unpack_every_type_and_unknown():
+    """Event.unpack decodes each record with one struct of the whole record: every type, the key's members in place,
+    data cut at caplen; an unknown type is refused and named by its number."""
+    k = wire.FlowKey.make("2001:db8::1", 443, "2001:db8::2", 50000, 6, vlan=12)
+    for typ in (wire.EV_TLS, wire.EV_HTTP, wire.EV_DNS):
+        ev = wire.Event(typ, 1, 2**40, k, payload_len=700, data=b"\x16\x03" * 300)
+        got = wire.Event.unpack(ev.pack())
+        assert got == wire.Event(typ, 1, 2**40, k, payload_len=700, data=(b"\x16\x03" * 300)[:wire.BIG_BYTES])
+        assert type(got.key) is wire.FlowKey and got.key.vlan == 12 and got.name == wire.EVENT_NAMES[typ]
+    ev = wire.Event(wire.EV_CLASSIFIED, 0, 7, k, old_cls=1, new_cls=5, reason=0xFFFFFFFF, pkts=2**63)
+    assert wire.Event.unpack(ev.pack()) == ev
+    raw = bytearray(ev.pack())
+    raw[0] = 200
+    with pytest.raises(ValueError, match="unknown event type 200"):
+        wire.Event.unpack(bytes(raw))
+    assert wire.Event(200, 0, 0, k).name == "200"
+
+
 def test_names_come_from_the_header():
     assert wire.CLASS_NAMES == ("unknown", "other", "skype-signaling", "skype-p2p", "skype-out", "skype-relay")
     assert wire.ACTION_NAMES == ("pass", "drop", "mark")

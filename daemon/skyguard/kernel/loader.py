@@ -240,10 +240,16 @@ class Kernel:
     # -- events ------------------------------------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, size: int) -> int:
         ev = wire.Event.unpack(ct.string_at(data, size))
-        if self._sink is None:
+        sink = self._sink
+        if sink is None:
             self._events.append(ev)
             return 0
-        self._hand(ev)
+        # _hand written out: libbpf calls this once per record
+        try:
+            sink(ev)
+        except BaseException as e:  # noqa: BLE001 - ctypes would swallow it: re-raised by drain_events
+            self._sink_error = self._sink_error or e
+        self._budget -= 1
         # a negative return makes libbpf stop after this record (which counts as consumed): under a flood the
         # producer outpaces the handler and ring_buffer__consume would otherwise never return to the daemon's loop
         return -1 if self._budget <= 0 else 0
