@@ -301,3 +301,17 @@ def test_periods_detail() -> None:
         a.add(k * 20 * MS, 60, b"\x00" * 8)
         b.add(k * 30 * MS, 60, b"\x00" * 8)
     assert _periods((a, b)) == "20ms/30ms" and _periods((a, a)) == "20ms"
+
+
+def test_chi2_counts_by_table_equal_the_nibble_loop() -> None:
+    """Chi2.add finds its count indices in tables: the same counts and squares as the loop over the 8 bytes."""
+    rng = random.Random(11)
+    c, counts, squares = Chi2(), [0] * 256, [0] * Chi2.GROUPS
+    for _ in range(300):
+        data = rng.randbytes(rng.randint(8, 64)) if rng.random() < 0.7 else bytes([rng.choice((0, 0x0F, 0xF0))]) * 8
+        c.add(data)
+        for i in range(8):
+            for g, j in ((2 * i, 32 * i + (data[i] >> 4)), (2 * i + 1, 32 * i + 16 + (data[i] & 0x0F))):
+                squares[g] += 2 * counts[j] + 1
+                counts[j] += 1
+        assert list(c.counts) == counts and list(c.squares) == squares
