@@ -153,7 +153,14 @@ def addr_bytes(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> byt
     return ip.packed
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def addr_str(raw: bytes) -> str:
+    # IPv4 (mapped) spelt directly, as str(IPv4Address) does: replay names every flow it decides and lists, and the
+    # daemon every flow it logs, and an ipaddress object each time is most of that
+    if len(raw) == 16 and raw[:12] == _V4_MAPPED:
+        return f"{raw[12]}.{raw[13]}.{raw[14]}.{raw[15]}"
     ip = ipaddress.IPv6Address(raw)
     return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
 

@@ -194,3 +194,20 @@ def test_sample_config_and_daemon_defaults_are_the_headers():
     sample = tomllib.loads((ROOT / "systemd" / "skyguard.toml").read_text())
     assert sample["flows_max"] == wire.C["SG_FLOWS_MAX"] == Config().flows_max
     assert sample["window"] == wire.C["SG_WINDOW"] == Config().window
+
+
+def test_addr_str_equals_ipaddress():
+    """addr_str spells IPv4-mapped addresses itself: the same strings as the ipaddress module, v4 and v6."""
+    import ipaddress
+    import random
+
+    rng = random.Random(3)
+    raws = [bytes(10) + b"\xff\xff" + bytes(4), bytes(10) + b"\xff\xff" + b"\xff" * 4, bytes(16), bytes(15) + b"\x01",
+            bytes(12) + b"\x01\x02\x03\x04", bytes(10) + b"\xff\xfe" + b"\x01\x02\x03\x04"]
+    raws += [bytes(10) + b"\xff\xff" + rng.randbytes(4) for _ in range(2000)] + [rng.randbytes(16) for _ in range(500)]
+    for raw in raws:
+        ip = ipaddress.IPv6Address(raw)
+        assert wire.addr_str(raw) == (str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip))
+    assert wire.addr_str(wire.addr_bytes("192.0.2.10")) == "192.0.2.10"
+    with pytest.raises(ValueError):
+        wire.addr_str(bytes(10) + b"\xff\xff" + b"\x01")  # not 16 bytes: refused as before
