@@ -185,44 +185,64 @@ class _Dir:
         return cv <= RATE_CV_MAX and any(abs(rate_ms - p) <= RATE_TOL * p for p in PERIODS_MS)
 
 
-# Chi2.add's count index of byte value b at payload byte i: high nibble 32i + (b >> 4), low nibble 32i + 16 + (b & 15)
-_HI_NIBBLE_AT = tuple(tuple(32 * i + (b >> 4) for b in range(256)) for i in range(8))
-_LO_NIBBLE_AT = tuple(tuple(32 * i + 16 + (b & 0x0F) for b in range(256)) for i in range(8))
-_GROUP_PAIRS = tuple(range(0, 16, 2))  # the high nibble's group of each of the 8 bytes
-
-
 class Chi2:
-    """Bonfiglio's chi-square per nibble group over the first 8 payload bytes (16 groups x 16 values)."""
+    """Bonfiglio's chi-square per nibble group over the first 8 payload bytes (16 groups x 16 values).
+
+    A sample's 8 bytes are counted when the chi-square is first asked for (or once PENDING_MAX samples wait): about
+    half the flows a replay of calls watches never get that far (too short, or one-way), and counting every sample
+    on arrival was a quarter of the slow path's time. Counts and squares are integers: counted later, they are the
+    same. Until then the flow keeps 8 bytes a sample, at most about what the counts take."""
 
     GROUPS = 16
+    PENDING_MAX = MIN_SAMPLES  # a flow's first evaluation: its samples are counted by then anyway
 
-    __slots__ = ("n", "counts", "squares")
+    __slots__ = ("n", "_counts", "_squares", "_pending")
 
     def __init__(self) -> None:
         self.n = 0
         # 16 groups x 16 nibble values in one 256-entry array of unsigned shorts (512 bytes, not 16 lists: the
-        # slow path keeps one per tracked flow, tens of thousands of them)
-        self.counts = array("H", bytes(512))
-        # per group, the sum of its squared counts, kept as samples come: the chi-square is then one division per
-        # group (see values), where a flow is evaluated again after each of its samples
-        self.squares = array("Q", bytes(8 * self.GROUPS))
+        # slow path keeps one per tracked flow, tens of thousands of them); made when the first samples are counted
+        self._counts: array | None = None
+        # per group, the sum of its squared counts, kept as samples are counted: the chi-square is then one division
+        # per group (see values), where a flow is evaluated again after each of its samples
+        self._squares: array | None = None
+        self._pending = bytearray()  # the first 8 bytes of each sample not counted yet
 
     def add(self, data: bytes) -> None:
         if len(data) < 8 or self.n >= 0xFFFF:
             return
         self.n += 1
-        c, sq = self.counts, self.squares
-        # byte i's high nibble is group 2i, its low nibble group 2i + 1; the count indices come from tables (this
-        # runs for every sample of every watched flow)
-        for g, hi, lo, b in zip(_GROUP_PAIRS, _HI_NIBBLE_AT, _LO_NIBBLE_AT, data):
-            j = hi[b]
-            x = c[j]
-            sq[g] += x + x + 1  # (x + 1)^2 - x^2
-            c[j] = x + 1
-            j = lo[b]
-            x = c[j]
-            sq[g + 1] += x + x + 1
-            c[j] = x + 1
+        self._pending += data[:8]
+        if len(self._pending) >= 8 * self.PENDING_MAX:
+            self._counted()
+
+    def _counted(self) -> tuple[array, array]:
+        """(counts, squares) with every sample added so far counted."""
+        c, sq, pend = self._counts, self._squares, self._pending
+        if c is None or sq is None:
+            c = self._counts = array("H", bytes(512))
+            sq = self._squares = array("Q", bytes(8 * self.GROUPS))
+        if pend:
+            for k, b in enumerate(pend):
+                i = k & 7  # byte i of its sample: its high nibble is group 2i, its low nibble group 2i + 1
+                j = 32 * i + (b >> 4)
+                sq[2 * i] += 2 * c[j] + 1  # (x + 1)^2 - x^2
+                c[j] += 1
+                j = 32 * i + 16 + (b & 0x0F)
+                sq[2 * i + 1] += 2 * c[j] + 1
+                c[j] += 1
+            self._pending = bytearray()
+        return c, sq
+
+    @property
+    def counts(self) -> array:
+        """The 16 x 16 nibble counts, group g's at [16g, 16g + 16)."""
+        return self._counted()[0]
+
+    @property
+    def squares(self) -> array:
+        """Per group, the sum of its squared counts."""
+        return self._counted()[1]
 
     def values(self) -> list[float]:
         """Chi-square of each group against a uniform nibble (15 degrees of freedom); 15*n for a constant group.
