@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from skyguard import wire
 from skyguard.slowpath.e2o import (
+    _IAT_BOUNDS,
+    _PERIOD_TESTS,
     CID_SHARE,
     LAZY_SAMPLES,
     MAX_SAMPLES,
@@ -20,6 +23,8 @@ from skyguard.slowpath.e2o import (
     E2OTracker,
     Verdict,
     _Dir,
+    _iat_region,
+    _period_test,
     _periods,
     _Running,
 )
@@ -318,3 +323,33 @@ def test_chi2_counts_by_table_equal_the_nibble_loop() -> None:
         if rng.random() < 0.05:  # asked now and then: what waits is counted then
             assert list(c.counts) == counts and list(c.squares) == squares
     assert list(c.counts) == counts and list(c.squares) == squares and c.n == 300
+
+
+def test_period_tests_hold_on_closed_whole_ms_intervals() -> None:
+    """Each of _period_test's comparisons |iat - c| <= tol is true from c - tol to c + tol exactly (whole ms, iat - c
+    exact there) and false at the floats just outside: with rounding monotonic, each is true on exactly that interval,
+    which is what lets _Dir.add look the answers up by region."""
+    for p, tol, p2, p3 in _PERIOD_TESTS:
+        for c in (p, p2, p3):
+            lo, hi = c - tol, c + tol
+            assert lo == int(lo) and hi == int(hi) and lo in _IAT_BOUNDS and hi in _IAT_BOUNDS
+            assert abs(lo - c) <= tol and abs(hi - c) <= tol
+            assert not abs(math.nextafter(lo, -math.inf) - c) <= tol
+            assert not abs(math.nextafter(hi, math.inf) - c) <= tol
+
+
+def test_iat_region_equals_the_period_tests() -> None:
+    """The looked-up answers are _period_test's: at every bound, the floats beside it, and inter-arrivals as _Dir.add
+    computes them (ns / 1e6)."""
+    xs = [0.0, 1e-9, 1e9]
+    for b in _IAT_BOUNDS:
+        down = up = b
+        xs.append(b)
+        for _ in range(4):
+            down, up = math.nextafter(down, -math.inf), math.nextafter(up, math.inf)
+            xs += [down, up]
+        xs += [b - 0.5, b + 0.5, (b * MS - 1) / 1e6, (b * MS + 1) / 1e6]
+    rng = random.Random(2)
+    xs += [rng.randrange(0, 300 * MS) / 1e6 for _ in range(20000)] + [rng.uniform(0, 250) for _ in range(20000)]
+    for x in xs:
+        assert _iat_region(x) == _period_test(x), x

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import struct
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from skyguard import wire
@@ -85,6 +86,47 @@ _PERIOD_TESTS = tuple((p, _tolerance_ms(p), 2 * p, 3 * p) for p in PERIODS_MS)
 _BIN_NS = RATE_BIN_MS * 1_000_000
 
 
+def _period_test(iat: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The periods (indices into PERIODS_MS) an inter-arrival of `iat` ms is within tolerance of, and those whose 2x
+    or 3x it is instead: what _Dir counts in hits and mult."""
+    hits: list[int] = []
+    mult: list[int] = []
+    for i, (p, tol, p2, p3) in enumerate(_PERIOD_TESTS):
+        if abs(iat - p) <= tol:
+            hits.append(i)
+        elif abs(iat - p2) <= tol or abs(iat - p3) <= tol:
+            mult.append(i)
+    return tuple(hits), tuple(mult)
+
+
+# _period_test is the slow path's costliest test (15 comparisons per sample), and its answer changes only where an
+# inter-arrival crosses a bound c - tol or c + tol (c = P, 2P, 3P): each |iat - c| <= tol holds exactly on
+# [c - tol, c + tol], as the bounds are whole milliseconds and iat - c is exact near them (Sterbenz: tol <= c / 2).
+# So the answer is that of one representative per region (each bound, and each gap below, between and above them),
+# and _iat_region finds an inter-arrival's region by bisection. tests/unit/test_e2o.py holds the table to
+# _period_test at every bound, the floats next to it, and random inter-arrivals.
+_IAT_BOUNDS = tuple(sorted({c + s * tol for p, tol, p2, p3 in _PERIOD_TESTS for c in (p, p2, p3) for s in (-1, 1)}))
+
+
+def _iat_regions() -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Region 2k: the gap below bound k (above bound k - 1); region 2k + 1: bound k itself; the last: above all."""
+    b = _IAT_BOUNDS
+    reps = [b[0] - 1.0]
+    for k in range(len(b)):
+        reps += [b[k], (b[k] + b[k + 1]) / 2 if k + 1 < len(b) else b[k] + 1.0]
+    return tuple(_period_test(x) for x in reps)
+
+
+_IAT_REGIONS = _iat_regions()
+
+
+def _iat_region(iat: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """_period_test(iat), looked up."""
+    k = bisect_left(_IAT_BOUNDS, iat)
+    on_bound = k < len(_IAT_BOUNDS) and _IAT_BOUNDS[k] == iat
+    return _IAT_REGIONS[2 * k + 1 if on_bound else 2 * k]
+
+
 @dataclass(slots=True)
 class _Dir:
     """Running facts about one direction of the flow (slots: smaller, and faster to update per sample)."""
@@ -148,11 +190,14 @@ class _Dir:
         if last is not None and ts_ns >= last:
             iat = (ts_ns - last) / 1e6
             self.iats += 1
-            hits, mult = self.hits, self.mult
-            for i, (p, tol, p2, p3) in enumerate(_PERIOD_TESTS):
-                if abs(iat - p) <= tol:
+            in_period, in_multiple = _iat_region(iat)
+            if in_period:
+                hits = self.hits
+                for i in in_period:
                     hits[i] += 1
-                elif abs(iat - p2) <= tol or abs(iat - p3) <= tol:
+            if in_multiple:
+                mult = self.mult
+                for i in in_multiple:
                     mult[i] += 1
         self.last_ts = ts_ns
 
