@@ -12,6 +12,7 @@ from skyguard.slowpath.e2o import (
     _IAT_BOUNDS,
     _PERIOD_TESTS,
     CID_SHARE,
+    DIR_BALANCE,
     LAZY_SAMPLES,
     MAX_SAMPLES,
     R_E2O_STATS,
@@ -237,12 +238,21 @@ def test_chi2_running_squares_equal_the_textbook_sum() -> None:
         assert c.values() == pytest.approx(want, rel=1e-12)
 
 
+def _balanced(tr: E2OTracker) -> bool:
+    a, b = (d.pkts for d in tr.dirs)
+    return min(a, b) > 0 and min(a, b) / max(a, b) >= DIR_BALANCE
+
+
+def _cid_share(tr: E2OTracker) -> float:
+    return sum(d.cid_rep for d in tr.dirs) / tr.n if tr.n else 0.0
+
+
 def _evaluate_from_features(tr: E2OTracker) -> Verdict | None:
     """The E2O/E2E rules as first written: every feature computed up front by features(), then the two rules. The
     tracker's evaluate() computes them lazily (most evaluations end early) and must give the same verdicts."""
-    if not tr.balanced():
+    if not _balanced(tr):
         return None
-    if tr.cid_share() <= CID_SHARE and sum(d.som for d in tr.dirs) < SOM_SHARE * tr.n:
+    if _cid_share(tr) <= CID_SHARE and sum(d.som for d in tr.dirs) < SOM_SHARE * tr.n:
         return None
     f = tr.features()
     det = f["det"]
@@ -280,6 +290,7 @@ def test_lazy_evaluate_equals_the_rules_over_all_features(model) -> None:
             tr.add(ts, d, plen, data)
             tr.done = False  # keep feeding it past a verdict: every state is compared
             if tr.n >= LAZY_SAMPLES:
+                assert (tr.balanced(), tr.cid_share()) == (_balanced(tr), _cid_share(tr))
                 want = _evaluate_from_features(tr)
                 assert tr.evaluate() == want
                 decided += want is not None

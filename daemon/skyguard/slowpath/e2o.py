@@ -363,12 +363,17 @@ class E2OTracker:
 
     # -- features -------------------------------------------------------------------------------------------------
 
+    # cid_share and balanced gate every evaluation (every sample from MIN_SAMPLES on): the two directions are added
+    # and ordered without generators, min and max (integers: the same values)
+
     def cid_share(self) -> float:
-        return sum(d.cid_rep for d in self.dirs) / self.n if self.n else 0.0
+        d0, d1 = self.dirs
+        return (d0.cid_rep + d1.cid_rep) / self.n if self.n else 0.0
 
     def balanced(self) -> bool:
-        a, b = (d.pkts for d in self.dirs)
-        return min(a, b) > 0 and min(a, b) / max(a, b) >= DIR_BALANCE
+        d0, d1 = self.dirs
+        lo, hi = (d0.pkts, d1.pkts) if d0.pkts <= d1.pkts else (d1.pkts, d0.pkts)
+        return lo > 0 and lo / hi >= DIR_BALANCE
 
     def features(self) -> dict:
         """Everything the decision looks at (for logs, tests and `detail`)."""
@@ -396,7 +401,7 @@ class E2OTracker:
             return None
         dirs, n = self.dirs, self.n
         cid_share = self.cid_share()
-        som = sum(d.som for d in dirs)
+        som = dirs[0].som + dirs[1].som
         if cid_share <= CID_SHARE and som < SOM_SHARE * n:
             return None
         det = self.chi2.deterministic()
