@@ -134,11 +134,15 @@ class SlowPath:
     # ---- per-flow state ---------------------------------------------------------------------------------------------
 
     def _state(self, key: wire.FlowKey) -> _Flow:
-        k = _pack_key(*key)  # key.pack() without its method call: once per event
-        st = self.flows.touch(k)
+        # once per event: key.pack() and flows.touch() written out
+        k = _pack_key(*key)
+        flows = self.flows
+        st = flows.get(k)
         if st is None:
             st = _Flow()
-            self.flows.put(k, st)
+            flows.put(k, st)
+        else:
+            flows.move_to_end(k)
         return st
 
     def note_sni(self, key: wire.FlowKey, name: str) -> None:
