@@ -154,7 +154,14 @@ def addr_bytes(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> byt
     return ip.packed
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def addr_str(raw: bytes) -> str:
+    # IPv4 (mapped) spelt directly, as str(IPv4Address) does: replay names every flow it decides and lists, and the
+    # daemon every flow it logs, and an ipaddress object each time is most of that
+    if len(raw) == 16 and raw[:12] == _V4_MAPPED:
+        return f"{raw[12]}.{raw[13]}.{raw[14]}.{raw[15]}"
     ip = ipaddress.IPv6Address(raw)
     return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
 
@@ -379,6 +386,13 @@ _SAMPLE_DATA = STRUCTS["sg_ev_sample"].offset("data")
 _BIG_OFF, _BIG_FMT = _part("sg_ev_big", "payload_len", "data")  # payload_len, caplen
 _BIG_DATA = STRUCTS["sg_ev_big"].offset("data")
 assert STRUCTS["sg_ev_classified"].offset("old_cls") == EV_HDR_SIZE == _SAMPLE_OFF == _BIG_OFF
+# whole records up to their data (Event.unpack): type, dir, ts_ns, the key's members, then the body's
+_, _EV_CLASSIFIED_FMT = _part("sg_ev_classified")
+_, _EV_SAMPLE_FMT = _part("sg_ev_sample", stop="data")
+_, _EV_BIG_FMT = _part("sg_ev_big", stop="data")
+_EV_BIG_TYPES = frozenset({EV_DNS, EV_TLS, EV_HTTP})
+assert STRUCTS["sg_ev_hdr"].offset("type") == 0 and STRUCTS["sg_ev_hdr"].members[0].codes() == "B"
+_new_key = tuple.__new__  # FlowKey from a tuple of its members (what FlowKey._make does, without its checks)
 
 
 @dataclass(slots=True)
@@ -397,25 +411,28 @@ class Event:
 
     @property
     def name(self) -> str:
-        return EVENT_NAMES.get(self.type, str(self.type))
+        name = EVENT_NAMES.get(self.type)  # the daemon counts every event by name: no str() for a known type
+        return str(self.type) if name is None else name
 
     @classmethod
     def unpack(cls, raw: bytes) -> Event:
+        # the daemon decodes every ring-buffer record: one unpack_from per record (header, key and body at once) and
+        # the key made by tuple.__new__ (a NamedTuple's own constructor is a Python function)
         if len(raw) < EV_HDR_SIZE:
             raise ValueError(f"event of {len(raw)} bytes is shorter than its {EV_HDR_SIZE}-byte header")
-        typ, d, ts = EV_HDR_FMT.unpack_from(raw, 0)
-        ev = cls(typ, d, ts, FlowKey.unpack(raw, EV_KEY_OFF))
+        typ = raw[0]
+        if typ == EV_SAMPLE:
+            _, d, ts, la, ha, lp, hp, vlan, proto, plen, caplen, inspected = _EV_SAMPLE_FMT.unpack_from(raw)
+            return cls(typ, d, ts, _new_key(FlowKey, (la, ha, lp, hp, vlan, proto)), 0, 0, 0, 0, plen, inspected,
+                       bytes(raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen]))
         if typ == EV_CLASSIFIED:
-            ev.old_cls, ev.new_cls, ev.reason, ev.pkts = EV_CLASSIFIED_FMT.unpack_from(raw, EV_HDR_SIZE)
-        elif typ == EV_SAMPLE:
-            ev.payload_len, caplen, ev.inspected = _SAMPLE_FMT.unpack_from(raw, EV_HDR_SIZE)
-            ev.data = bytes(raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen])
-        elif typ in (EV_DNS, EV_TLS, EV_HTTP):
-            ev.payload_len, caplen = _BIG_FMT.unpack_from(raw, EV_HDR_SIZE)
-            ev.data = bytes(raw[_BIG_DATA:_BIG_DATA + caplen])
-        else:
-            raise ValueError(f"unknown event type {typ}")
-        return ev
+            _, d, ts, la, ha, lp, hp, vlan, proto, old, new, reason, pkts = _EV_CLASSIFIED_FMT.unpack_from(raw)
+            return cls(typ, d, ts, _new_key(FlowKey, (la, ha, lp, hp, vlan, proto)), old, new, reason, pkts)
+        if typ in _EV_BIG_TYPES:
+            _, d, ts, la, ha, lp, hp, vlan, proto, plen, caplen = _EV_BIG_FMT.unpack_from(raw)
+            return cls(typ, d, ts, _new_key(FlowKey, (la, ha, lp, hp, vlan, proto)), payload_len=plen,
+                       data=bytes(raw[_BIG_DATA:_BIG_DATA + caplen]))
+        raise ValueError(f"unknown event type {typ}")
 
     def pack(self) -> bytes:
         """Inverse of unpack (used by tests and by tools that synthesise events)."""

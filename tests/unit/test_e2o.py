@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from skyguard import wire
-from skyguard.slowpath.e2o import MAX_SAMPLES, Chi2, E2OTracker
+from skyguard.slowpath.e2o import (
+    _IAT_BOUNDS,
+    _PERIOD_TESTS,
+    CID_SHARE,
+    DIR_BALANCE,
+    LAZY_SAMPLES,
+    MAX_SAMPLES,
+    R_E2O_STATS,
+    R_SOM_VOICE,
+    SIZE_SD_MAX,
+    SOM_DATA_SHARE,
+    SOM_SHARE,
+    Chi2,
+    E2OTracker,
+    Verdict,
+    _Dir,
+    _iat_region,
+    _period_test,
+    _periods,
+    _Running,
+)
 
 MS = 1_000_000
 Sample = tuple[int, int, int, bytes]  # ts_ns, dir, payload_len, first <= 64 bytes
@@ -215,3 +236,131 @@ def test_chi2_running_squares_equal_the_textbook_sum() -> None:
         e = c.n / 16
         want = [sum((c.counts[16 * g + v] - e) ** 2 for v in range(16)) / e for g in range(Chi2.GROUPS)]
         assert c.values() == pytest.approx(want, rel=1e-12)
+
+
+def _balanced(tr: E2OTracker) -> bool:
+    a, b = (d.pkts for d in tr.dirs)
+    return min(a, b) > 0 and min(a, b) / max(a, b) >= DIR_BALANCE
+
+
+def _cid_share(tr: E2OTracker) -> float:
+    return sum(d.cid_rep for d in tr.dirs) / tr.n if tr.n else 0.0
+
+
+def _evaluate_from_features(tr: E2OTracker) -> Verdict | None:
+    """The E2O/E2E rules as first written: every feature computed up front by features(), then the two rules. The
+    tracker's evaluate() computes them lazily (most evaluations end early) and must give the same verdicts."""
+    if not _balanced(tr):
+        return None
+    if _cid_share(tr) <= CID_SHARE and sum(d.som for d in tr.dirs) < SOM_SHARE * tr.n:
+        return None
+    f = tr.features()
+    det = f["det"]
+    ndet = sum(det)
+    periods = "/".join(sorted({f"{p[0]}ms" for p in f["period"] if p[0]}))
+    if (
+        f["cid_share"] > CID_SHARE
+        and sum(det[:8]) >= 7 and not any(det[8:])
+        and all(d.cid_size.n >= 2 and d.cid_size.sd <= SIZE_SD_MAX for d in tr.dirs)
+        and all(f["regular"])
+    ):
+        sd = max(f["size_sd_cid"])
+        return Verdict(wire.OUT, R_E2O_STATS,
+                       f"cid {f['cid_share']:.0%} chi2 {ndet}/16 det, size sd {sd:.1f}B, {periods}")
+    if (
+        f["som_share"] >= SOM_SHARE
+        and all(s >= SOM_DATA_SHARE for s in f["som_data_share"])
+        and det[5] and not any(det[:4]) and not any(det[6:])
+        and f["cid_share"] < 0.5
+    ):
+        sd = max(f["size_sd"])
+        return Verdict(wire.P2P, R_SOM_VOICE,
+                       f"som data {min(f['som_data_share']):.0%} both ways, chi2 {ndet}/16 det (5-6), "
+                       f"size sd {sd:.1f}B, {periods or 'irregular'}")
+    return None
+
+
+@pytest.mark.parametrize("model", [e2o_flow, e2e_flow, wireguard_flow, game_flow, random_flow],
+                         ids=["e2o", "e2e", "wireguard", "game", "random"])
+def test_lazy_evaluate_equals_the_rules_over_all_features(model) -> None:
+    decided = 0
+    for seed in range(25):
+        tr = E2OTracker()
+        for ts, d, plen, data in model(seed):
+            tr.add(ts, d, plen, data)
+            tr.done = False  # keep feeding it past a verdict: every state is compared
+            if tr.n >= LAZY_SAMPLES:
+                assert (tr.balanced(), tr.cid_share()) == (_balanced(tr), _cid_share(tr))
+                want = _evaluate_from_features(tr)
+                assert tr.evaluate() == want
+                decided += want is not None
+    if model in (e2o_flow, e2e_flow):
+        assert decided  # the verdict branches were compared too
+
+
+def test_inlined_running_sizes_equal_welford() -> None:
+    """_Dir.add updates its size statistics inline (the slow path's hottest code): bit for bit _Running.add's."""
+    d, every, cid = _Dir(), _Running(), _Running()
+    for ts, _dir, plen, data in e2o_flow(4):
+        was = d.cid_rep
+        d.add(ts, plen, data)
+        every.add(plen)
+        if d.cid_rep != was:
+            cid.add(plen)
+    assert (d.all_size, d.cid_size) == (every, cid) and cid.n > 100
+
+
+def test_periods_detail() -> None:
+    a, b = _Dir(), _Dir()
+    assert _periods((a, b)) == ""
+    for k in range(20):
+        a.add(k * 20 * MS, 60, b"\x00" * 8)
+        b.add(k * 30 * MS, 60, b"\x00" * 8)
+    assert _periods((a, b)) == "20ms/30ms" and _periods((a, a)) == "20ms"
+
+
+def test_chi2_counts_by_table_equal_the_nibble_loop() -> None:
+    """Chi2 counts its samples late, in batches: the same counts and squares as counting each on arrival."""
+    rng = random.Random(11)
+    c, counts, squares = Chi2(), [0] * 256, [0] * Chi2.GROUPS
+    for _ in range(300):
+        data = rng.randbytes(rng.randint(8, 64)) if rng.random() < 0.7 else bytes([rng.choice((0, 0x0F, 0xF0))]) * 8
+        c.add(data)
+        for i in range(8):
+            for g, j in ((2 * i, 32 * i + (data[i] >> 4)), (2 * i + 1, 32 * i + 16 + (data[i] & 0x0F))):
+                squares[g] += 2 * counts[j] + 1
+                counts[j] += 1
+        assert len(c._pending) < 8 * Chi2.PENDING_MAX  # counted once that many wait
+        if rng.random() < 0.05:  # asked now and then: what waits is counted then
+            assert list(c.counts) == counts and list(c.squares) == squares
+    assert list(c.counts) == counts and list(c.squares) == squares and c.n == 300
+
+
+def test_period_tests_hold_on_closed_whole_ms_intervals() -> None:
+    """Each of _period_test's comparisons |iat - c| <= tol is true from c - tol to c + tol exactly (whole ms, iat - c
+    exact there) and false at the floats just outside: with rounding monotonic, each is true on exactly that interval,
+    which is what lets _Dir.add look the answers up by region."""
+    for p, tol, p2, p3 in _PERIOD_TESTS:
+        for c in (p, p2, p3):
+            lo, hi = c - tol, c + tol
+            assert lo == int(lo) and hi == int(hi) and lo in _IAT_BOUNDS and hi in _IAT_BOUNDS
+            assert abs(lo - c) <= tol and abs(hi - c) <= tol
+            assert not abs(math.nextafter(lo, -math.inf) - c) <= tol
+            assert not abs(math.nextafter(hi, math.inf) - c) <= tol
+
+
+def test_iat_region_equals_the_period_tests() -> None:
+    """The looked-up answers are _period_test's: at every bound, the floats beside it, and inter-arrivals as _Dir.add
+    computes them (ns / 1e6)."""
+    xs = [0.0, 1e-9, 1e9]
+    for b in _IAT_BOUNDS:
+        down = up = b
+        xs.append(b)
+        for _ in range(4):
+            down, up = math.nextafter(down, -math.inf), math.nextafter(up, math.inf)
+            xs += [down, up]
+        xs += [b - 0.5, b + 0.5, (b * MS - 1) / 1e6, (b * MS + 1) / 1e6]
+    rng = random.Random(2)
+    xs += [rng.randrange(0, 300 * MS) / 1e6 for _ in range(20000)] + [rng.uniform(0, 250) for _ in range(20000)]
+    for x in xs:
+        assert _iat_region(x) == _period_test(x), x

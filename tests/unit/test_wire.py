@@ -109,6 +109,24 @@ def test_event_roundtrip(layout):
         wire.Event.unpack(b"\x01" * 10)
 
 
+def test_event_unpack_every_type_and_unknown():
+    """Event.unpack decodes each record with one struct of the whole record: every type, the key's members in place,
+    data cut at caplen; an unknown type is refused and named by its number."""
+    k = wire.FlowKey.make("2001:db8::1", 443, "2001:db8::2", 50000, 6, vlan=12)
+    for typ in (wire.EV_TLS, wire.EV_HTTP, wire.EV_DNS):
+        ev = wire.Event(typ, 1, 2**40, k, payload_len=700, data=b"\x16\x03" * 300)
+        got = wire.Event.unpack(ev.pack())
+        assert got == wire.Event(typ, 1, 2**40, k, payload_len=700, data=(b"\x16\x03" * 300)[:wire.BIG_BYTES])
+        assert type(got.key) is wire.FlowKey and got.key.vlan == 12 and got.name == wire.EVENT_NAMES[typ]
+    ev = wire.Event(wire.EV_CLASSIFIED, 0, 7, k, old_cls=1, new_cls=5, reason=0xFFFFFFFF, pkts=2**63)
+    assert wire.Event.unpack(ev.pack()) == ev
+    raw = bytearray(ev.pack())
+    raw[0] = 200
+    with pytest.raises(ValueError, match="unknown event type 200"):
+        wire.Event.unpack(bytes(raw))
+    assert wire.Event(200, 0, 0, k).name == "200"
+
+
 def test_names_come_from_the_header():
     assert wire.CLASS_NAMES == ("unknown", "other", "skype-signaling", "skype-p2p", "skype-out", "skype-relay")
     assert wire.ACTION_NAMES == ("pass", "drop", "mark")
@@ -176,3 +194,20 @@ def test_sample_config_and_daemon_defaults_are_the_headers():
     sample = tomllib.loads((ROOT / "systemd" / "skyguard.toml").read_text())
     assert sample["flows_max"] == wire.C["SG_FLOWS_MAX"] == Config().flows_max
     assert sample["window"] == wire.C["SG_WINDOW"] == Config().window
+
+
+def test_addr_str_equals_ipaddress():
+    """addr_str spells IPv4-mapped addresses itself: the same strings as the ipaddress module, v4 and v6."""
+    import ipaddress
+    import random
+
+    rng = random.Random(3)
+    raws = [bytes(10) + b"\xff\xff" + bytes(4), bytes(10) + b"\xff\xff" + b"\xff" * 4, bytes(16), bytes(15) + b"\x01",
+            bytes(12) + b"\x01\x02\x03\x04", bytes(10) + b"\xff\xfe" + b"\x01\x02\x03\x04"]
+    raws += [bytes(10) + b"\xff\xff" + rng.randbytes(4) for _ in range(2000)] + [rng.randbytes(16) for _ in range(500)]
+    for raw in raws:
+        ip = ipaddress.IPv6Address(raw)
+        assert wire.addr_str(raw) == (str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip))
+    assert wire.addr_str(wire.addr_bytes("192.0.2.10")) == "192.0.2.10"
+    with pytest.raises(ValueError):
+        wire.addr_str(bytes(10) + b"\xff\xff" + b"\x01")  # not 16 bytes: refused as before

@@ -245,10 +245,16 @@ class Kernel:
     # -- events ------------------------------------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, size: int) -> int:
         ev = wire.Event.unpack(ct.string_at(data, size))
-        if self._sink is None:
+        sink = self._sink
+        if sink is None:
             self._events.append(ev)
             return 0
-        self._hand(ev)
+        # _hand written out: libbpf calls this once per record
+        try:
+            sink(ev)
+        except BaseException as e:  # noqa: BLE001 - ctypes would swallow it: re-raised by drain_events
+            self._sink_error = self._sink_error or e
+        self._budget -= 1
         # a negative return makes libbpf stop after this record (which counts as consumed): under a flood the
         # producer outpaces the handler and ring_buffer__consume would otherwise never return to the daemon's loop
         return -1 if self._budget <= 0 else 0
@@ -302,13 +308,15 @@ class Kernel:
         tens of thousands of events, and a list of them all would be the daemon's largest transient. An exception from
         `sink` stops nothing in the ring buffer's loop; the first one is raised after it. Returns how many events
         were handed over."""
-        rb = self._open_ring()
-        budget = self._budget = max(1, max_events)
+        # replay calls this after every packet that left records: nothing here that an empty ring buffer can skip
+        rb = self._rb if self._rb is not None else self._open_ring()
+        budget = self._budget = max_events if max_events > 1 else 1
         self._sink, self._sink_error = sink, None
-        leftover, self._events = self._events, []  # read by an earlier poll_events that nobody collected
         try:
-            for ev in leftover:
-                self._hand(ev)
+            if self._events:  # read by an earlier poll_events that nobody collected
+                leftover, self._events = self._events, []
+                for ev in leftover:
+                    self._hand(ev)
             if self._budget > 0 and timeout_ms > 0:
                 libbcc.lib.bpf_poll_ringbuf(rb, timeout_ms)
             if self._budget > 0:

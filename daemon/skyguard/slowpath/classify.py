@@ -54,6 +54,11 @@ F_DAEMON = wire.C["SG_F_DAEMON"]
 # its SoM signalling): the E2O statistics may still overrule it
 R_WEAK_OTHER = wire.C["SG_R_CONTRADICT"] | wire.C["SG_R_NO_EVIDENCE"] | wire.C["SG_R_WINDOW_END"]
 
+# reasons of a kernel class the E2O statistics never overrule
+_KERNEL_SETTLED = R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL
+EV_SAMPLE, EV_CLASSIFIED = wire.EV_SAMPLE, wire.EV_CLASSIFIED
+_pack_key = wire.FlowKey.FMT.pack  # the flow state's key: a flow key's 39 packed bytes
+
 # the kernel classes the slow path may still change, per decision
 _E2O_OVER = frozenset({wire.UNKNOWN, wire.SIGNALING, wire.P2P})
 _E2E_OVER = frozenset({wire.UNKNOWN, wire.SIGNALING})
@@ -129,11 +134,15 @@ class SlowPath:
     # ---- per-flow state ---------------------------------------------------------------------------------------------
 
     def _state(self, key: wire.FlowKey) -> _Flow:
-        k = key.pack()
-        st = self.flows.touch(k)
+        # once per event: key.pack() and flows.touch() written out
+        k = _pack_key(*key)
+        flows = self.flows
+        st = flows.get(k)
         if st is None:
             st = _Flow()
-            self.flows.put(k, st)
+            flows.put(k, st)
+        else:
+            flows.move_to_end(k)
         return st
 
     def note_sni(self, key: wire.FlowKey, name: str) -> None:
@@ -145,11 +154,12 @@ class SlowPath:
     def on_event(self, ev: wire.Event, flow: wire.Flow | None = None) -> list[Decision]:
         if flow is not None:
             self._note_kernel(ev.key, flow.cls, flow.reason, flow.flags)
-        if ev.type == wire.EV_CLASSIFIED:
+        typ = ev.type
+        if typ == EV_SAMPLE:  # most events are samples
+            return self._on_sample(ev)
+        if typ == EV_CLASSIFIED:
             self._note_kernel(ev.key, ev.new_cls, ev.reason, 0)
             return []
-        if ev.type == wire.EV_SAMPLE:
-            return self._on_sample(ev)
         if ev.type == wire.EV_DNS:
             self.dns.on_response(ev.data, ev.ts_ns)
             return []
@@ -194,9 +204,10 @@ class SlowPath:
         st = self._state(key)
         if st.decided != _OPEN:
             return []
-        kcls, kreason = self._kernel_class(st)
+        # _kernel_class written out (once per sample)
+        kcls, kreason = (wire.UNKNOWN, 0) if st.kernel < 0 else (st.kernel & 0xFF, st.kernel >> 8)
         weak_other = kcls == wire.OTHER and (kreason == 0 or kreason & R_WEAK_OTHER)
-        if (kcls not in _E2O_OVER and not weak_other) or kreason & (R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL):
+        if (kcls not in _E2O_OVER and not weak_other) or kreason & _KERNEL_SETTLED:
             return []
         self.counters["samples"] += 1
         tr = st.tracker

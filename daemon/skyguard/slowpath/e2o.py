@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import struct
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from skyguard import wire
@@ -55,9 +56,9 @@ class Verdict:
     detail: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Running:
-    """Welford mean/variance."""
+    """Welford mean/variance (slots: two per direction of every watched flow, updated per sample)."""
 
     n: int = 0
     mean: float = 0.0
@@ -82,11 +83,53 @@ def _tolerance_ms(period: int) -> float:
 
 # (period, tolerance, 2x, 3x) per packetisation period: every sample checks its inter-arrival against all of them
 _PERIOD_TESTS = tuple((p, _tolerance_ms(p), 2 * p, 3 * p) for p in PERIODS_MS)
+_BIN_NS = RATE_BIN_MS * 1_000_000
 
 
-@dataclass
+def _period_test(iat: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The periods (indices into PERIODS_MS) an inter-arrival of `iat` ms is within tolerance of, and those whose 2x
+    or 3x it is instead: what _Dir counts in hits and mult."""
+    hits: list[int] = []
+    mult: list[int] = []
+    for i, (p, tol, p2, p3) in enumerate(_PERIOD_TESTS):
+        if abs(iat - p) <= tol:
+            hits.append(i)
+        elif abs(iat - p2) <= tol or abs(iat - p3) <= tol:
+            mult.append(i)
+    return tuple(hits), tuple(mult)
+
+
+# _period_test is the slow path's costliest test (15 comparisons per sample), and its answer changes only where an
+# inter-arrival crosses a bound c - tol or c + tol (c = P, 2P, 3P): each |iat - c| <= tol holds exactly on
+# [c - tol, c + tol], as the bounds are whole milliseconds and iat - c is exact near them (Sterbenz: tol <= c / 2).
+# So the answer is that of one representative per region (each bound, and each gap below, between and above them),
+# and _iat_region finds an inter-arrival's region by bisection. tests/unit/test_e2o.py holds the table to
+# _period_test at every bound, the floats next to it, and random inter-arrivals.
+_IAT_BOUNDS = tuple(sorted({c + s * tol for p, tol, p2, p3 in _PERIOD_TESTS for c in (p, p2, p3) for s in (-1, 1)}))
+
+
+def _iat_regions() -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Region 2k: the gap below bound k (above bound k - 1); region 2k + 1: bound k itself; the last: above all."""
+    b = _IAT_BOUNDS
+    reps = [b[0] - 1.0]
+    for k in range(len(b)):
+        reps += [b[k], (b[k] + b[k + 1]) / 2 if k + 1 < len(b) else b[k] + 1.0]
+    return tuple(_period_test(x) for x in reps)
+
+
+_IAT_REGIONS = _iat_regions()
+
+
+def _iat_region(iat: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """_period_test(iat), looked up."""
+    k = bisect_left(_IAT_BOUNDS, iat)
+    on_bound = k < len(_IAT_BOUNDS) and _IAT_BOUNDS[k] == iat
+    return _IAT_REGIONS[2 * k + 1 if on_bound else 2 * k]
+
+
+@dataclass(slots=True)
 class _Dir:
-    """Running facts about one direction of the flow."""
+    """Running facts about one direction of the flow (slots: smaller, and faster to update per sample)."""
 
     pkts: int = 0
     cid_rep: int = 0
@@ -103,35 +146,59 @@ class _Dir:
     bins: dict[int, int] = field(default_factory=dict)  # packets per RATE_BIN_MS bin since the first packet
 
     def add(self, ts_ns: int, payload_len: int, data: bytes) -> None:
+        # the slow path's hottest function (every sample of every watched flow): attributes are read once into
+        # locals and the Welford updates are _Running.add written out, with the same operations in the same order
         self.pkts += 1
         head = data[:5]
+        prev = self.prev_head
         cid = (
-            len(head) == 5 and self.prev_head is not None and len(self.prev_head) == 5
-            and head[:4] == self.prev_head[:4] and head[4] != self.prev_head[4]
+            len(head) == 5 and prev is not None and len(prev) == 5
+            and head[:4] == prev[:4] and head[4] != prev[4]
         )
         if cid:
             self.cid_rep += 1
-            self.cid_size.add(payload_len)
-        self.all_size.add(payload_len)
+            r = self.cid_size
+            r.n += 1
+            d = payload_len - r.mean
+            r.mean += d / r.n
+            r.m2 += d * (payload_len - r.mean)
+        r = self.all_size
+        r.n += 1
+        d = payload_len - r.mean
+        r.mean += d / r.n
+        r.m2 += d * (payload_len - r.mean)
         self.prev_head = bytes(head)
-        if len(data) >= 3 and (data[2] & 0x8F) in SOM_FUNCS:
-            self.som += 1
-            if data[2] & 0x8F == SOM_DATA and payload_len > 4:
-                self.som_data += 1
-        if self.first_ts is None and cid:
-            self.first_ts = ts_ns  # the rate is the media's: count from the first connection-ID packet on
-        if self.first_ts is not None:
-            b = max(0, ts_ns - self.first_ts) // (RATE_BIN_MS * 1_000_000)
-            if b in self.bins or len(self.bins) < MAX_SAMPLES:
-                self.bins[b] = self.bins.get(b, 0) + 1
-        if self.last_ts is not None and ts_ns >= self.last_ts:
-            iat = (ts_ns - self.last_ts) / 1e6
+        if len(data) >= 3:
+            func = data[2] & 0x8F
+            if func in SOM_FUNCS:
+                self.som += 1
+                if func == SOM_DATA and payload_len > 4:
+                    self.som_data += 1
+        first = self.first_ts
+        if first is None and cid:
+            first = self.first_ts = ts_ns  # the rate is the media's: count from the first connection-ID packet on
+        if first is not None:
+            since = ts_ns - first
+            b = since // _BIN_NS if since > 0 else 0
+            bins = self.bins
+            n = bins.get(b)
+            if n is not None:
+                bins[b] = n + 1
+            elif len(bins) < MAX_SAMPLES:
+                bins[b] = 1
+        last = self.last_ts
+        if last is not None and ts_ns >= last:
+            iat = (ts_ns - last) / 1e6
             self.iats += 1
-            for i, (p, tol, p2, p3) in enumerate(_PERIOD_TESTS):
-                if abs(iat - p) <= tol:
-                    self.hits[i] += 1
-                elif abs(iat - p2) <= tol or abs(iat - p3) <= tol:
-                    self.mult[i] += 1
+            in_period, in_multiple = _iat_region(iat)
+            if in_period:
+                hits = self.hits
+                for i in in_period:
+                    hits[i] += 1
+            if in_multiple:
+                mult = self.mult
+                for i in in_multiple:
+                    mult[i] += 1
         self.last_ts = ts_ns
 
     def period(self) -> tuple[int, float, float]:
@@ -164,34 +231,63 @@ class _Dir:
 
 
 class Chi2:
-    """Bonfiglio's chi-square per nibble group over the first 8 payload bytes (16 groups x 16 values)."""
+    """Bonfiglio's chi-square per nibble group over the first 8 payload bytes (16 groups x 16 values).
+
+    A sample's 8 bytes are counted when the chi-square is first asked for (or once PENDING_MAX samples wait): about
+    half the flows a replay of calls watches never get that far (too short, or one-way), and counting every sample
+    on arrival was a quarter of the slow path's time. Counts and squares are integers: counted later, they are the
+    same. Until then the flow keeps 8 bytes a sample, at most about what the counts take."""
 
     GROUPS = 16
+    PENDING_MAX = MIN_SAMPLES  # a flow's first evaluation: its samples are counted by then anyway
 
-    __slots__ = ("n", "counts", "squares")
+    __slots__ = ("n", "_counts", "_squares", "_pending")
 
     def __init__(self) -> None:
         self.n = 0
         # 16 groups x 16 nibble values in one 256-entry array of unsigned shorts (512 bytes, not 16 lists: the
-        # slow path keeps one per tracked flow, tens of thousands of them)
-        self.counts = array("H", bytes(512))
-        # per group, the sum of its squared counts, kept as samples come: the chi-square is then one division per
-        # group (see values), where a flow is evaluated again after each of its samples
-        self.squares = array("Q", bytes(8 * self.GROUPS))
+        # slow path keeps one per tracked flow, tens of thousands of them); made when the first samples are counted
+        self._counts: array | None = None
+        # per group, the sum of its squared counts, kept as samples are counted: the chi-square is then one division
+        # per group (see values), where a flow is evaluated again after each of its samples
+        self._squares: array | None = None
+        self._pending = bytearray()  # the first 8 bytes of each sample not counted yet
 
     def add(self, data: bytes) -> None:
         if len(data) < 8 or self.n >= 0xFFFF:
             return
         self.n += 1
-        c, sq = self.counts, self.squares
-        for i in range(8):
-            b = data[i]
-            j = 32 * i + (b >> 4)
-            sq[2 * i] += 2 * c[j] + 1  # (x + 1)^2 - x^2
-            c[j] += 1
-            j = 32 * i + 16 + (b & 0x0F)
-            sq[2 * i + 1] += 2 * c[j] + 1
-            c[j] += 1
+        self._pending += data[:8]
+        if len(self._pending) >= 8 * self.PENDING_MAX:
+            self._counted()
+
+    def _counted(self) -> tuple[array, array]:
+        """(counts, squares) with every sample added so far counted."""
+        c, sq, pend = self._counts, self._squares, self._pending
+        if c is None or sq is None:
+            c = self._counts = array("H", bytes(512))
+            sq = self._squares = array("Q", bytes(8 * self.GROUPS))
+        if pend:
+            for k, b in enumerate(pend):
+                i = k & 7  # byte i of its sample: its high nibble is group 2i, its low nibble group 2i + 1
+                j = 32 * i + (b >> 4)
+                sq[2 * i] += 2 * c[j] + 1  # (x + 1)^2 - x^2
+                c[j] += 1
+                j = 32 * i + 16 + (b & 0x0F)
+                sq[2 * i + 1] += 2 * c[j] + 1
+                c[j] += 1
+            self._pending = bytearray()
+        return c, sq
+
+    @property
+    def counts(self) -> array:
+        """The 16 x 16 nibble counts, group g's at [16g, 16g + 16)."""
+        return self._counted()[0]
+
+    @property
+    def squares(self) -> array:
+        """Per group, the sum of its squared counts."""
+        return self._counted()[1]
 
     def values(self) -> list[float]:
         """Chi-square of each group against a uniform nibble (15 degrees of freedom); 15*n for a constant group.
@@ -252,8 +348,12 @@ class E2OTracker:
             head = bytes(data[:8])
             self._early += _EARLY.pack(ts_ns, min(payload_len, 0xFFFFFFFF), direction & 1, len(head), head)
             return None
-        self.dirs[direction & 1].add(ts_ns, payload_len, data)
-        self.chi2.add(data)
+        dirs, chi2 = self._dirs, self._chi2
+        if dirs is None or chi2 is None:  # the flow goes on past LAZY_SAMPLES: its full state now
+            self._build()
+            dirs, chi2 = self.dirs, self.chi2
+        dirs[direction & 1].add(ts_ns, payload_len, data)
+        chi2.add(data)
         if self.n < MIN_SAMPLES:
             return None
         v = self.evaluate()
@@ -263,12 +363,17 @@ class E2OTracker:
 
     # -- features -------------------------------------------------------------------------------------------------
 
+    # cid_share and balanced gate every evaluation (every sample from MIN_SAMPLES on): the two directions are added
+    # and ordered without generators, min and max (integers: the same values)
+
     def cid_share(self) -> float:
-        return sum(d.cid_rep for d in self.dirs) / self.n if self.n else 0.0
+        d0, d1 = self.dirs
+        return (d0.cid_rep + d1.cid_rep) / self.n if self.n else 0.0
 
     def balanced(self) -> bool:
-        a, b = (d.pkts for d in self.dirs)
-        return min(a, b) > 0 and min(a, b) / max(a, b) >= DIR_BALANCE
+        d0, d1 = self.dirs
+        lo, hi = (d0.pkts, d1.pkts) if d0.pkts <= d1.pkts else (d1.pkts, d0.pkts)
+        return lo > 0 and lo / hi >= DIR_BALANCE
 
     def features(self) -> dict:
         """Everything the decision looks at (for logs, tests and `detail`)."""
@@ -287,34 +392,44 @@ class E2OTracker:
         }
 
     def evaluate(self) -> Verdict | None:
+        """The E2O and E2E rules over features(), each feature computed only when its rule gets that far: a flow is
+        evaluated after each of its samples from MIN_SAMPLES on, and in replays of calls most evaluations end at the
+        size test, before the (costlier) clock tests. The features are pure functions of the state: the order in
+        which they are computed changes no verdict."""
         # cheap gates first: the chi-square and the rest only for flows that could pass one of the two rules
         if not self.balanced():
             return None
-        if self.cid_share() <= CID_SHARE and sum(d.som for d in self.dirs) < SOM_SHARE * self.n:
+        dirs, n = self.dirs, self.n
+        cid_share = self.cid_share()
+        som = dirs[0].som + dirs[1].som
+        if cid_share <= CID_SHARE and som < SOM_SHARE * n:
             return None
-        f = self.features()
-        det = f["det"]
-        ndet = sum(det)
-        periods = "/".join(sorted({f"{p[0]}ms" for p in f["period"] if p[0]}))
+        det = self.chi2.deterministic()
         # E2O: constant CID in every direction, random rest, constant bit rate, regular clock, both ways
         if (
-            f["cid_share"] > CID_SHARE
+            cid_share > CID_SHARE
             and sum(det[:8]) >= 7 and not any(det[8:])
-            and all(d.cid_size.n >= 2 and d.cid_size.sd <= SIZE_SD_MAX for d in self.dirs)
-            and all(f["regular"])
+            and all(d.cid_size.n >= 2 and d.cid_size.sd <= SIZE_SD_MAX for d in dirs)
+            and all(d.regular() for d in dirs)
         ):
-            sd = max(f["size_sd_cid"])
+            sd = max(d.cid_size.sd for d in dirs)
             return Verdict(wire.OUT, R_E2O_STATS,
-                           f"cid {f['cid_share']:.0%} chi2 {ndet}/16 det, size sd {sd:.1f}B, {periods}")
+                           f"cid {cid_share:.0%} chi2 {sum(det)}/16 det, size sd {sd:.1f}B, {_periods(dirs)}")
         # E2E: SoM data frames both ways, only the function byte's groups (5-6) deterministic, not CBR-with-CID
+        som_data_share = [d.som_data / d.pkts if d.pkts else 0.0 for d in dirs]
         if (
-            f["som_share"] >= SOM_SHARE
-            and all(s >= SOM_DATA_SHARE for s in f["som_data_share"])
+            (som / n if n else 0.0) >= SOM_SHARE
+            and all(s >= SOM_DATA_SHARE for s in som_data_share)
             and det[5] and not any(det[:4]) and not any(det[6:])
-            and f["cid_share"] < 0.5
+            and cid_share < 0.5
         ):
-            sd = max(f["size_sd"])
+            sd = max(d.all_size.sd for d in dirs)
             return Verdict(wire.P2P, R_SOM_VOICE,
-                           f"som data {min(f['som_data_share']):.0%} both ways, chi2 {ndet}/16 det (5-6), "
-                           f"size sd {sd:.1f}B, {periods or 'irregular'}")
+                           f"som data {min(som_data_share):.0%} both ways, chi2 {sum(det)}/16 det (5-6), "
+                           f"size sd {sd:.1f}B, {_periods(dirs) or 'irregular'}")
         return None
+
+
+def _periods(dirs: tuple[_Dir, _Dir]) -> str:
+    """The directions' dominant periods for a verdict's detail: '20ms', '20ms/30ms', '' for none."""
+    return "/".join(sorted({f"{p}ms" for p, _hit, _any in (d.period() for d in dirs) if p}))

@@ -165,10 +165,12 @@ class Engine:
             if ev.reason & R_STRONG and ev.key.proto == 17:
                 self._learn_endpoints(ev)
         # events carry what the slow path needs: no flow-map read per event
-        for d in self.slow.on_event(ev):
+        slow = self.slow
+        for d in slow.on_event(ev):
             self.apply(d, ev.ts_ns)
-        for pc in self.slow.take_prefix_changes():
-            self.apply_prefix(pc, ev.ts_ns)
+        if slow.dns.pending:  # rarely: most events learn no prefix, and this runs for every one
+            for pc in slow.take_prefix_changes():
+                self.apply_prefix(pc, ev.ts_ns)
 
     def _learn_endpoints(self, ev: wire.Event) -> None:
         """A strong kernel decision teaches the kernel's `endpoints` map the ends that sent the proof: both ends of SoM
