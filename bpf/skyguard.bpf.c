@@ -1049,6 +1049,10 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 #ifdef SG_META_CLOCK
 /* ---- a replay's batch (struct sg_batch): the packets of one test run, one after the other ---- */
 _Static_assert((SG_BATCH_MAX & (SG_BATCH_MAX - 1)) == 0, "SG_BATCH_MAX is a power of two");
+_Static_assert(SG_BATCH_BYTES <= 0xffff, "lengths and skip are masked to 16 bits");
+#ifdef SG_XDP_CHAIN
+#error "a replay build is never chained: a batch records skyguard's verdicts, and a chained program would see one packet"
+#endif
 
 /* A batch index the verifier sees bounded: masked behind a barrier, so the compiler cannot drop the mask as redundant
  * with the caller's checks (which it may reorder so that the verifier loses them). */

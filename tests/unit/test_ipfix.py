@@ -429,13 +429,15 @@ def test_reported_flows_the_table_lost_are_forgotten_after_two_rounds():
     ex = Exporter("127.0.0.1:9", active_timeout_s=60)
     for k, last in ((gone, 1), (kept, 1), (blip, 1), (young, 9 * T)):
         assert ex.record(k, _flow((5, 5), (500, 500), first=0, last=last), ipfix.END_ACTIVE, wall_off_ns=0)
-    now = 10 * T
+    now, half = 10 * T, T // 2  # checks come at most every half active timeout
     ex.active_timeouts(Snap([kept, young], now), lambda _k: None, now_ns=now)  # gone and blip missing once
     assert set(ex.reported) == {gone, kept, young, blip} and ex.counters.gone_unended == 0
-    ex.active_timeouts(Snap([kept, blip], now + 1), lambda _k: None, now_ns=now + 1)  # young is too recent
+    ex.active_timeouts(Snap([kept], now + half - 1), lambda _k: None, now_ns=now + half - 1)  # too soon: no check
+    assert set(ex.reported) == {gone, kept, young, blip}
+    ex.active_timeouts(Snap([kept, blip], now + half), lambda _k: None, now_ns=now + half)  # young is too recent
     assert set(ex.reported) == {kept, young, blip}
     assert ex.counters.gone_unended == 1 and ex.status()["gone_unended"] == 1
-    ex.active_timeouts(Snap([], now + 2), lambda _k: None, now_ns=now + 2)  # an empty table: blip missing once more
-    ex.active_timeouts(Snap([], now + 3), lambda _k: None, now_ns=now + 3)
+    for i in (2, 3):  # an empty table: blip missing once more, kept twice; young is old only from 9.5 T on
+        ex.active_timeouts(Snap([], now + i * half), lambda _k: None, now_ns=now + i * half)
     assert set(ex.reported) == {young} and ex.counters.gone_unended == 3
     ex.close()

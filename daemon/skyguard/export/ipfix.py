@@ -377,7 +377,8 @@ class Exporter:
         self.pending: list[Record] = []
         self.outbox: collections.deque[tuple[bytes, int]] = collections.deque()  # (message, its record count)
         self._last_scan_ns: int | None = None
-        self._absent: set[wire.FlowKey] = set()  # reported flows missing from the last snapshot round
+        self._absent: set[wire.FlowKey] = set()  # reported flows missing from the last round _forget_gone checked
+        self._gone_checked_ns: int | None = None
 
     # ---- flows -> records -----------------------------------------------------------------------------------------
 
@@ -478,9 +479,15 @@ class Exporter:
     def _forget_gone(self, snapshot) -> None:
         """Drop what was reported of flows that left the table without an end the daemon saw (the LRU table evicted
         them): a reported flow that goes on gets a record, and a new entry, every active timeout, and an idle one is
-        ended by the daemon's expiry, so an entry older than two active timeouts whose key two snapshot rounds in a
-        row did not hold is of a flow that is gone. Without this the entries of evicted flows stayed for the daemon's
-        life. Their packets since their last record are in no record (counted in `gone_unended`)."""
+        ended by the daemon's expiry, so an entry older than two active timeouts whose key two checked snapshot
+        rounds in a row did not hold is of a flow that is gone. Without this the entries of evicted flows stayed for
+        the daemon's life. Their packets since their last record are in no record (counted in `gone_unended`).
+        Checked at most every half active timeout: idle flows that are still in the table stay old until their
+        expiry (an hour for TCP), and each check hashes every old entry."""
+        last = self._gone_checked_ns
+        if last is not None and snapshot.taken_ns - last < self.active_ns // 2:
+            return
+        self._gone_checked_ns = snapshot.taken_ns
         cutoff = snapshot.taken_ns - 2 * self.active_ns
         old = [k for k, r in self.reported.items() if r.last_ns < cutoff]
         if not old:

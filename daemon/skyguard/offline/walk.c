@@ -664,11 +664,17 @@ static int64_t run_staged(struct sgw *w, uint32_t k)
 	a.data_in = (uint64_t)(uintptr_t)f;
 	a.data_size_in = META_LEN + total;
 	if (syscall(__NR_bpf, SGW_BPF_PROG_TEST_RUN, &a, sizeof(a)) != 0) {
-		w->err_no = errno;
+		int e = errno;
+
 		if (w->batch)
 			w->batch->n = 0;
-		/* a kernel that refuses this batch's buffer: the first packet alone says whether the packet is the cause */
-		return k > 1 ? run_staged(w, 1) : SGW_ERUN;
+		/* a kernel that refuses this batch's buffer: the first packet alone says whether the packet is the cause.
+		 * A test run that fails has not run the program (with repeat 1 and nothing to copy out, the kernel checks its
+		 * input and returns before the run), so no packet runs twice. */
+		if (k > 1)
+			return run_staged(w, 1);
+		w->err_no = e;
+		return SGW_ERUN;
 	}
 	w->kernel_ns += a.duration;
 	w->runs++;
