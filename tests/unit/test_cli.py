@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -34,7 +35,12 @@ class FakeDaemon:
 
     def __init__(self, path: Path) -> None:
         self.calls: list[tuple[str, dict]] = []
-        self.server = ControlServer(path, self.handle)
+        # its own quiet logger: the server thread can log a client's drop after pytest closed the stream that the
+        # root logger's handler writes to ("--- Logging error ---" in the output, nothing failing)
+        log = logging.getLogger("tests.fake-daemon")
+        log.propagate = False
+        log.addHandler(logging.NullHandler())
+        self.server = ControlServer(path, self.handle, logger=log)
         self.path = path
         self._stop = threading.Event()
         self._pending: list[Callable[[], None]] = []
