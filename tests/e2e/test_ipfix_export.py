@@ -31,6 +31,14 @@ IDLE_S = 13  # longer than phase B lasts (10.8 s): none of its flows expires bef
 ACTIVE_S = 3
 
 
+def _metric(rig, name: str) -> float:
+    """One unlabelled series of the daemon's exposition (the `metrics` command: what a scrape returns)."""
+    for line in rig.call("metrics")["text"].splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in the daemon's metrics")
+
+
 def _key(row: dict) -> tuple:
     (ha, pa), (hb, pb) = parse_endpoint(row["a"]), parse_endpoint(row["b"])
     return ha, hb, pa, pb, row["proto"], row["vlan"]
@@ -69,6 +77,11 @@ def test_every_record_decoded_by_tshark_and_nfacctd_equals_flows(rig, tmp_path: 
         rows_a = {_key(r): r for r in rig.call("flows", sort="first", limit=0, fresh=True)["flows"]}
         wait_for(lambda: not rig.call("flows", limit=0, fresh=True)["flows"], "phase A's flows to expire",
                  timeout=IDLE_S + 15, every=0.5)
+        # the exporter's counters in the daemon's Prometheus metrics: a record for each ended flow, none lost
+        wait_for(lambda: _metric(rig, "skyguard_ipfix_records_total") >= len(rows_a),
+                 "the metrics to count phase A's records", timeout=10, every=0.5)
+        assert _metric(rig, "skyguard_ipfix_records_lost_total") == 0
+        assert _metric(rig, "skyguard_ipfix_send_errors_total") == 0
         # phase B: played, listed, then the daemon stops
         sched, _main = rig.schedule(PHASE_B)
         with rig.wire(sched) as w:

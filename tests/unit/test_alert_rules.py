@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, skip_or_fail
-from tests.unit.test_prometheus_export import FakeCols, FakeSnapshot, _metrics
+from tests.unit.test_prometheus_export import FakeCols, FakeSnapshot, _exporter_status, _metrics
 
 RULES = ROOT / "prometheus" / "skyguard.rules.yml"
 RULE_TESTS = ROOT / "prometheus" / "skyguard.rules.test.yml"
-ALERTS = {"SkyguardDown", "SkyguardTargetMissing", "SkyguardStalled", "SkyguardEventsLost",
+ALERTS = {"SkyguardDown", "SkyguardTargetMissing", "SkyguardStalled", "SkyguardEventsLost", "SkyguardIpfixRecordsLost",
           "SkyguardFlowTableNearFull", "SkyguardFlowInsertFailures", "SkyguardPolicyReloadFailed",
           "SkyguardXdpGenericMode", "SkyguardXdpDetached"}
 
@@ -50,7 +50,8 @@ def test_every_alert_has_a_unit_test():
 
 
 def test_rules_name_only_exported_series():
-    _m, text = _metrics(FakeSnapshot(FakeCols(np.zeros(1, np.uint8)), 1, 1))
+    # with a flow exporter configured: the IPFIX series exist only then
+    _m, text = _metrics(FakeSnapshot(FakeCols(np.zeros(1, np.uint8)), 1, 1), ipfix=_exporter_status())
     exported = set(re.findall(r"^(skyguard_\w+?)(?:\{| )", text, re.M))
     named = set(re.findall(r"\b(skyguard_[a-z_]+)", RULES.read_text())) - {"skyguard_"}
     assert named, "the rules name no skyguard series"

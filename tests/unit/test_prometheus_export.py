@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from skyguard import wire
 from skyguard.export.prometheus import (
     CLASS_LABELS,
+    IPFIX_METRICS,
     POSSIBLE,
     Metrics,
     MetricsServer,
@@ -98,7 +99,7 @@ def test_a_reload_changes_nothing_already_counted():
         assert s.bytes[("skype-signaling", "mark")] == 1500
 
 
-def _metrics(snapshot=None) -> tuple[Metrics, str]:
+def _metrics(snapshot=None, ipfix=None) -> tuple[Metrics, str]:
     m = Metrics(version="9.9.9", capacity=262144, xdp_requested="auto")
     m.note_reload(True)
     m.note_reload(False)
@@ -106,7 +107,8 @@ def _metrics(snapshot=None) -> tuple[Metrics, str]:
                       events_lost=3)
     m.tick(stats=st, policy=FakePolicy("block-pc-to-phone", DROP_OUT),
            classified={(wire.OUT, wire.C["SG_R_PSTN_PREFIX"]): 2, (wire.OTHER, 0): 1}, snapshot=snapshot,
-           attached={"eth0": "native", "eth1": "generic", "eth2": None}, policy_loaded=1700000000.5, now=1700000100.0)
+           attached={"eth0": "native", "eth1": "generic", "eth2": None}, policy_loaded=1700000000.5, now=1700000100.0,
+           ipfix=ipfix)
     return m, m.render().decode()
 
 
@@ -172,10 +174,44 @@ def test_no_sample_no_series_and_scrape_reads_only_the_sample():
     assert "skyguard_flows_active" not in text  # no snapshot yet: absent rather than a made-up zero
 
 
+def _exporter_status() -> dict:
+    """A real exporter's status after two records, one of them lost to a full outbox."""
+    from skyguard.export.ipfix import Exporter
+
+    ex = Exporter("127.0.0.1:9")
+    try:
+        key = wire.FlowKey.make("192.168.1.6", 50010, "52.114.250.5", 3478, 17)
+        flow = wire.Flow(first_ns=1, last_ns=2, pkts=(3, 4), bytes_=(300, 400), dropped=0, cls=wire.OUT, init_dir=0,
+                         reason=0)
+        ex.record(key, flow, 1, wall_off_ns=0)
+        ex.record(key._replace(lo_port=50012), flow, 1, wall_off_ns=0)
+        ex.counters.records_lost, ex.counters.gone_unended = 1, 2
+        return ex.status()
+    finally:
+        ex.close()
+
+
+def test_ipfix_series_only_with_an_exporter_and_from_its_counters():
+    _m, text = _metrics()
+    assert "skyguard_ipfix" not in text  # no collector configured: no series that would always read zero
+    status = _exporter_status()
+    _m, text = _metrics(ipfix=status)
+    s = _samples(text)
+    assert s[("skyguard_ipfix_records_total", ())] == status["records"]
+    assert s[("skyguard_ipfix_records_lost_total", ())] == 1
+    assert s[("skyguard_ipfix_flows_gone_unended_total", ())] == 2
+    assert s[("skyguard_ipfix_tracked_flows", ())] == status["tracked_flows"]
+    assert s[("skyguard_ipfix_outbox_messages", ())] == status["outbox"]
+    assert s[("skyguard_ipfix_send_errors_total", ())] == 0 and ("skyguard_ipfix_messages_total", ()) in s
+    for _key, name, _kind, _help in IPFIX_METRICS:
+        assert any(n == name for n, _lb in s), name
+
+
 def test_promtool_check_metrics_is_clean():
     if not shutil.which("promtool"):
         skip_or_fail("promtool is missing (Debian package prometheus; `make setup`)")
-    _m, text = _metrics(FakeSnapshot(FakeCols(np.zeros(2, np.uint8)), 2, 1))
+    _m, text = _metrics(FakeSnapshot(FakeCols(np.zeros(2, np.uint8)), 2, 1), ipfix=_exporter_status())
+    assert "skyguard_ipfix_records_total" in text
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (r.stdout, r.stderr)
 

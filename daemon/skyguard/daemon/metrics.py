@@ -44,9 +44,10 @@ class DaemonMetrics:
         eng = d.engine
         attached = {ifname: None for ifname in d.cfg.interfaces}
         attached.update({a.ifname: a.mode for a in d.attached.values()})
+        ipfix = getattr(d, "ipfix", None)
         self.metrics.tick(stats=eng.kernel_stats(), policy=eng.policy, classified=eng.counters.classified,
                           snapshot=d.table.snapshot, attached=attached, policy_loaded=d.policy_loaded_at,
-                          now=time.time())
+                          now=time.time(), ipfix=ipfix.status() if ipfix is not None else None)
 
     def note_reload(self, ok: bool) -> None:
         self.metrics.note_reload(ok)

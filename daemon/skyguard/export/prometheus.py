@@ -86,6 +86,7 @@ class Sample:
     version: str
     policy: str
     updated: float  # wall clock of the tick
+    ipfix: Mapping[str, int | str] | None = None  # the IPFIX exporter's status (export/ipfix.py), None: no exporter
 
 
 @dataclass(eq=False)  # a collector is registered by identity: it must stay hashable
@@ -120,9 +121,11 @@ class Metrics:
         return self._flows_active
 
     def tick(self, *, stats: Mapping[str, int], policy, classified: Mapping[tuple[int, int], int], snapshot,
-             attached: Mapping[str, str | None], policy_loaded: float, now: float | None = None) -> Sample:
+             attached: Mapping[str, str | None], policy_loaded: float, now: float | None = None,
+             ipfix: Mapping[str, int | str] | None = None) -> Sample:
         """Build the sample scrapes will read. `classified`: (class id, reason bits) -> classifications the daemon
-        saw (kernel events and its own decisions); `attached`: configured interface -> XDP mode or None."""
+        saw (kernel events and its own decisions); `attached`: configured interface -> XDP mode or None; `ipfix`:
+        the flow exporter's status when one is configured."""
         by_class: Counter[tuple[str, str]] = Counter()
         for (cid, reason), n in classified.items():
             cname = wire.CLASS_NAMES[cid] if 0 <= cid < wire.NCLASSES else "unknown"
@@ -133,7 +136,7 @@ class Metrics:
             classified=dict(by_class), flows_active=self.flows_by_class(snapshot), capacity=self.capacity,
             events_lost=stats.get("events_lost", 0), reloads=dict(self.reloads), policy_loaded=policy_loaded,
             xdp=dict(attached), xdp_requested=self.xdp_requested, version=self.version, policy=policy.name,
-            updated=time.time() if now is None else now)
+            updated=time.time() if now is None else now, ipfix=dict(ipfix) if ipfix is not None else None)
         return self.sample
 
     # ---- prometheus_client collector protocol -----------------------------------------------------------------------
@@ -213,6 +216,30 @@ def families(s: Sample) -> Iterator[Metric]:
     yield GaugeMetricFamily("skyguard_last_update_timestamp_seconds", "When the daemon's event loop last computed "
                             "these values (Unix time); scrapes are served from a thread, so a stalled loop shows "
                             "here.", value=s.updated)
+    if s.ipfix is not None:
+        yield from ipfix_families(s.ipfix)
+
+
+# the IPFIX exporter's counters (Exporter.status()) -> (metric, type, help); present only with a collector configured
+IPFIX_METRICS = (
+    ("records", "skyguard_ipfix_records_total", "counter", "IPFIX flow records encoded for the collector."),
+    ("messages", "skyguard_ipfix_messages_total", "counter", "IPFIX messages sent to the collector."),
+    ("send_errors", "skyguard_ipfix_send_errors_total", "counter", "Sends to the collector that failed (other than "
+     "a full socket buffer, which waits), e.g. ICMP port unreachable while nobody listens."),
+    ("records_lost", "skyguard_ipfix_records_lost_total", "counter", "Flow records dropped because the outbox was "
+     "full: the collector sees them as a sequence gap."),
+    ("gone_unended", "skyguard_ipfix_flows_gone_unended_total", "counter", "Reported flows that left the flow table "
+     "without an end the daemon saw (LRU eviction): their packets since their last record are in no record."),
+    ("outbox", "skyguard_ipfix_outbox_messages", "gauge", "IPFIX messages waiting to be sent."),
+    ("tracked_flows", "skyguard_ipfix_tracked_flows", "gauge", "Flows the exporter remembers what it reported of "
+     "(the base of their next record)."),
+)
+
+
+def ipfix_families(status: Mapping[str, int | str]) -> Iterator[Metric]:
+    for key, name, kind, text in IPFIX_METRICS:
+        fam = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        yield fam(name, text, value=int(status.get(key, 0)))
 
 
 # ---- listening ------------------------------------------------------------------------------------------------------
