@@ -364,3 +364,21 @@ def test_iat_region_equals_the_period_tests() -> None:
     xs += [rng.randrange(0, 300 * MS) / 1e6 for _ in range(20000)] + [rng.uniform(0, 250) for _ in range(20000)]
     for x in xs:
         assert _iat_region(x) == _period_test(x), x
+
+
+def test_chi2_tallied_batches_equal_the_nibble_loop() -> None:
+    """_counted tallies a batch of TALLY_MIN samples or more by column, a smaller one byte by byte: both give the counts
+    and squares of counting each sample on arrival, for batches on either side of the bound and skewed bytes."""
+    rng = random.Random(5)
+    for sizes in ([Chi2.TALLY_MIN - 1, 1, Chi2.TALLY_MIN, 3, Chi2.TALLY_MIN + 1],
+                  [Chi2.PENDING_MAX, 1, 2, 40, 1], [Chi2.PENDING_MAX // 2, Chi2.PENDING_MAX // 2, 7]):
+        c, counts, squares = Chi2(), [0] * 256, [0] * Chi2.GROUPS
+        for size in sizes:
+            for _ in range(size):
+                data = rng.randbytes(8) if rng.random() < 0.5 else bytes(rng.choice((0, 0x1F, 0xF0)) for _ in range(8))
+                c.add(data)
+                for i in range(8):
+                    for g, j in ((2 * i, 32 * i + (data[i] >> 4)), (2 * i + 1, 32 * i + 16 + (data[i] & 0x0F))):
+                        squares[g] += 2 * counts[j] + 1
+                        counts[j] += 1
+            assert list(c.counts) == counts and list(c.squares) == squares
