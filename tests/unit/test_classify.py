@@ -353,3 +353,24 @@ def test_slow_path_memory_per_watched_flow() -> None:
         tracemalloc.stop()
     assert sp.status()["flows"]["tracked"] == 20_000
     assert per_flow < 600, per_flow
+
+
+def test_e2o_gate_equals_the_per_sample_formula() -> None:
+    """_on_sample reads e2o_gate(kernel word), computed once per word, where it used to work the gate out per sample:
+    the same answer for every class (and an unknown one) under every combination of reason bits."""
+    from skyguard.slowpath import classify as cl
+
+    def old(kernel: int) -> int:  # _on_sample's formula before e2o_gate
+        kcls, kreason = (wire.UNKNOWN, 0) if kernel < 0 else (kernel & 0xFF, kernel >> 8)
+        weak_other = kcls == wire.OTHER and (kreason == 0 or kreason & cl.R_WEAK_OTHER)
+        if (kcls not in cl._E2O_OVER and not weak_other) or kreason & cl._KERNEL_SETTLED:
+            return cl.E2O_NO
+        return cl.E2O_NO_P2P if kcls not in cl._E2E_OVER or weak_other else cl.E2O_ANY
+
+    bits = sorted({v for k, v in wire.C.items() if k.startswith("SG_R_")} | {1 << b for b in range(24)})
+    reasons = {0} | set(bits) | {a | b for a in bits for b in bits} | {cl.R_WEAK_OTHER | cl._KERNEL_SETTLED}
+    kernels = [-1] + [c | r << 8 for c in range(wire.NCLASSES + 2) for r in reasons]
+    assert {cl.e2o_gate(k) for k in kernels} == {cl.E2O_NO, cl.E2O_ANY, cl.E2O_NO_P2P}
+    for k in kernels:
+        assert cl.e2o_gate(k) == old(k), k
+    assert cl._Flow().e2o == old(-1)

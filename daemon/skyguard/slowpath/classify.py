@@ -97,15 +97,32 @@ class _Lru(OrderedDict):
 
 _OPEN = -1  # _Flow.decided: nothing decided here yet
 
+# _Flow.e2o: what the kernel's class leaves to the E2O statistics
+E2O_NO, E2O_ANY, E2O_NO_P2P = 0, 1, 2  # not watched; watched, any verdict; watched, a skype-p2p verdict dropped
+
+
+def e2o_gate(kernel: int) -> int:
+    """E2O_NO, E2O_ANY or E2O_NO_P2P for a flow whose kernel word (_Flow.kernel) is `kernel`. A pure function of it:
+    _note_kernel computes it once per kernel word, where every sample used to work it out again."""
+    kcls, kreason = (wire.UNKNOWN, 0) if kernel < 0 else (kernel & 0xFF, kernel >> 8)
+    weak_other = kcls == wire.OTHER and (kreason == 0 or kreason & R_WEAK_OTHER)
+    if (kcls not in _E2O_OVER and not weak_other) or kreason & _KERNEL_SETTLED:
+        return E2O_NO
+    return E2O_NO_P2P if kcls not in _E2E_OVER or weak_other else E2O_ANY
+
+
+_E2O_UNHEARD = e2o_gate(-1)  # a flow the kernel has not spoken of yet
+
 
 class _Flow:
     """What the slow path remembers of one flow: one LRU entry per flow, so that a flow costs one dict entry and one
     small object (at 10k new candidate flows/s the slow path's memory is this times flow_state_max)."""
 
-    __slots__ = ("kernel", "tracker", "decided", "sni")
+    __slots__ = ("kernel", "e2o", "tracker", "decided", "sni")
 
     def __init__(self) -> None:
         self.kernel = -1  # class | reason << 8 from the kernel's last word (event or flow read); -1: not heard
+        self.e2o = _E2O_UNHEARD  # e2o_gate(self.kernel), set with it
         self.tracker: E2OTracker | None = None  # while its samples are being watched
         self.decided: int | None = _OPEN  # class decided here; None: gave up (or settled elsewhere)
         self.sni: str | None = None  # server name of its ClientHello ("" none captured); None: no ClientHello
@@ -184,6 +201,7 @@ class SlowPath:
     def _note_kernel(self, key: wire.FlowKey, cls: int, reason: int, flags: int) -> None:
         st = self._state(key)
         st.kernel = cls | reason << 8
+        st.e2o = e2o_gate(st.kernel)
         if flags & F_DAEMON and st.decided == _OPEN:
             st.decided = cls  # someone (a previous daemon, the operator) already decided it
         if cls == wire.OUT or reason & (R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL):
@@ -202,12 +220,8 @@ class SlowPath:
     def _on_sample(self, ev: wire.Event) -> list[Decision]:
         key = ev.key
         st = self._state(key)
-        if st.decided != _OPEN:
-            return []
-        # _kernel_class written out (once per sample)
-        kcls, kreason = (wire.UNKNOWN, 0) if st.kernel < 0 else (st.kernel & 0xFF, st.kernel >> 8)
-        weak_other = kcls == wire.OTHER and (kreason == 0 or kreason & R_WEAK_OTHER)
-        if (kcls not in _E2O_OVER and not weak_other) or kreason & _KERNEL_SETTLED:
+        gate = st.e2o
+        if st.decided != _OPEN or gate == E2O_NO:
             return []
         self.counters["samples"] += 1
         tr = st.tracker
@@ -218,7 +232,7 @@ class SlowPath:
             if tr.done:  # sample budget spent without a verdict: leave the kernel's class, stop watching
                 st.tracker, st.decided = None, None
             return []
-        if v.cls == wire.P2P and (kcls not in _E2E_OVER or weak_other):
+        if v.cls == wire.P2P and gate == E2O_NO_P2P:
             st.tracker, st.decided = None, None
             return []
         return self._decide(key, st, v.cls, v.reason, v.detail)
