@@ -36,6 +36,8 @@ S_MS = wire.C["SG_S_MS"]
 R_STRONG = (R_SOM_VOICE | wire.C["SG_R_ICE_BOTH"] | wire.C["SG_R_ICE_LITE"] | wire.C["SG_R_RTP_STATIC"]
             | wire.C["SG_R_MS_PREFIX"])
 EXPIRE_BATCH = 20_000
+EV_CLASSIFIED = wire.EV_CLASSIFIED
+_EVENT_NAMES = wire.EVENT_NAMES  # type -> name, for the per-event counter
 LARGE_TABLE = 50_000  # from this many flows, queries are served from the snapshot: a full read of the map is too slow
 _FLOW_SORT: dict[str, Callable[[wire.Flow], int]] = {
     "packets": lambda f: f.packets, "bytes": lambda f: f.nbytes, "last": lambda f: f.last_ns,
@@ -157,8 +159,9 @@ class Engine:
         return self.kernel.drain_events(self.handle, timeout_ms)
 
     def handle(self, ev: wire.Event) -> None:
-        self.counters.events[ev.name] += 1
-        if ev.type == wire.EV_CLASSIFIED:
+        name = _EVENT_NAMES.get(ev.type)  # Event.name without its property call: every event is counted
+        self.counters.events[ev.name if name is None else name] += 1
+        if ev.type == EV_CLASSIFIED:
             self._log_class(ev.key, ev.old_cls, ev.new_cls, ev.reason, ev.ts_ns, by="kernel")
             for cb in self.on_decision:
                 cb(ev.key, ev.old_cls, ev.new_cls, ev.ts_ns, ev.pkts)
