@@ -74,7 +74,6 @@ def walk_ceiling(paths: list[Path], batched: bool = True) -> dict | None:
     packets, test runs and packets/s (None if a capture did not run to its end)."""
     import bcc
 
-    from skyguard import wire
     from skyguard.offline import fastwalk as fw
 
     if batched:

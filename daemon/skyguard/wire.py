@@ -69,7 +69,6 @@ POL_BLOCKED = C["SG_POL_BLOCKED"]
 POL_SLOTS = C["SG_POL_SLOTS"]
 
 
-
 def class_name(cls: int) -> str:
     """A class id's name; an id this build does not know (a newer layout's flow) as its number."""
     return CLASS_NAMES[cls] if 0 <= cls < NCLASSES else str(cls)

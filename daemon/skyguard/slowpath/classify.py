@@ -101,10 +101,15 @@ _OPEN = -1  # _Flow.decided: nothing decided here yet
 E2O_NO, E2O_ANY, E2O_NO_P2P = 0, 1, 2  # not watched; watched, any verdict; watched, a skype-p2p verdict dropped
 
 
+def kernel_class(kernel: int) -> tuple[int, int]:
+    """(class, reason bits) of a kernel word (_Flow.kernel); unknown with no reason when the kernel has not spoken."""
+    return (wire.UNKNOWN, 0) if kernel < 0 else (kernel & 0xFF, kernel >> 8)
+
+
 def e2o_gate(kernel: int) -> int:
     """E2O_NO, E2O_ANY or E2O_NO_P2P for a flow whose kernel word (_Flow.kernel) is `kernel`. A pure function of it:
     _note_kernel computes it once per kernel word, where every sample used to work it out again."""
-    kcls, kreason = (wire.UNKNOWN, 0) if kernel < 0 else (kernel & 0xFF, kernel >> 8)
+    kcls, kreason = kernel_class(kernel)
     weak_other = kcls == wire.OTHER and (kreason == 0 or kreason & R_WEAK_OTHER)
     if (kcls not in _E2O_OVER and not weak_other) or kreason & _KERNEL_SETTLED:
         return E2O_NO
@@ -192,7 +197,7 @@ class SlowPath:
         if host is None or st.decided != _OPEN:
             return []
         name = names.match_suffix(host, self.skype_names())
-        kcls, _ = self._kernel_class(st)
+        kcls, _ = kernel_class(st.kernel)
         if name is None or kcls not in _SNI_OVER:
             return []
         self.counters["http_host"] = self.counters.get("http_host", 0) + 1
@@ -204,12 +209,8 @@ class SlowPath:
         st.e2o = e2o_gate(st.kernel)
         if flags & F_DAEMON and st.decided == _OPEN:
             st.decided = cls  # someone (a previous daemon, the operator) already decided it
-        if cls == wire.OUT or reason & (R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL):
+        if cls == wire.OUT or reason & _KERNEL_SETTLED:
             st.tracker = None  # settled by the kernel: stop watching its samples
-
-    @staticmethod
-    def _kernel_class(st: _Flow) -> tuple[int, int]:
-        return (wire.UNKNOWN, 0) if st.kernel < 0 else (st.kernel & 0xFF, st.kernel >> 8)
 
     def _decide(self, key: wire.FlowKey, st: _Flow, cls: int, reason: int, detail: str) -> list[Decision]:
         st.decided = cls
@@ -267,7 +268,7 @@ class SlowPath:
         # server's flight)
         client, _ = _sides(key, ev.dir ^ server_flight)
         self.sessions.put(client, ev.ts_ns)
-        kcls, _ = self._kernel_class(st)
+        kcls, _ = kernel_class(st.kernel)
         if kcls not in _SNI_OVER:
             return []
         if kcls == wire.RELAY and names.match_suffix(sni.removeprefix("cert "), MEDIA_NAMES):
@@ -290,7 +291,7 @@ class SlowPath:
         hosted = self.dns.cloud_name(_ip(server), ev.ts_ns)
         if hosted is None:
             return []
-        kcls, _ = self._kernel_class(st)
+        kcls, _ = kernel_class(st.kernel)
         if kcls not in _SNI_OVER:
             return []
         self.counters["host_corr"] += 1
