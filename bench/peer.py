@@ -84,12 +84,13 @@ def walk_ceiling(paths: list[Path], batched: bool = True) -> dict | None:
     else:
         b = bcc.BPF(text=_NOOP_RB)
         fd, batch_fd = b.load_func(b"xdp_noop_rb", bcc.BPF.XDP).fd, -1
+    ring = None
     try:
-        rb = b[b"events"].map_fd
+        ring = fw.Ring(b[b"events"].map_fd)  # mapped once, as a replay does
         n = runs = 0
         t = time.perf_counter()
         for p in paths:
-            with fw.Walker(p, fd, rb, batch_fd) as w:
+            with fw.Walker(p, fd, ring, batch_fd) as w:
                 while (step := w.run()).status == fw.PAUSE:
                     pass
                 if step.status != fw.END or w.verdicts[2] != step.packets:  # all passed: each packet ran once
@@ -97,6 +98,8 @@ def walk_ceiling(paths: list[Path], batched: bool = True) -> dict | None:
                 n, runs = n + step.packets, runs + w.runs
         return {"packets": n, "runs": runs, "pps": n / (time.perf_counter() - t)}
     finally:
+        if ring is not None:
+            ring.close()
         b.cleanup()
 
 

@@ -252,7 +252,8 @@ static __always_inline __u64 sg_clock(struct xdp_md *ctx, void *data, __u8 *from
 }
 
 /* ---- events ---- */
-/* A record went into the ring buffer: a replay's batch ends after this packet, for the slow path to read it. */
+/* A record that may lead to a decision went into the ring buffer: a replay's batch ends after this packet, for the
+ * slow path to act on it before the next one. */
 static __always_inline void sg_replay_emitted(void)
 {
 #ifdef SG_META_CLOCK
@@ -329,7 +330,8 @@ static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, 
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
-	sg_replay_emitted();
+	if (inspected >= SG_SAMPLES_MIN) /* an earlier one cannot decide: its record waits for the batch's end */
+		sg_replay_emitted();
 }
 
 /* A `dns`, `tls` or `http` event: the first SG_BIG_BYTES payload bytes. */

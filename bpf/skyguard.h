@@ -164,6 +164,9 @@ struct sg_stats {
 #define SG_EV_HTTP       5 /* "http": first TCP payload of a plain-HTTP request on port 80, for its Host header */
 #define SG_SAMPLE_BYTES  64
 #define SG_BIG_BYTES     512
+/* The slow path decides nothing from a flow's samples before it holds this many (E2O/E2E, docs/signatures.md): in a
+ * replay, a sample of a flow's first SG_SAMPLES_MIN - 1 inspected packets does not end its batch (struct sg_batch) */
+#define SG_SAMPLES_MIN   100
 
 /* ---- limits (the daemon passes -D overrides) ---- */
 #ifndef SG_FLOWS_MAX
@@ -388,9 +391,9 @@ struct sg_meta {
  * test run's buffer last one first, each after a gap of SG_BATCH_GAP bytes; the program runs the first (the buffer's
  * tail), then moves the frame's head back onto the next one, cuts its tail off and runs itself again through the
  * `replay_next` tail call. Moving the head moves the metadata with it (bpf_xdp_adjust_head): it lands in the gap, not
- * on the bytes of the packet in front. A run ends after the packet that left a record in the ring buffer (`stop`), so
- * the slow path still acts before the next packet, as it does after every single run. n < 2: not a batch, the program
- * runs the one packet it is given. */
+ * on the bytes of the packet in front. A run ends after a packet that left a record which may lead to a decision
+ * (`stop`: any but a sample below SG_SAMPLES_MIN), so the slow path still acts before the next packet, as it does after
+ * every single run. n < 2: not a batch, the program runs the one packet it is given. */
 #define SG_BATCH_MAX   32   /* packets per test run: the kernel allows 33 tail calls (MAX_TAIL_CALL_CNT) */
 #define SG_BATCH_BYTES 3072 /* metadata, packets and gaps of one run: linear on every kernel configuration */
 #define SG_BATCH_GAP   32   /* in front of each packet: room for the largest XDP metadata (32 bytes) */
@@ -404,7 +407,7 @@ struct sg_batch {
 	__u32 n;    /* packets in this run (the walker); < 2: no batch */
 	__u32 done; /* packets run so far (the program) */
 	__u32 skip; /* bytes in front of the first packet: the others and their gaps, which follow it in capture order */
-	__u32 stop; /* the program: a packet left a record, or a head/tail/metadata move failed (then `done` says where) */
+	__u32 stop; /* the program: a packet left a record that may decide, or a head/tail/metadata move failed */
 	struct sg_batch_pkt pkt[SG_BATCH_MAX];
 };
 

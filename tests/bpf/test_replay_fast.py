@@ -204,6 +204,16 @@ def _runs(kern, paths, policy=None) -> tuple[int, int]:
     return sum(c.packets for c in res.captures), sum(c.runs for c in res.captures)
 
 
+def _dns_answer(i: int) -> bytes:
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    name = f"h{i}.example.com"
+    return bytes(Ether() / IP(src="192.0.2.53", dst="198.51.100.7") / UDP(sport=53, dport=40000 + i)
+                 / DNS(id=i, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata="203.0.113.9")))
+
+
 def test_packets_run_in_batches_cut_at_events(kern, tmp_path):
     """Batches are used (far fewer test runs than packets), yet every packet that left events ends its batch: a
     capture of flows that each emit on their first packet needs a run per packet."""
@@ -211,20 +221,59 @@ def test_packets_run_in_batches_cut_at_events(kern, tmp_path):
     packets, runs = _runs(kern, sorted(glob.glob(str(tmp_path / "*.pcap"))))
     assert packets > 10_000 and runs * 3 < packets
     # DNS responses all leave a `dns` event: one run each, whatever their number
-    from scapy.layers.dns import DNS, DNSQR, DNSRR
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-
-    def answer(i: int) -> bytes:
-        name = f"h{i}.example.com"
-        return bytes(Ether() / IP(src="192.0.2.53", dst="198.51.100.7") / UDP(sport=53, dport=40000 + i)
-                     / DNS(id=i, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata="203.0.113.9")))
-
-    frames = [(1_000_000_000 + i * 1_000_000, answer(i)) for i in range(40)]
+    frames = [(1_000_000_000 + i * 1_000_000, _dns_answer(i)) for i in range(40)]
     path = tmp_path / "dns.pcap"
     write_pcap(path, frames)
     assert _runs(kern, [str(path)]) == (40, 40)
     assert_same(kern, [str(path)])
+
+
+def test_samples_end_a_batch_only_once_they_may_decide(kern, tmp_path):
+    """A sample of a flow's first SG_SAMPLES_MIN - 1 inspected packets cannot lead to a decision (the slow path's E2O
+    needs that many), so its batch goes on; each later one may, so it ends its batch. One candidate flow (a constant
+    4-byte CID each way) whose sizes vary too much for a verdict: 150 packets, all inspected and all sampled."""
+    import random
+
+    from skyguard.lab import packet as P
+
+    rng = random.Random(5)
+    a, b = ("192.168.7.9", 33000), ("198.51.100.20", 40000)
+    pkts = []
+    for i in range(150):
+        src, dst, cid = (a, b, b"\xaa\xbb\xcc\xdd") if i % 2 == 0 else (b, a, b"\x11\x22\x33\x44")
+        payload = cid + rng.randbytes(rng.randrange(20, 400))
+        pkts.append((1_000_000_000 + i * 10_000_000 + rng.randrange(9_000_000), P.udp(*src, *dst, payload)))
+    path = tmp_path / "cid.pcap"
+    write_pcap(path, pkts)
+    out = assert_same(kern, [str(path)])
+    [flow] = out["json"]["flows"]
+    assert flow["class"] == "unknown" and not out["decisions"]
+    packets, runs = _runs(kern, [str(path)])
+    late = packets - (wire.C["SG_SAMPLES_MIN"] - 1)  # samples from the SG_SAMPLES_MIN-th packet on: a run each
+    # the earlier 99 share batches (at most 6 of these frames fit one), where one run per sample would make 150
+    assert late <= runs <= late + 20
+
+
+def test_walker_hands_over_every_record_in_order(kern, tmp_path):
+    """The helper takes the ring buffer's records itself (no libbpf callback): more than one return's worth waiting
+    before the walk (here 200 `dns` records, about 120 KB, and 200 `classified`) comes out over several EVENTS
+    returns, in the ring's order, none lost, and the capture's own records after them."""
+    for i in range(200):
+        kern.test_run(_dns_answer(i), ts_ns=1_000_000_000 + i)
+    path = tmp_path / "dns.pcap"
+    write_pcap(path, [(2_000_000_000 + i, _dns_answer(1000 + i)) for i in range(3)])
+    ids, returns = [], 0
+    with fastwalk.Ring(kern.ring_map_fd) as ring, fastwalk.Walker(path, kern.prog_fd, ring, kern.batch_map_fd) as w:
+        while (step := w.run()).status != fastwalk.END:
+            assert step.status == fastwalk.EVENTS
+            returns += 1
+            for rec in w.records():
+                ev = wire.Event.unpack(rec)
+                if ev.type == wire.EV_DNS:  # each new flow also leaves a `classified` record
+                    ids.append(struct.unpack_from("!H", ev.data)[0])
+    assert ids == [*range(200), 1000, 1001, 1002]
+    assert returns >= 2 + 3  # the waiting records took more than one return; then one per packet (each ends its run)
+    assert kern.poll_events() == []  # all consumed: libbpf's view of the ring agrees
 
 
 def test_firewall_mark_metadata_between_batched_packets(kern, captures):

@@ -63,6 +63,24 @@ def test_e2o_flow_becomes_skype_out_once() -> None:
     assert sp.status()["flows"]["tracked"] == 0  # state released once decided
 
 
+def test_no_decision_from_a_sample_of_a_flows_first_min_samples() -> None:
+    """A replay's batch goes on past a sample of a kernel flow's first SG_SAMPLES_MIN - 1 inspected packets, so no
+    decision may come from one. Here the kernel's flow is made again after 80 samples (evicted, same key): the samples
+    of the first one do not count for the second, which is decided on its own samples."""
+    from skyguard.slowpath import e2o
+
+    sp = SlowPath(policy())
+    k = key()
+    evs = []
+    for i, (ts, d, plen, data) in enumerate(e2o_flow(11, n_per_dir=150)):
+        insp = i + 1 if i < 80 else i - 79
+        evs.append(wire.Event.unpack(wire.Event(type=wire.EV_SAMPLE, dir=d, ts_ns=ts, key=k, payload_len=plen,
+                                                inspected=insp, data=data).pack()))
+    got = feed(sp, evs)
+    assert len(got) == 1 and got[0][1].cls == wire.OUT
+    assert evs[got[0][0] - 1].inspected >= e2o.MIN_SAMPLES == R["SG_SAMPLES_MIN"]
+
+
 def test_e2o_recall_through_slowpath() -> None:
     sp = SlowPath(policy())
     outs = 0

@@ -11,8 +11,10 @@ import ctypes as ct
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ SOURCE = Path(__file__).with_name("walk.c")
 CFLAGS = ["-O2", "-shared", "-fPIC", "-std=gnu11", "-Wall"]
 
 EVENTS, END, PAUSE, ECAPTURE, ERUN = 1, 2, 3, -1, -2
+_LEN = struct.Struct("=I")  # walk.c's `ev`: each record after its length, in the machine's byte order
 
 
 class BuildError(RuntimeError):
@@ -37,8 +40,16 @@ class _Sgw(ct.Structure):
         ("err_no", ct.c_int32),
         ("err", ct.c_char * 240),
         ("runs", ct.c_uint64),
+        ("ev", ct.c_void_p),
+        ("ev_len", ct.c_uint64),
         ("_private", ct.c_uint8 * 8192),
     ]
+
+
+class _Ring(ct.Structure):
+    """walk.c's struct sgw_ring, never read here: room for it."""
+
+    _fields_ = [("_private", ct.c_uint8 * 128)]
 
 
 def cache_dir() -> Path:
@@ -99,14 +110,20 @@ def lib() -> ct.CDLL:
     if _lib is None:
         so = ct.CDLL(str(build()))
         so.sgw_open.restype = ct.c_int
-        so.sgw_open.argtypes = [ct.POINTER(_Sgw), ct.c_char_p, ct.c_int, ct.c_int, ct.c_int]
+        so.sgw_open.argtypes = [ct.POINTER(_Sgw), ct.c_char_p, ct.c_int, ct.POINTER(_Ring), ct.c_int]
         so.sgw_run.restype = ct.c_int
         so.sgw_run.argtypes = [ct.POINTER(_Sgw), ct.c_uint64]
         so.sgw_close.restype = None
         so.sgw_close.argtypes = [ct.POINTER(_Sgw)]
-        so.sgw_size.restype = ct.c_size_t
+        so.sgw_ring_open.restype = ct.c_int
+        so.sgw_ring_open.argtypes = [ct.POINTER(_Ring), ct.c_int]
+        so.sgw_ring_close.restype = None
+        so.sgw_ring_close.argtypes = [ct.POINTER(_Ring)]
+        so.sgw_size.restype = so.sgw_ring_size.restype = ct.c_size_t
         if so.sgw_size() > ct.sizeof(_Sgw):
             raise BuildError(f"walk.c's struct sgw ({so.sgw_size()} bytes) outgrew its mirror in fastwalk.py")
+        if so.sgw_ring_size() > ct.sizeof(_Ring):
+            raise BuildError(f"walk.c's struct sgw_ring ({so.sgw_ring_size()} bytes) outgrew its mirror")
         _lib = so
     return _lib
 
@@ -119,21 +136,63 @@ class Step:
     packets: int  # packets run so far in the capture
 
 
-class Walker:
-    """One capture walked through program `prog_fd`, pausing whenever ring buffer `rb_fd` holds records; with the
-    replay build's batch map `batch_fd`, up to SG_BATCH_MAX packets per test run, else one."""
+class Ring:
+    """The program's ring buffer map `rb_fd`, mapped for walkers to take records from. Mapping it costs a few hundred
+    microseconds (the kernel maps every page at once), so a replay maps it once for all its captures."""
 
-    def __init__(self, path: str | os.PathLike[str], prog_fd: int, rb_fd: int, batch_fd: int = -1) -> None:
+    def __init__(self, rb_fd: int) -> None:
+        self._lib = lib()
+        self._r = _Ring()
+        rc = self._lib.sgw_ring_open(ct.byref(self._r), rb_fd)
+        if rc < 0:
+            raise OSError(-rc, f"cannot map the ring buffer: {os.strerror(-rc)}")
+        self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self._lib.sgw_ring_close(ct.byref(self._r))
+            self._open = False
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Walker:
+    """One capture walked through program `prog_fd`, pausing whenever its ring buffer (`ring`: a Ring, or the map's
+    fd for a Ring of the walker's own) holds records; with the replay build's batch map `batch_fd`, up to
+    SG_BATCH_MAX packets per test run, else one."""
+
+    def __init__(self, path: str | os.PathLike[str], prog_fd: int, ring: Ring | int, batch_fd: int = -1) -> None:
         self._lib = lib()
         self._w = _Sgw()
-        rc = self._lib.sgw_open(ct.byref(self._w), os.fsencode(path), prog_fd, rb_fd, batch_fd)
+        self._own_ring = Ring(ring) if isinstance(ring, int) else None
+        self._ring = self._own_ring or ring
+        rc = self._lib.sgw_open(ct.byref(self._w), os.fsencode(path), prog_fd, ct.byref(self._ring._r), batch_fd)
         if rc < 0:
+            if self._own_ring:
+                self._own_ring.close()
             raise OSError(-rc, os.strerror(-rc), str(path))
         self._open = True
 
     def run(self, max_packets: int = 1 << 62) -> Step:
         rc = self._lib.sgw_run(ct.byref(self._w), max_packets)
         return Step(rc, self._w.packets)
+
+    def records(self) -> Iterator[bytes]:
+        """After EVENTS: the records the helper took from the ring buffer (consumed there), in the ring's order."""
+        n = self._w.ev_len
+        if not n:
+            return
+        raw = ct.string_at(self._w.ev, n)
+        off, unpack = 0, _LEN.unpack_from
+        while off < n:
+            (ln,) = unpack(raw, off)
+            off += 4
+            yield raw[off:off + ln]
+            off += ln
 
     @property
     def verdicts(self) -> list[int]:
@@ -161,6 +220,8 @@ class Walker:
         if self._open:
             self._lib.sgw_close(ct.byref(self._w))
             self._open = False
+            if self._own_ring:
+                self._own_ring.close()
 
     def __enter__(self) -> Walker:
         return self

@@ -121,7 +121,12 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     decisions: list[dict] = []
     totals: Counter = Counter()
     left: list | None = None  # the flows the previous capture left, as listed at its end (None: not known)
+    ring = None  # the ring buffer as the compiled loop maps it: once for all the captures
     try:
+        if walk is not None:
+            from skyguard.offline.fastwalk import Ring
+
+            ring = Ring(kernel.ring_map_fd)
         for path in paths:
             run = CaptureRun(str(path))
             runs.append(run)
@@ -144,7 +149,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
                 if walk is None:
                     _loop_python(kernel, eng, path, run, pkt_index, bar, on_packet)
                 else:
-                    _loop_compiled(walk, kernel, eng, path, run, pkt_index, bar)
+                    _loop_compiled(walk, kernel, ring, eng, path, run, pkt_index, bar)
             except CaptureError as e:
                 run.error = str(e)
             except OSError as e:
@@ -167,6 +172,8 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
                     d["ms"] = round((d["ts_ns"] - first[d["flow"]]) / 1e6, 3)
             decisions += mine
     finally:
+        if ring is not None:
+            ring.close()
         if own_kernel:
             kernel.close()
     rows.sort(key=lambda r: (r["capture"], r["first_ns"], r["a"], r["b"], r["proto"]))
@@ -204,20 +211,23 @@ def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
         bar.update(run.packets)
 
 
-def _loop_compiled(walk, kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress) -> None:
-    """The same loop in the compiled helper: it comes back after exactly the packets whose run left records in the
-    ring buffer, and the slow path acts on them (and writes its decisions) before the helper runs the next packet,
-    as the Python loop does. Packets that leave no record need no trip through Python: pumping an empty ring
-    buffer does nothing."""
+def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, bar: Progress) -> None:
+    """The same loop in the compiled helper: it comes back after each test run that left records in the ring
+    buffer, with the records, and the slow path acts on them (and writes its decisions) before the helper runs the
+    next packet. A batch ends after any packet whose record may lead to a decision; it goes on past a sample that
+    cannot (SG_SAMPLES_MIN), whose record waits for the batch's end. So every decision reaches the kernel before
+    the next packet, as in the Python loop, and packets that leave no record need no trip through Python."""
     from skyguard.offline import fastwalk as fw
 
-    with walk(path, kernel.prog_fd, kernel.ring_map_fd, kernel.batch_map_fd) as w:
+    unpack, handle = wire.Event.unpack, eng.handle
+    with walk(path, kernel.prog_fd, ring, kernel.batch_map_fd) as w:
         try:
             while True:
                 step = w.run(PROGRESS_EVERY)
                 run.packets = idx["n"] = step.packets
-                if step.status == fw.EVENTS:
-                    eng.pump()
+                if step.status == fw.EVENTS:  # the helper took the records from the ring buffer: no libbpf call
+                    for rec in w.records():
+                        handle(unpack(rec))
                 elif step.status == fw.PAUSE:
                     bar.update(run.packets)
                 elif step.status == fw.END:

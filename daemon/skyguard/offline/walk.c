@@ -4,7 +4,9 @@
  * Compiled by skyguard itself (offline/fastwalk.py, with the system's gcc, into a cache directory) and called through
  * ctypes. It returns to Python only when the program's ring buffer holds records after a packet (the slow path must
  * see them, and write its decisions back, before the next packet: the order the per-packet Python loop gives), at the
- * end of the capture, on a capture error, or after about `max_packets` packets (progress).
+ * end of the capture, on a capture error, or after about `max_packets` packets (progress). It hands the records over
+ * itself: it consumes them from the ring buffer as libbpf's ring_buffer__consume would, into `ev` (a length, then the
+ * record, each), so that Python reads all of a run's records from one buffer instead of one callback per record.
  *
  * Batches: given the replay build's `batch` map, up to SG_BATCH_MAX packets go into one test run (struct sg_batch in
  * bpf/skyguard.h says how the program walks them). The program ends a batch after a packet that left a record, so the
@@ -49,6 +51,15 @@ struct sgw_test_attr {
 	uint32_t _pad;
 };
 #define SGW_BPF_PROG_TEST_RUN 10
+#define SGW_BPF_OBJ_GET_INFO_BY_FD 15
+
+/* The ring buffer's record header (UAPI linux/bpf.h: BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT,
+ * BPF_RINGBUF_HDR_SZ): a 32-bit length whose top bits say "being written" and "discarded", 8 bytes in all. */
+#define RB_BUSY (1u << 31)
+#define RB_DISCARD (1u << 30)
+#define RB_HDR 8
+#define EV_CAP 65536 /* bytes of records handed over per return; the rest wait in the ring buffer for the next */
+_Static_assert(EV_CAP >= 4 + sizeof(struct sg_ev_big), "`ev` holds the largest record");
 
 #define META_LEN 16
 #define ETH_LEN 14
@@ -64,6 +75,18 @@ struct sgw_iface {
 	__int128 offset_ns;
 };
 
+/* The program's ring buffer as libbpf maps it (kernel/bpf/ringbuf.c): the consumer position's page read-write, then
+ * the producer position's page and the data pages, which the kernel maps twice over so that a record never wraps,
+ * read-only. Mapped once for a replay's captures (the kernel maps every page of a mapping at once). */
+struct sgw_ring {
+	volatile uint64_t *cons;
+	const volatile uint64_t *prod;
+	const uint8_t *data;
+	uint64_t mask;
+	void *cons_map, *map;
+	size_t map_len, page;
+};
+
 /* Shared with Python (fastwalk.py mirrors the public fields, in this order). */
 struct sgw {
 	/* results, read by Python */
@@ -74,6 +97,8 @@ struct sgw {
 	int32_t err_no;            /* SGW_ERUN: errno of the failed test run */
 	char err[240];             /* SGW_ECAPTURE: what is wrong (pcap.py's message) */
 	uint64_t runs;             /* test runs made (packets / runs: the batches' mean size) */
+	const uint8_t *ev;         /* SGW_EVENTS: the records taken from the ring buffer, each a uint32 length and then */
+	uint64_t ev_len;           /* the record itself; ev_len bytes in all */
 	/* private */
 	const uint8_t *buf;
 	uint64_t size;
@@ -92,9 +117,8 @@ struct sgw {
 	uint64_t seen_lt[4];       /* link types already checked (pcap.py converts lazily: first use raises) */
 	uint8_t *scratch;
 	size_t scratch_cap;
-	const volatile uint64_t *cons, *prod;
-	void *rb_map;
-	size_t rb_len;
+	struct sgw_ring *ring;     /* the program's ring buffer, mapped by the caller (sgw_ring_open) */
+	uint8_t *ev_buf;
 	volatile struct sg_batch *batch; /* the program's batch map, mmapped; NULL: one packet per test run */
 	size_t batch_len;
 	/* packets read from the capture and not run yet, in order: frames back to back in `stage` */
@@ -467,9 +491,61 @@ static int start(struct sgw *w)
 	return 0;
 }
 
-/* Open `path` for program `prog_fd`, ring buffer map `rb_fd` and batch map `batch_fd` (-1: none, one packet per test
- * run); 0, or -errno with nothing left open. */
-int sgw_open(struct sgw *w, const char *path, int prog_fd, int rb_fd, int batch_fd)
+/* Map ring buffer map `rb_fd` into `r`: 0, or -errno with nothing left mapped. */
+int sgw_ring_open(struct sgw_ring *r, int rb_fd)
+{
+	struct {
+		uint32_t bpf_fd, info_len;
+		uint64_t info;
+	} ia = {(uint32_t)rb_fd, 0, 0};
+	uint32_t info[20] = {0}; /* struct bpf_map_info: type, id, key_size, value_size, max_entries, ... */
+	int e;
+
+	memset(r, 0, sizeof(*r));
+	r->page = sysconf(_SC_PAGESIZE);
+	ia.info_len = sizeof(info);
+	ia.info = (uint64_t)(uintptr_t)info;
+	if (syscall(__NR_bpf, SGW_BPF_OBJ_GET_INFO_BY_FD, &ia, sizeof(ia)) != 0)
+		return -errno;
+	if (!info[4] || (info[4] & (info[4] - 1)))
+		return -EINVAL; /* not a ring buffer, whose size is a power of two */
+	r->mask = info[4] - 1;
+	r->cons_map = mmap(NULL, r->page, PROT_READ | PROT_WRITE, MAP_SHARED, rb_fd, 0);
+	if (r->cons_map == MAP_FAILED) {
+		r->cons_map = NULL;
+		return -errno;
+	}
+	r->map_len = r->page + 2 * (size_t)info[4];
+	r->map = mmap(NULL, r->map_len, PROT_READ, MAP_SHARED, rb_fd, r->page);
+	if (r->map == MAP_FAILED) {
+		e = errno;
+		munmap(r->cons_map, r->page);
+		memset(r, 0, sizeof(*r));
+		return -e;
+	}
+	r->cons = (volatile uint64_t *)r->cons_map;
+	r->prod = (const volatile uint64_t *)r->map;
+	r->data = (const uint8_t *)r->map + r->page;
+	return 0;
+}
+
+void sgw_ring_close(struct sgw_ring *r)
+{
+	if (r->map)
+		munmap(r->map, r->map_len);
+	if (r->cons_map)
+		munmap(r->cons_map, r->page);
+	memset(r, 0, sizeof(*r));
+}
+
+size_t sgw_ring_size(void)
+{
+	return sizeof(struct sgw_ring);
+}
+
+/* Open `path` for program `prog_fd`, its ring buffer `ring` (sgw_ring_open; it must outlive the walk) and batch map
+ * `batch_fd` (-1: none, one packet per test run); 0, or -errno with nothing left open. */
+int sgw_open(struct sgw *w, const char *path, int prog_fd, struct sgw_ring *ring, int batch_fd)
 {
 	struct stat st;
 	long page = sysconf(_SC_PAGESIZE);
@@ -490,15 +566,11 @@ int sgw_open(struct sgw *w, const char *path, int prog_fd, int rb_fd, int batch_
 		madvise(p, w->size, MADV_SEQUENTIAL);
 		w->buf = p;
 	}
-	/* the ring buffer's consumer position (first page) and producer position (second page), read-only */
-	w->rb_len = 2 * page;
-	w->rb_map = mmap(NULL, w->rb_len, PROT_READ, MAP_SHARED, rb_fd, 0);
-	if (w->rb_map == MAP_FAILED) {
-		w->rb_map = NULL;
+	w->ring = ring;
+	w->ev_buf = malloc(EV_CAP);
+	if (!w->ev_buf)
 		goto err;
-	}
-	w->cons = (const volatile uint64_t *)w->rb_map;
-	w->prod = (const volatile uint64_t *)((char *)w->rb_map + page);
+	w->ev = w->ev_buf;
 	if (batch_fd >= 0) {
 		size_t len = (sizeof(struct sg_batch) + page - 1) / page * page;
 		void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, batch_fd, 0);
@@ -515,9 +587,8 @@ err:;
 
 	if (w->buf)
 		munmap((void *)w->buf, w->size);
-	if (w->rb_map)
-		munmap(w->rb_map, w->rb_len);
-	w->rb_map = NULL;
+	free(w->ev_buf);
+	w->ev_buf = NULL;
 	close(w->fd);
 	w->buf = NULL;
 	w->fd = -1;
@@ -534,8 +605,6 @@ void sgw_close(struct sgw *w)
 {
 	if (w->buf)
 		munmap((void *)w->buf, w->size);
-	if (w->rb_map)
-		munmap(w->rb_map, w->rb_len);
 	if (w->batch) {
 		w->batch->n = 0; /* the program's next single runs are not taken for a batch */
 		munmap((void *)w->batch, w->batch_len);
@@ -545,8 +614,11 @@ void sgw_close(struct sgw *w)
 	free(w->scratch);
 	free(w->stage);
 	free(w->ifaces);
+	free(w->ev_buf);
 	w->buf = NULL;
-	w->rb_map = NULL;
+	w->ev_buf = NULL;
+	w->ev = NULL;
+	w->ring = NULL;
 	w->batch = NULL;
 	w->fd = -1;
 	w->scratch = NULL;
@@ -708,15 +780,49 @@ static int64_t run_staged(struct sgw *w, uint32_t k)
 	return ran;
 }
 
-/* Run packets until the ring buffer holds records (SGW_EVENTS), the capture ends (SGW_END), about `max_packets` have
- * run in this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails (SGW_ERUN: err_no).
- * Packets before a bad record all run first, as in the per-packet loop. */
+/* Move the ring buffer's records into `ev` (what fits), consuming them as libbpf's ringbuf_process_ring does:
+ * acquire loads of the producer position and of each header, a record still being written ends the walk, discarded
+ * ones are skipped, and the consumer position is released after each record. Returns the bytes now in `ev`. */
+static uint64_t take_records(struct sgw *w)
+{
+	struct sgw_ring *r = w->ring;
+	uint64_t cons = __atomic_load_n(r->cons, __ATOMIC_ACQUIRE);
+	uint64_t prod = __atomic_load_n(r->prod, __ATOMIC_ACQUIRE);
+
+	w->ev_len = 0;
+	while (cons < prod) {
+		const uint8_t *rec = r->data + (cons & r->mask);
+		uint32_t hdr = __atomic_load_n((const uint32_t *)rec, __ATOMIC_ACQUIRE);
+		uint32_t len = hdr & ~(RB_BUSY | RB_DISCARD);
+
+		if (hdr & RB_BUSY)
+			break;
+		if (!(hdr & RB_DISCARD)) {
+			if (w->ev_len + 4 + len > EV_CAP)
+				break; /* the rest go with the next return (`ev` is never too small for one record) */
+			memcpy(w->ev_buf + w->ev_len, &len, 4);
+			memcpy(w->ev_buf + w->ev_len + 4, rec + RB_HDR, len);
+			w->ev_len += 4 + len;
+		}
+		cons += (len + RB_HDR + 7) & ~7ull;
+		__atomic_store_n(r->cons, cons, __ATOMIC_RELEASE);
+		if (cons >= prod)
+			prod = __atomic_load_n(r->prod, __ATOMIC_ACQUIRE);
+	}
+	return w->ev_len;
+}
+
+/* Run packets until the ring buffer holds records (SGW_EVENTS: they are in `ev`), the capture ends (SGW_END), about
+ * `max_packets` have run in this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails
+ * (SGW_ERUN: err_no). Packets before a bad record all run first, as in the per-packet loop. */
 int sgw_run(struct sgw *w, uint64_t max_packets)
 {
 	uint64_t done = 0;
 
 	if (!w->started && start(w))
 		return SGW_ECAPTURE;
+	if (take_records(w)) /* records left over from the last return (more than `ev` held), or put there before */
+		return SGW_EVENTS;
 	for (;;) {
 		uint32_t want = w->batch ? SG_BATCH_MAX : 1;
 
@@ -732,7 +838,8 @@ int sgw_run(struct sgw *w, uint64_t max_packets)
 
 		if (ran < 0)
 			return (int)ran;
-		if (__atomic_load_n(w->prod, __ATOMIC_ACQUIRE) != __atomic_load_n(w->cons, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(w->ring->prod, __ATOMIC_ACQUIRE) != __atomic_load_n(w->ring->cons, __ATOMIC_ACQUIRE) &&
+		    take_records(w))
 			return SGW_EVENTS;
 		done += ran;
 		if (done >= max_packets)

@@ -226,7 +226,10 @@ class SlowPath:
             return []
         self.counters["samples"] += 1
         tr = st.tracker
-        if tr is None:
+        if tr is None or tr.n >= ev.inspected > 0:
+            # more samples than the kernel's flow has inspected packets: they came from an earlier flow of this key
+            # (evicted from the kernel's table), so its statistics start again. This also keeps the promise replay's
+            # batches rely on: no decision from a sample of a flow's first SG_SAMPLES_MIN - 1 inspected packets.
             tr = st.tracker = E2OTracker()
         v = tr.add(ev.ts_ns, ev.dir, ev.payload_len, ev.data)
         if v is None:

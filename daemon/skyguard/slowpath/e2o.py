@@ -28,7 +28,9 @@ from skyguard import wire
 R_E2O_STATS = wire.C["SG_R_E2O_STATS"]
 R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]
 
-MIN_SAMPLES = 100  # Bonfiglio's chi-square needs >= 100 packets; also the earliest E2O/E2E decision
+# Bonfiglio's chi-square needs >= 100 packets; also the earliest E2O/E2E decision. The kernel knows it too
+# (SG_SAMPLES_MIN): a replay's batch goes on past a sample that cannot decide
+MIN_SAMPLES = wire.C["SG_SAMPLES_MIN"]
 MAX_SAMPLES = 200  # samples looked at per flow; after that the tracker gives up (no decision)
 LAZY_SAMPLES = 8  # samples kept packed (_EARLY records) before the full per-flow state is built
 # ts_ns, payload length, direction, bytes kept, the first (up to) 8 payload bytes: all the features read
