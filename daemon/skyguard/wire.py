@@ -390,8 +390,19 @@ _, _EV_CLASSIFIED_FMT = _part("sg_ev_classified")
 _, _EV_SAMPLE_FMT = _part("sg_ev_sample", stop="data")
 _, _EV_BIG_FMT = _part("sg_ev_big", stop="data")
 _EV_BIG_TYPES = frozenset({EV_DNS, EV_TLS, EV_HTTP})
+# a `sample` record with its key left packed: dir, ts_ns, the key's 40 bytes, payload_len, caplen, inspected
+_SAMPLE_RECORD = struct.Struct(EV_HDR_FMT.format + f"{EV_HDR_SIZE - EV_KEY_OFF}s" + _SAMPLE_FMT.format[1:])
+assert _SAMPLE_RECORD.size == _EV_SAMPLE_FMT.size and EV_HDR_FMT.size == EV_KEY_OFF == EV_HDR_SIZE - FlowKey.FMT.size
 assert STRUCTS["sg_ev_hdr"].offset("type") == 0 and STRUCTS["sg_ev_hdr"].members[0].codes() == "B"
 _new_key = tuple.__new__  # FlowKey from a tuple of its members (what FlowKey._make does, without its checks)
+
+
+def sample_record(raw: bytes) -> tuple[int, int, bytes, int, int, bytes]:
+    """(dir, ts_ns, key, payload_len, inspected, data) of a `sample` record, the key as packed (FlowKey.pack's bytes:
+    the slow path keys its flow state by them). Event.unpack's work without the Event and the FlowKey, for the
+    replay's compiled loop, where samples are most of the records."""
+    _, d, ts, key, plen, caplen, inspected = _SAMPLE_RECORD.unpack_from(raw)
+    return d, ts, key, plen, inspected, raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen]
 
 
 @dataclass(slots=True)

@@ -219,7 +219,7 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
     the next packet, as in the Python loop, and packets that leave no record need no trip through Python."""
     from skyguard.offline import fastwalk as fw
 
-    unpack, handle = wire.Event.unpack, eng.handle
+    unpack, handle, sample, ev_sample = wire.Event.unpack, eng.handle, eng.handle_sample, wire.EV_SAMPLE
     with walk(path, kernel.prog_fd, ring, kernel.batch_map_fd) as w:
         try:
             while True:
@@ -227,7 +227,10 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
                 run.packets = idx["n"] = step.packets
                 if step.status == fw.EVENTS:  # the helper took the records from the ring buffer: no libbpf call
                     for rec in w.records():
-                        handle(unpack(rec))
+                        if rec[0] == ev_sample:  # most records: handed over undecoded
+                            sample(rec)
+                        else:
+                            handle(unpack(rec))
                 elif step.status == fw.PAUSE:
                     bar.update(run.packets)
                 elif step.status == fw.END:

@@ -57,7 +57,8 @@ R_WEAK_OTHER = wire.C["SG_R_CONTRADICT"] | wire.C["SG_R_NO_EVIDENCE"] | wire.C["
 # reasons of a kernel class the E2O statistics never overrule
 _KERNEL_SETTLED = R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL
 EV_SAMPLE, EV_CLASSIFIED = wire.EV_SAMPLE, wire.EV_CLASSIFIED
-_pack_key = wire.FlowKey.FMT.pack  # the flow state's key: a flow key's 39 packed bytes
+_pack_key = wire.FlowKey.FMT.pack  # the flow state's key: a flow key's 40 packed bytes, as records hold it
+_unpack_key = wire.FlowKey.FMT.unpack
 
 # the kernel classes the slow path may still change, per decision
 _E2O_OVER = frozenset({wire.UNKNOWN, wire.SIGNALING, wire.P2P})
@@ -156,8 +157,10 @@ class SlowPath:
     # ---- per-flow state ---------------------------------------------------------------------------------------------
 
     def _state(self, key: wire.FlowKey) -> _Flow:
-        # once per event: key.pack() and flows.touch() written out
-        k = _pack_key(*key)
+        return self._state_k(_pack_key(*key))
+
+    def _state_k(self, k: bytes) -> _Flow:
+        # once per event: flows.touch() written out
         flows = self.flows
         st = flows.get(k)
         if st is None:
@@ -218,20 +221,30 @@ class SlowPath:
         self.counters["decisions"] += 1
         return [Decision(key, cls, reason, detail)]
 
+    def on_sample_record(self, raw: bytes) -> list[Decision]:
+        """on_event for a `sample` record as the ring buffer holds it (wire.sample_record): the replay's compiled loop
+        hands samples over undecoded, since building the Event and its FlowKey was a third of a sample's cost."""
+        d, ts, k, plen, inspected, data = wire.sample_record(raw)
+        return self._sample(k, d, ts, plen, inspected, data)
+
     def _on_sample(self, ev: wire.Event) -> list[Decision]:
-        key = ev.key
-        st = self._state(key)
+        return self._sample(_pack_key(*ev.key), ev.dir, ev.ts_ns, ev.payload_len, ev.inspected, ev.data, ev.key)
+
+    def _sample(self, k: bytes, direction: int, ts_ns: int, payload_len: int, inspected: int, data: bytes,
+                key: wire.FlowKey | None = None) -> list[Decision]:
+        """A sample of the flow whose packed key is `k` (`key`, when the caller has it built)."""
+        st = self._state_k(k)
         gate = st.e2o
         if st.decided != _OPEN or gate == E2O_NO:
             return []
         self.counters["samples"] += 1
         tr = st.tracker
-        if tr is None or tr.n >= ev.inspected > 0:
+        if tr is None or tr.n >= inspected > 0:
             # more samples than the kernel's flow has inspected packets: they came from an earlier flow of this key
             # (evicted from the kernel's table), so its statistics start again. This also keeps the promise replay's
             # batches rely on: no decision from a sample of a flow's first SG_SAMPLES_MIN - 1 inspected packets.
             tr = st.tracker = E2OTracker()
-        v = tr.add(ev.ts_ns, ev.dir, ev.payload_len, ev.data)
+        v = tr.add(ts_ns, direction, payload_len, data)
         if v is None:
             if tr.done:  # sample budget spent without a verdict: leave the kernel's class, stop watching
                 st.tracker, st.decided = None, None
@@ -239,6 +252,8 @@ class SlowPath:
         if v.cls == wire.P2P and gate == E2O_NO_P2P:
             st.tracker, st.decided = None, None
             return []
+        if key is None:
+            key = wire.FlowKey._make(_unpack_key(k))
         return self._decide(key, st, v.cls, v.reason, v.detail)
 
     def _on_tls(self, ev: wire.Event) -> list[Decision]:

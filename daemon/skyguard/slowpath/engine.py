@@ -38,6 +38,7 @@ R_STRONG = (R_SOM_VOICE | wire.C["SG_R_ICE_BOTH"] | wire.C["SG_R_ICE_LITE"] | wi
 EXPIRE_BATCH = 20_000
 EV_CLASSIFIED = wire.EV_CLASSIFIED
 _EVENT_NAMES = wire.EVENT_NAMES  # type -> name, for the per-event counter
+_SAMPLE_NAME = _EVENT_NAMES[wire.EV_SAMPLE]
 LARGE_TABLE = 50_000  # from this many flows, queries are served from the snapshot: a full read of the map is too slow
 _FLOW_SORT: dict[str, Callable[[wire.Flow], int]] = {
     "packets": lambda f: f.packets, "bytes": lambda f: f.nbytes, "last": lambda f: f.last_ns,
@@ -174,6 +175,19 @@ class Engine:
         if slow.dns.pending:  # rarely: most events learn no prefix, and this runs for every one
             for pc in slow.take_prefix_changes():
                 self.apply_prefix(pc, ev.ts_ns)
+
+    def handle_sample(self, raw: bytes) -> None:
+        """handle() for a `sample` record left undecoded (SlowPath.on_sample_record): the replay's compiled loop, where
+        samples are most of the records."""
+        self.counters.events[_SAMPLE_NAME] += 1
+        slow = self.slow
+        decisions = slow.on_sample_record(raw)
+        if decisions or slow.dns.pending:
+            ts_ns = wire.sample_record(raw)[1]
+            for d in decisions:
+                self.apply(d, ts_ns)
+            for pc in slow.take_prefix_changes():
+                self.apply_prefix(pc, ts_ns)
 
     def _learn_endpoints(self, ev: wire.Event) -> None:
         """A strong kernel decision teaches the kernel's `endpoints` map the ends that sent the proof: both ends of SoM
