@@ -239,3 +239,23 @@ def test_drain_hands_events_over_in_bounded_batches(bpf_ok):
         assert len(got) == 2 * n and k.stats()["events_lost"] == 0
         keys = [(e.name, e.key) for e in got]
         assert len(set(keys)) == len(keys) == 2 * n
+
+        # with a sample sink (Engine.pump's): samples go there undecoded, in the ring's order, the rest as Events;
+        # a failing sample sink surfaces as the event sink's does
+        for i in range(n):
+            pl = bytes([0x9B, i & 0xFF, 0x02]) + bytes(30)
+            k.test_run(P.udp("192.168.9.1", 20000 + i, "203.0.113.9", 40022, pl), ts_ns=i + 1)
+        evs: list = []
+        raws: list = []
+
+        def sample_sink(raw: bytes) -> None:
+            raws.append(raw)
+            if len(raws) == n - 1:
+                raise RuntimeError("sample handler bug")
+
+        with pytest.raises(RuntimeError, match="sample handler bug"):
+            k.drain_events(evs.append, max_events=10_000, sample_sink=sample_sink)
+        assert k.drain_events(evs.append, sample_sink=raws.append) == 0
+        assert len(raws) == len(evs) == n and {e.name for e in evs} == {"classified"}
+        assert all(type(r) is bytes and r[0] == wire.EV_SAMPLE for r in raws)
+        assert [wire.FlowKey.unpack(wire.sample_record(r)[2]) for r in raws] == [e.key for e in evs]

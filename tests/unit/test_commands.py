@@ -40,7 +40,7 @@ class FakeKernel:
     def load_policy(self, policy: Policy) -> None:
         pass
 
-    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0) -> int:
+    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0, sample_sink=None) -> int:
         return 0
 
     def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]:

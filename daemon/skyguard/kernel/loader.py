@@ -26,6 +26,7 @@ from skyguard.kernel.memory import release_compiler_memory
 from skyguard.policy import Network, Policy
 
 _RINGBUF_CB = libbcc._RINGBUF_CB_TYPE  # int (*)(void *ctx, void *data, size_t size): libbpf's sample callback
+_EV_SAMPLE = wire.EV_SAMPLE
 PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block", "drmedia")
 _LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
 _STATS_SIZE = wire.STRUCTS["sg_stats"].size
@@ -122,6 +123,7 @@ class Kernel:
             self.bpf = compile_now()
         self._events: list[wire.Event] = []
         self._sink: Callable[[wire.Event], None] | None = None  # set while drain_events runs
+        self._sample_sink: Callable[[bytes], None] | None = None  # and its sink of undecoded `sample` records
         self._sink_error: BaseException | None = None
         self._budget = 0  # events drain_events may still hand over in this call (negative: one past it)
         self._rb: int | None = None  # libbpf's ring_buffer manager (libbcc's bpf_new_ringbuf)
@@ -244,14 +246,17 @@ class Kernel:
 
     # -- events ------------------------------------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, size: int) -> int:
-        ev = wire.Event.unpack(ct.string_at(data, size))
+        raw = ct.string_at(data, size)
         sink = self._sink
         if sink is None:
-            self._events.append(ev)
+            self._events.append(wire.Event.unpack(raw))
             return 0
         # _hand written out: libbpf calls this once per record
         try:
-            sink(ev)
+            if self._sample_sink is not None and raw[0] == _EV_SAMPLE:
+                self._sample_sink(raw)  # most records: handed over undecoded (Engine.handle_sample)
+            else:
+                sink(wire.Event.unpack(raw))
         except BaseException as e:  # noqa: BLE001 - ctypes would swallow it: re-raised by drain_events
             self._sink_error = self._sink_error or e
         self._budget -= 1
@@ -302,16 +307,18 @@ class Kernel:
             self._rb_fd = fd if fd >= 0 else None
         return self._rb_fd
 
-    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0, max_events: int = 4096) -> int:
+    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0, max_events: int = 4096,
+                     sample_sink: Callable[[bytes], None] | None = None) -> int:
         """Hand waiting events to `sink` as they are read, at most `max_events` (the rest wait for the next call:
         the ring buffer's fd stays readable), without building a list first: under a flood the ring buffer holds
         tens of thousands of events, and a list of them all would be the daemon's largest transient. An exception from
-        `sink` stops nothing in the ring buffer's loop; the first one is raised after it. Returns how many events
-        were handed over."""
+        `sink` stops nothing in the ring buffer's loop; the first one is raised after it. With `sample_sink`, `sample`
+        records go to it undecoded (bytes: wire.sample_record), the others to `sink` as Events. Returns how many
+        events were handed over."""
         # replay calls this after every packet that left records: nothing here that an empty ring buffer can skip
         rb = self._rb if self._rb is not None else self._open_ring()
         budget = self._budget = max_events if max_events > 1 else 1
-        self._sink, self._sink_error = sink, None
+        self._sink, self._sample_sink, self._sink_error = sink, sample_sink, None
         try:
             if self._events:  # read by an earlier poll_events that nobody collected
                 leftover, self._events = self._events, []
@@ -322,7 +329,7 @@ class Kernel:
             if self._budget > 0:
                 libbcc.lib.bpf_consume_ringbuf(rb)
         finally:
-            self._sink = None
+            self._sink = self._sample_sink = None
         if self._sink_error is not None:
             err, self._sink_error = self._sink_error, None
             raise err

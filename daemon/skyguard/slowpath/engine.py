@@ -51,7 +51,8 @@ class KernelLike(Protocol):
 
     def load_policy(self, policy: Policy) -> None: ...
     def poll_events(self, timeout_ms: int = 0) -> list[wire.Event]: ...
-    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0) -> int: ...
+    def drain_events(self, sink: Callable[[wire.Event], None], timeout_ms: int = 0,
+                     sample_sink: Callable[[bytes], None] | None = None) -> int: ...
     def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]: ...
     def flow(self, key: wire.FlowKey) -> wire.Flow | None: ...
     def set_class(self, key: wire.FlowKey, cls: int, reason: int) -> bool: ...
@@ -157,7 +158,7 @@ class Engine:
 
     def pump(self, timeout_ms: int = 0) -> int:
         """Drain the ring buffer and act on every event as it is read; returns how many were handled."""
-        return self.kernel.drain_events(self.handle, timeout_ms)
+        return self.kernel.drain_events(self.handle, timeout_ms, sample_sink=self.handle_sample)
 
     def handle(self, ev: wire.Event) -> None:
         name = _EVENT_NAMES.get(ev.type)  # Event.name without its property call: every event is counted
@@ -177,8 +178,8 @@ class Engine:
                 self.apply_prefix(pc, ev.ts_ns)
 
     def handle_sample(self, raw: bytes) -> None:
-        """handle() for a `sample` record left undecoded (SlowPath.on_sample_record): the replay's compiled loop, where
-        samples are most of the records."""
+        """handle() for a `sample` record left undecoded (SlowPath.on_sample_record): samples are most of the records
+        (pump, and the replay's compiled loop)."""
         self.counters.events[_SAMPLE_NAME] += 1
         slow = self.slow
         decisions = slow.on_sample_record(raw)
