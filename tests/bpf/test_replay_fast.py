@@ -252,6 +252,16 @@ def test_samples_end_a_batch_only_once_they_may_decide(kern, tmp_path):
     late = packets - (wire.C["SG_SAMPLES_MIN"] - 1)  # samples from the SG_SAMPLES_MIN-th packet on: a run each
     # the earlier 99 share batches (at most 6 of these frames fit one), where one run per sample would make 150
     assert late <= runs <= late + 20
+    # and their records wait in the ring buffer across those batches: the walker comes back to Python for the runs
+    # that may decide (and the new flow's `classified`), not once per batch
+    replay._fresh_state(kern)
+    returns = 0
+    with fastwalk.Ring(kern.ring_map_fd) as ring, fastwalk.Walker(path, kern.prog_fd, ring, kern.batch_map_fd) as w:
+        while (step := w.run()).status != fastwalk.END:
+            returns += step.status == fastwalk.EVENTS
+            for _rec in w.records():
+                pass
+    assert late <= returns <= late + 2
 
 
 def test_walker_hands_over_every_record_in_order(kern, tmp_path):

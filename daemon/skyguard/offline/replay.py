@@ -212,11 +212,11 @@ def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
 
 
 def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, bar: Progress) -> None:
-    """The same loop in the compiled helper: it comes back after each test run that left records in the ring
-    buffer, with the records, and the slow path acts on them (and writes its decisions) before the helper runs the
-    next packet. A batch ends after any packet whose record may lead to a decision; it goes on past a sample that
-    cannot (SG_SAMPLES_MIN), whose record waits for the batch's end. So every decision reaches the kernel before
-    the next packet, as in the Python loop, and packets that leave no record need no trip through Python."""
+    """The same loop in the compiled helper: it comes back after each test run that left a record which may lead
+    to a decision, with every record waiting, and the slow path acts on them (and writes its decisions) before the
+    helper runs the next packet. A batch ends after any packet whose record may decide; it goes on past a sample that
+    cannot (SG_SAMPLES_MIN), whose record waits, across batches too. So every decision reaches the kernel before the
+    next packet, as in the Python loop, and packets that leave no such record need no trip through Python."""
     from skyguard.offline import fastwalk as fw
 
     unpack, handle, sample, ev_sample = wire.Event.unpack, eng.handle, eng.handle_sample, wire.EV_SAMPLE

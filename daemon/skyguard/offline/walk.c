@@ -2,9 +2,10 @@
  * program through BPF_PROG_TEST_RUN, with the capture timestamp in the XDP metadata (struct sg_meta).
  *
  * Compiled by skyguard itself (offline/fastwalk.py, with the system's gcc, into a cache directory) and called through
- * ctypes. It returns to Python only when the program's ring buffer holds records after a packet (the slow path must
- * see them, and write its decisions back, before the next packet: the order the per-packet Python loop gives), at the
- * end of the capture, on a capture error, or after about `max_packets` packets (progress). It hands the records over
+ * ctypes. It returns to Python only when the program's ring buffer holds a record that may lead to a decision after
+ * a run (the slow path must see it, and write its decisions back, before the next packet: the order the per-packet
+ * Python loop gives), at the end of the capture, on a capture error, or after about `max_packets` packets (progress).
+ * Records that cannot decide (a flow's early samples) wait across runs, up to half of `ev`. It hands the records over
  * itself: it consumes them from the ring buffer as libbpf's ring_buffer__consume would, into `ev` (a length, then the
  * record, each), so that Python reads all of a run's records from one buffer instead of one callback per record.
  *
@@ -128,6 +129,8 @@ struct sgw {
 	uint32_t slen[SG_BATCH_MAX + 1];
 	uint64_t sts[SG_BATCH_MAX + 1];
 	int pending;               /* what the capture said after the staged packets: 0, SGW_END, SGW_ECAPTURE, SGW_ERUN */
+	int stopped;               /* the last run ended on a record that may decide (sg_batch.stop; always, without
+	                            * a batch map) */
 	uint8_t run_buf[SG_BATCH_BYTES];
 };
 
@@ -699,6 +702,8 @@ static int64_t run_staged(struct sgw *w, uint32_t k)
 	a.repeat = 1;
 	a.ctx_in = (uint64_t)(uintptr_t)ctx;
 	a.ctx_size_in = sizeof(ctx);
+	if (w->batch)
+		w->batch->stop = 0;
 	if (k == 1) {
 		/* alone: the packet as staged (it may be longer than a batch), after the metadata in scratch */
 		memcpy(w->scratch, f, META_LEN);
@@ -750,6 +755,7 @@ static int64_t run_staged(struct sgw *w, uint32_t k)
 	}
 	w->kernel_ns += a.duration;
 	w->runs++;
+	w->stopped = !w->batch || w->batch->stop;
 	if (k == 1) {
 		w->verdicts[a.retval < 5 ? a.retval : 7]++;
 		ran = 1;
@@ -833,13 +839,17 @@ int sgw_run(struct sgw *w, uint64_t max_packets)
 				w->pending = rc;
 		}
 		if (!w->nstage)
-			return w->pending;
+			return take_records(w) ? SGW_EVENTS : w->pending; /* the last packets' records first */
 		int64_t ran = run_staged(w, batch_size(w));
 
 		if (ran < 0)
 			return (int)ran;
-		if (__atomic_load_n(w->ring->prod, __ATOMIC_ACQUIRE) != __atomic_load_n(w->ring->cons, __ATOMIC_ACQUIRE) &&
-		    take_records(w))
+		/* records that may decide go to Python now; records that cannot (early samples) may wait for more batches,
+		 * as long as one return's `ev` holds them all */
+		uint64_t waiting = __atomic_load_n(w->ring->prod, __ATOMIC_ACQUIRE) -
+				   __atomic_load_n(w->ring->cons, __ATOMIC_ACQUIRE);
+
+		if (waiting && (w->stopped || waiting > EV_CAP / 2) && take_records(w))
 			return SGW_EVENTS;
 		done += ran;
 		if (done >= max_packets)
