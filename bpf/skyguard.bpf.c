@@ -265,6 +265,23 @@ static __always_inline void sg_replay_emitted(void)
 #endif
 }
 
+/* A sample's record went into the ring buffer. From SG_SAMPLES_MIN on it may decide: the batch ends after this
+ * packet. An earlier one cannot, so its record may wait past it, across batches, until a quarter of the ring buffer
+ * waits (the walker takes the records then, and sets `waiting` to what it left): no record is lost to a full ring. */
+static __always_inline void sg_replay_sampled(__u16 inspected)
+{
+#ifdef SG_META_CLOCK
+	__u32 zero = 0;
+	struct sg_batch *b = batch.lookup(&zero);
+
+	if (!b)
+		return;
+	b->waiting += (sizeof(struct sg_ev_sample) + 8 + 7) & ~7; /* with its ring buffer header, rounded up to 8 */
+	if (inspected >= SG_SAMPLES_MIN || b->waiting > SG_RINGBUF_BYTES / 4)
+		b->stop = 1;
+#endif
+}
+
 static __always_inline void sg_ev_hdr(struct sg_ev_hdr *h, __u8 type, struct sg_run *r)
 {
 	h->type = type;
@@ -330,8 +347,7 @@ static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, 
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
-	if (inspected >= SG_SAMPLES_MIN) /* an earlier one cannot decide: its record waits for the batch's end */
-		sg_replay_emitted();
+	sg_replay_sampled(inspected);
 }
 
 /* A `dns`, `tls` or `http` event: the first SG_BIG_BYTES payload bytes. */

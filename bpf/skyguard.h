@@ -393,7 +393,8 @@ struct sg_meta {
  * `replay_next` tail call. Moving the head moves the metadata with it (bpf_xdp_adjust_head): it lands in the gap, not
  * on the bytes of the packet in front. A run ends after a packet that left a record which may lead to a decision
  * (`stop`: any but a sample below SG_SAMPLES_MIN), so the slow path still acts before the next packet, as it does after
- * every single run. n < 2: not a batch, the program runs the one packet it is given. */
+ * every single run; and once the early samples' records waiting in the ring buffer (`waiting`) pass a quarter of it,
+ * so that none is lost to a full ring. n < 2: not a batch, the program runs the one packet it is given. */
 #define SG_BATCH_MAX   32   /* packets per test run: the kernel allows 33 tail calls (MAX_TAIL_CALL_CNT) */
 #define SG_BATCH_BYTES 3072 /* metadata, packets and gaps of one run: linear on every kernel configuration */
 #define SG_BATCH_GAP   32   /* in front of each packet: room for the largest XDP metadata (32 bytes) */
@@ -408,6 +409,8 @@ struct sg_batch {
 	__u32 done; /* packets run so far (the program) */
 	__u32 skip; /* bytes in front of the first packet: the others and their gaps, which follow it in capture order */
 	__u32 stop; /* the program: a packet left a record that may decide, or a head/tail/metadata move failed */
+	__u32 waiting; /* bytes of early samples' records in the ring buffer (the program adds, the walker takes) */
+	__u32 _pad;
 	struct sg_batch_pkt pkt[SG_BATCH_MAX];
 };
 

@@ -228,23 +228,29 @@ def test_packets_run_in_batches_cut_at_events(kern, tmp_path):
     assert_same(kern, [str(path)])
 
 
-def test_samples_end_a_batch_only_once_they_may_decide(kern, tmp_path):
-    """A sample of a flow's first SG_SAMPLES_MIN - 1 inspected packets cannot lead to a decision (the slow path's E2O
-    needs that many), so its batch goes on; each later one may, so it ends its batch. One candidate flow (a constant
-    4-byte CID each way) whose sizes vary too much for a verdict: 150 packets, all inspected and all sampled."""
+def _cid_flow(seed: int, n: int, port: int = 33000, sizes: tuple[int, int] = (20, 400)) -> list[tuple[int, bytes]]:
+    """A candidate flow (a constant 4-byte CID each way) whose sizes vary too much for a verdict: every packet is
+    inspected and sampled, and none is decided."""
     import random
 
     from skyguard.lab import packet as P
 
-    rng = random.Random(5)
-    a, b = ("192.168.7.9", 33000), ("198.51.100.20", 40000)
+    rng = random.Random(seed)
+    a, b = ("192.168.7.9", port), ("198.51.100.20", 40000)
     pkts = []
-    for i in range(150):
+    for i in range(n):
         src, dst, cid = (a, b, b"\xaa\xbb\xcc\xdd") if i % 2 == 0 else (b, a, b"\x11\x22\x33\x44")
-        payload = cid + rng.randbytes(rng.randrange(20, 400))
+        payload = cid + rng.randbytes(rng.randrange(*sizes))
         pkts.append((1_000_000_000 + i * 10_000_000 + rng.randrange(9_000_000), P.udp(*src, *dst, payload)))
+    return pkts
+
+
+def test_samples_end_a_batch_only_once_they_may_decide(kern, tmp_path):
+    """A sample of a flow's first SG_SAMPLES_MIN - 1 inspected packets cannot lead to a decision (the slow path's E2O
+    needs that many), so its batch goes on; each later one may, so it ends its batch. One candidate flow of 150
+    packets, all inspected and all sampled."""
     path = tmp_path / "cid.pcap"
-    write_pcap(path, pkts)
+    write_pcap(path, _cid_flow(5, 150))
     out = assert_same(kern, [str(path)])
     [flow] = out["json"]["flows"]
     assert flow["class"] == "unknown" and not out["decisions"]
@@ -284,6 +290,44 @@ def test_walker_hands_over_every_record_in_order(kern, tmp_path):
     assert ids == [*range(200), 1000, 1001, 1002]
     assert returns >= 2 + 3  # the waiting records took more than one return; then one per packet (each ends its run)
     assert kern.poll_events() == []  # all consumed: libbpf's view of the ring agrees
+
+
+def test_a_failing_handler_leaves_no_record_of_its_return_unhandled(kern, tmp_path, monkeypatch):
+    """The helper hands a return's records over already taken from the ring buffer: when the slow path raises on one,
+    the others of that return are still handled (the final pump cannot see them), and the error is raised after."""
+    from skyguard.slowpath.engine import Engine
+
+    path = tmp_path / "cid.pcap"
+    write_pcap(path, _cid_flow(5, 150))
+    calls = []
+    real = Engine.handle_sample
+
+    def flaky(self, raw):
+        calls.append(raw)
+        if len(calls) == 3:
+            raise RuntimeError("slow path bug")
+        real(self, raw)
+
+    monkeypatch.setattr(Engine, "handle_sample", flaky)
+    with pytest.raises(RuntimeError, match="slow path bug"):
+        replay.replay([str(path)], kernel=kern, engine="c")
+    assert len(calls) > 50  # the early samples came in one return: all of them were handed over
+
+
+def test_small_ring_buffer_loses_no_early_sample(bpf_ok, tmp_path):
+    """Early samples' records wait in the ring buffer across batches only up to a quarter of it (sg_batch.waiting):
+    with a 4 KiB ring, which 30 sample records fill, four interleaved candidate flows of small packets lose no
+    record, as in the per-packet loop."""
+    from skyguard.kernel.loader import Kernel
+
+    pkts = sorted((p for i in range(4) for p in _cid_flow(i, 120, port=33000 + i, sizes=(20, 40))), key=lambda p: p[0])
+    path = tmp_path / "four.pcap"
+    write_pcap(path, pkts)
+    with Kernel(replay=True, ringbuf_bytes=4096) as k:
+        out = assert_same(k, [str(path)])
+        assert out["stats"]["events_lost"] == 0 and out["captures"][0][1] == 480
+        packets, runs = _runs(k, [str(path)])
+        assert runs * 2 < packets  # still in batches
 
 
 def test_firewall_mark_metadata_between_batched_packets(kern, captures):

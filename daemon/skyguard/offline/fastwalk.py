@@ -153,6 +153,11 @@ class Ring:
             self._lib.sgw_ring_close(ct.byref(self._r))
             self._open = False
 
+    def __del__(self) -> None:
+        # the mapping holds the ring buffer map, and 8 MB of address space, for as long as it lasts
+        if getattr(self, "_open", False):
+            self.close()
+
     def __enter__(self) -> Ring:
         return self
 
@@ -182,7 +187,8 @@ class Walker:
         return Step(rc, self._w.packets)
 
     def records(self) -> Iterator[bytes]:
-        """After EVENTS: the records the helper took from the ring buffer (consumed there), in the ring's order."""
+        """After EVENTS: the records the helper took from the ring buffer (consumed there), in the ring's order. Read
+        them before the next run(), which reuses the buffer: they are in the ring buffer no more."""
         n = self._w.ev_len
         if not n:
             return

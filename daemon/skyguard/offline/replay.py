@@ -226,11 +226,17 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
                 step = w.run(PROGRESS_EVERY)
                 run.packets = idx["n"] = step.packets
                 if step.status == fw.EVENTS:  # the helper took the records from the ring buffer: no libbpf call
+                    err = None
                     for rec in w.records():
-                        if rec[0] == ev_sample:  # most records: handed over undecoded
-                            sample(rec)
-                        else:
-                            handle(unpack(rec))
+                        try:
+                            if rec[0] == ev_sample:  # most records: handed over undecoded
+                                sample(rec)
+                            else:
+                                handle(unpack(rec))
+                        except Exception as e:  # noqa: BLE001 - raised once the rest is handled, as drain_events does
+                            err = err or e
+                    if err is not None:  # the records are off the ring buffer: none may be left unhandled
+                        raise err
                 elif step.status == fw.PAUSE:
                     bar.update(run.packets)
                 elif step.status == fw.END:

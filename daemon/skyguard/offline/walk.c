@@ -510,8 +510,8 @@ int sgw_ring_open(struct sgw_ring *r, int rb_fd)
 	ia.info = (uint64_t)(uintptr_t)info;
 	if (syscall(__NR_bpf, SGW_BPF_OBJ_GET_INFO_BY_FD, &ia, sizeof(ia)) != 0)
 		return -errno;
-	if (!info[4] || (info[4] & (info[4] - 1)))
-		return -EINVAL; /* not a ring buffer, whose size is a power of two */
+	if (info[0] != 27 || !info[4] || (info[4] & (info[4] - 1)))
+		return -EINVAL; /* not a ring buffer (BPF_MAP_TYPE_RINGBUF, whose size is a power of two) */
 	r->mask = info[4] - 1;
 	r->cons_map = mmap(NULL, r->page, PROT_READ | PROT_WRITE, MAP_SHARED, rb_fd, 0);
 	if (r->cons_map == MAP_FAILED) {
@@ -583,6 +583,8 @@ int sgw_open(struct sgw *w, const char *path, int prog_fd, struct sgw_ring *ring
 		w->batch = p;
 		w->batch_len = len;
 		w->batch->n = 0;
+		w->batch->waiting = (uint32_t)(__atomic_load_n(ring->prod, __ATOMIC_ACQUIRE) -
+					       __atomic_load_n(ring->cons, __ATOMIC_ACQUIRE));
 	}
 	return 0;
 err:;
@@ -815,6 +817,8 @@ static uint64_t take_records(struct sgw *w)
 		if (cons >= prod)
 			prod = __atomic_load_n(r->prod, __ATOMIC_ACQUIRE);
 	}
+	if (w->batch) /* what is left in the ring, for the program's count of waiting records (sg_replay_sampled) */
+		w->batch->waiting = (uint32_t)(__atomic_load_n(r->prod, __ATOMIC_ACQUIRE) - cons);
 	return w->ev_len;
 }
 
