@@ -32,7 +32,10 @@ R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]
 # (SG_SAMPLES_MIN): a replay's batch goes on past a sample that cannot decide
 MIN_SAMPLES = wire.C["SG_SAMPLES_MIN"]
 MAX_SAMPLES = 200  # samples looked at per flow; after that the tracker gives up (no decision)
-LAZY_SAMPLES = 8  # samples kept packed (_EARLY records) before the full per-flow state is built
+# samples kept packed (_EARLY records) before the full per-flow state is built: all those before the first that may
+# decide. Half the samples of a replay of calls are of flows that never reach it (short flows, or flows the kernel
+# settles first), whose statistics are then never computed, and the others' are computed in one loop
+LAZY_SAMPLES = MIN_SAMPLES - 1
 # ts_ns, payload length, direction, bytes kept, the first (up to) 8 payload bytes: all the features read
 _EARLY = struct.Struct("<QIBB8s")
 CHI2_THRESHOLD = 150.0  # Bonfiglio 2007
@@ -332,9 +335,10 @@ class E2OTracker:
     __slots__ = ("_dirs", "_chi2", "_early", "n", "done")
 
     def __init__(self) -> None:
-        # Most candidate flows are one- or two-packet probes: their first LAZY_SAMPLES samples are kept packed in one
-        # bytearray (22 bytes each: the first 8 payload bytes are all the features read) and the per-direction state
-        # (about 3 KB) is built only when a flow goes on. At 10k new flows/s this is most of the slow path's memory.
+        # Most candidate flows are one- or two-packet probes, and most others end or are settled by the kernel before
+        # a sample may decide: their first LAZY_SAMPLES samples are kept packed in one bytearray (22 bytes each: the
+        # first 8 payload bytes are all the features read) and the per-direction state (about 3 KB) is built only
+        # when a flow reaches MIN_SAMPLES. At 10k new flows/s this is most of the slow path's memory.
         self._dirs: tuple[_Dir, _Dir] | None = None
         self._chi2: Chi2 | None = None
         self._early: bytearray | None = bytearray()
@@ -370,7 +374,7 @@ class E2OTracker:
             self._early += _EARLY.pack(ts_ns, min(payload_len, 0xFFFFFFFF), direction & 1, len(head), head)
             return None
         dirs, chi2 = self._dirs, self._chi2
-        if dirs is None or chi2 is None:  # the flow goes on past LAZY_SAMPLES: its full state now
+        if dirs is None or chi2 is None:  # the flow reached MIN_SAMPLES: its full state now, from the packed ones
             self._build()
             dirs, chi2 = self.dirs, self.chi2
         dirs[direction & 1].add(ts_ns, payload_len, data)
