@@ -75,3 +75,17 @@ def test_incremental_refresh_and_idle(filled):
     # last_ns runs from 10 s to 13 s: at 12.5 s with a 1 s timeout, flows last seen before 11.5 s are idle
     idle = t.idle(12_500_000_000, {"udp": 1.0, "tcp": 1.0, "other": 1.0})
     assert len(idle) == sum(1 for _k, f in truth if 12_500_000_000 - f.last_ns > 1e9)
+
+
+def test_delete_batch_passes_over_missing_keys(filled):
+    """Kernel.delete_flows (BPF_MAP_DELETE_BATCH, which stops at a key the map does not hold): every flow asked for
+    that is there goes, missing ones in the middle and at the ends are passed over, and no other flow is touched."""
+    k, truth = filled
+    gone = [key for key, _ in truth[::3]]
+    missing = [wire.FlowKey.make("192.0.2.1", p, "192.0.2.2", 9, 17) for p in range(3)]
+    asked = [missing[0], *gone[:500], missing[1], *gone[500:], missing[2]]
+    assert k.delete_flows(asked) == len(gone)
+    left = {key for key, _ in k.flows()}
+    assert left == {key for key, _ in truth} - set(gone) and len(left) == 2000
+    assert k.delete_flows([]) == 0
+

@@ -53,22 +53,24 @@ class _BatchOpts(ct.Structure):
     _fields_ = [("sz", ct.c_size_t), ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
 
 
-def _batch_fns() -> tuple[Callable | None, Callable | None]:
-    """libbpf's bpf_map_lookup_batch / bpf_map_update_batch (one syscall per BATCH entries), None when missing."""
+def _batch_fns() -> tuple[Callable | None, Callable | None, Callable | None]:
+    """libbpf's bpf_map_lookup_batch / bpf_map_update_batch / bpf_map_delete_batch (one syscall per BATCH entries),
+    None when missing."""
     try:
         lib = ct.CDLL("libbpf.so.1", use_errno=True)
-        look, upd = lib.bpf_map_lookup_batch, lib.bpf_map_update_batch
+        look, upd, dele = lib.bpf_map_lookup_batch, lib.bpf_map_update_batch, lib.bpf_map_delete_batch
     except (OSError, AttributeError):
-        return None, None
+        return None, None, None
     look.restype = ct.c_int
     look.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32),
                      ct.POINTER(_BatchOpts)]
-    upd.restype = ct.c_int
+    upd.restype = dele.restype = ct.c_int
     upd.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32), ct.POINTER(_BatchOpts)]
-    return look, upd
+    dele.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32), ct.POINTER(_BatchOpts)]
+    return look, upd, dele
 
 
-_lookup_batch, _update_batch = _batch_fns()
+_lookup_batch, _update_batch, _delete_batch = _batch_fns()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,32 @@ class RawMap:
                 err = ct.get_errno()
                 raise OSError(err, f"bpf_map_update_batch: {os.strerror(err)} after {done} entries")
         return done
+
+    def delete_batch(self, keys: bytes) -> int:
+        """Delete len(keys) / key_size entries, BATCH to a syscall; a key the map does not hold is passed over (the
+        kernel stops a batch at it: the rest go on in the next call). Returns how many were deleted."""
+        ks = self.key_size
+        total = len(keys) // ks
+        if _delete_batch is None:
+            return sum(self.delete(keys[i * ks:(i + 1) * ks]) for i in range(total))
+        opts = _BatchOpts(sz=ct.sizeof(_BatchOpts))
+        done = deleted = 0
+        while done < total:
+            n = min(BATCH, total - done)
+            kb = ct.create_string_buffer(keys[done * ks:(done + n) * ks], n * ks)
+            count = ct.c_uint32(n)
+            rc = _delete_batch(self.fd, kb, ct.byref(count), ct.byref(opts))
+            done += count.value
+            deleted += count.value
+            if rc != 0:
+                err = ct.get_errno()
+                if err == errno.ENOENT:
+                    done += 1  # the key at `count` is not there
+                elif deleted == 0 and err in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP):
+                    return deleted + sum(self.delete(keys[i * ks:(i + 1) * ks]) for i in range(done, total))
+                else:
+                    raise OSError(err, f"bpf_map_delete_batch: {os.strerror(err)} after {deleted} entries")
+        return deleted
 
     def iter_keys(self) -> Iterator[bytes]:
         cur = None

@@ -186,8 +186,7 @@ def _fresh_state(kernel, flows: list | None = None) -> None:
     the table, when the caller has just listed them (only packets make flows), which spares a scan of the table."""
     from skyguard.kernel.loader import PREFIX_KINDS
 
-    for key in flows if flows is not None else [key for key, _ in kernel.flows()]:
-        kernel.delete_flow(key)
+    kernel.delete_flows(flows if flows is not None else [key for key, _ in kernel.flows()])
     for kind in PREFIX_KINDS:
         for net, src, _exp in kernel.prefixes(kind):
             if src == wire.SRC_LEARNED:
