@@ -85,6 +85,27 @@ def test_learned_prefix_does_not_leak_into_the_next_capture(kern, tmp_path):
     assert [f for f in together.flows if f["capture"] == "modern-sbc.pcap"] == alone.flows
 
 
+def test_a_learned_pstn_address_is_forgotten_before_the_next_capture(kern, tmp_path):
+    """dns-pstn split in two captures: its DNS answer, which teaches the SBC's address, and its call to that address.
+    The call replayed after the answer (and after a capture that learns nothing) decides as it does alone, not by the
+    learned prefix; replayed in one capture with the answer, it is decided by that prefix."""
+    gen.generate(43, tmp_path, kinds=["dns-pstn", "random-udp"], calls=1)
+    pkts = [(p.ts_ns, p.frame) for p in read_packets(tmp_path / "dns-pstn.pcap")]
+    dns = [(ts, f) for ts, f in pkts if struct.unpack_from("!H", f, 34)[0] == 53]  # untagged IPv4 UDP: sport
+    call = [x for x in pkts if x not in dns]
+    assert dns and call
+    write_pcap(tmp_path / "answer.pcap", dns)
+    write_pcap(tmp_path / "call.pcap", call)
+    answer, quiet, alone_path = (str(tmp_path / n) for n in ("answer.pcap", "random-udp.pcap", "call.pcap"))
+    pol = load_policy(ROOT / "policies" / "block-pc-to-phone.toml")
+    whole = replay.replay([str(tmp_path / "dns-pstn.pcap")], pol, kernel=kern, engine="c")
+    assert any(f["reason"] == "pstn-prefix" for f in whole.flows)  # the answer does teach the address
+    together = replay.replay([answer, quiet, alone_path], pol, kernel=kern, engine="c")
+    alone = replay.replay([alone_path], pol, kernel=kern, engine="c")
+    assert [f for f in together.flows if f["capture"] == "call.pcap"] == alone.flows
+    assert not any(f["reason"] == "pstn-prefix" for f in alone.flows)
+
+
 def _frames(captures: Path, n: int = 400) -> list[tuple[int, bytes]]:
     return [(p.ts_ns, p.frame) for p in read_packets(captures / "teams.pcap")][:n]
 

@@ -121,6 +121,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     decisions: list[dict] = []
     totals: Counter = Counter()
     left: list | None = None  # the flows the previous capture left, as listed at its end (None: not known)
+    prev = None  # the previous capture's Engine: what it learned is what there is to forget
     ring = None  # the ring buffer as the compiled loop maps it: once for all the captures
     try:
         if walk is not None:
@@ -131,8 +132,12 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             run = CaptureRun(str(path))
             runs.append(run)
             name = Path(path).name
-            _fresh_state(kernel, left)
-            eng = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all, logger=_quiet_logger())
+            if prev is None:
+                _fresh_state(kernel, left)
+            else:
+                _fresh_state(kernel, left, prefixes=prev.counters.prefix_changes > 0,
+                             endpoints=prev.counters.endpoints_learned > 0)
+            eng = prev = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all, logger=_quiet_logger())
             pkt_index = {"n": 0, "first": {}}
             mine: list[dict] = []  # this capture's decisions (their times to verdict are set once it ends)
 
@@ -180,18 +185,22 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     return ReplayResult(runs, policy.name, rows, dict(totals), decisions)
 
 
-def _fresh_state(kernel, flows: list | None = None) -> None:
+def _fresh_state(kernel, flows: list | None = None, *, prefixes: bool = True, endpoints: bool = True) -> None:
     """No flow and no learned prefix of an earlier capture may decide anything in this one: every capture then
     gives the same result alone, after others, or in its own process (jobs > 1). `flows`: the keys of every flow in
-    the table, when the caller has just listed them (only packets make flows), which spares a scan of the table."""
+    the table, when the caller has just listed them (only packets make flows), which spares a scan of the table.
+    `prefixes`, `endpoints` False: the caller knows that nothing learned any since the table was last cleared (in a
+    replay only its engine does, and counts them), which spares a scan of every prefix the policy holds."""
     from skyguard.kernel.loader import PREFIX_KINDS
 
     kernel.delete_flows(flows if flows is not None else [key for key, _ in kernel.flows()])
-    for kind in PREFIX_KINDS:
-        for net, src, _exp in kernel.prefixes(kind):
-            if src == wire.SRC_LEARNED:
-                kernel.remove_prefix(kind, net)
-    kernel.forget_endpoints()  # endpoints learned from one capture say nothing about the next
+    if prefixes:
+        for kind in PREFIX_KINDS:
+            for net, src, _exp in kernel.prefixes(kind):
+                if src == wire.SRC_LEARNED:
+                    kernel.remove_prefix(kind, net)
+    if endpoints:
+        kernel.forget_endpoints()  # endpoints learned from one capture say nothing about the next
 
 
 def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
