@@ -1,8 +1,8 @@
 """An independent reference parser: what skyguard's XDP program should make of any frame.
 
-Written from the documented rules (bpf/skyguard.h counter comments, DESIGN.md's data flow, RFC 791/8200/768/793), not
-from the program's code and without skyguard.packet: the differential fuzz tests compare the kernel's outcome counter
-and flow key with this model on every packet.
+Written from the documented rules (bpf/skyguard.h counter comments, docs/architecture.md's data flow, RFC
+791/8200/768/793), not from the program's code and without skyguard.packet: the differential fuzz tests compare the
+kernel's outcome counter and flow key with this model on every packet.
 
 Rules:
 - Ethernet header (14 bytes), then at most two 802.1Q/802.1ad tags; the flow key carries the OUTER tag's id.

@@ -1,4 +1,4 @@
-"""E2O (legacy SkypeOut) vs E2E vs decoys, on sample streams synthesised from the models in SIGNATURES.md."""
+"""E2O (legacy SkypeOut) vs E2E vs decoys, on sample streams synthesised from the models in docs/signatures.md."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from skyguard.slowpath.e2o import (
     DIR_BALANCE,
     LAZY_SAMPLES,
     MAX_SAMPLES,
+    MIN_SAMPLES,
     R_E2O_STATS,
     R_SOM_VOICE,
     SIZE_SD_MAX,
@@ -289,7 +290,7 @@ def test_lazy_evaluate_equals_the_rules_over_all_features(model) -> None:
         for ts, d, plen, data in model(seed):
             tr.add(ts, d, plen, data)
             tr.done = False  # keep feeding it past a verdict: every state is compared
-            if tr.n >= LAZY_SAMPLES:
+            if tr.n >= MIN_SAMPLES:  # reading tr.dirs earlier would build the state before add does
                 assert (tr.balanced(), tr.cid_share()) == (_balanced(tr), _cid_share(tr))
                 want = _evaluate_from_features(tr)
                 assert tr.evaluate() == want
@@ -382,3 +383,34 @@ def test_chi2_tallied_batches_equal_the_nibble_loop() -> None:
                         squares[g] += 2 * counts[j] + 1
                         counts[j] += 1
             assert list(c.counts) == counts and list(c.squares) == squares
+
+
+@pytest.mark.parametrize("model", [e2o_flow, e2e_flow, wireguard_flow, game_flow, random_flow],
+                         ids=["e2o", "e2e", "wireguard", "game", "random"])
+def test_packed_early_samples_equal_eager_statistics(model, monkeypatch) -> None:
+    """A flow's first LAZY_SAMPLES samples are only packed, and its statistics built from them at MIN_SAMPLES: the
+    same verdicts and details, and from MIN_SAMPLES on the same per-direction state and chi-square counts, as when
+    every sample is counted on arrival (LAZY_SAMPLES 0). Short payloads (0 to 8 bytes) included."""
+    from skyguard.slowpath import e2o
+
+    assert LAZY_SAMPLES == MIN_SAMPLES - 1
+    compared = 0
+    for seed in range(20):
+        rng = random.Random(seed)
+        samples = [(ts, d, plen, data[: rng.randrange(9)] if rng.random() < 0.2 else data)
+                   for ts, d, plen, data in model(seed)]
+        lazy, eager = E2OTracker(), E2OTracker()
+        for i, (ts, d, plen, data) in enumerate(samples, 1):
+            got = lazy.add(ts, d, plen, data)
+            monkeypatch.setattr(e2o, "LAZY_SAMPLES", 0)
+            want = eager.add(ts, d, plen, data)
+            monkeypatch.setattr(e2o, "LAZY_SAMPLES", LAZY_SAMPLES)
+            assert got == want
+            if i == MIN_SAMPLES - 1:
+                assert lazy._dirs is None and lazy._early is not None  # nothing computed yet
+            if i >= MIN_SAMPLES and not lazy.done:
+                assert lazy._dirs == eager._dirs and lazy.chi2.n == eager.chi2.n
+                assert lazy.chi2._counted() == eager.chi2._counted()
+                compared += 1
+    assert compared
+

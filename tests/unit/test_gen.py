@@ -1,5 +1,5 @@
-"""skyguard.gen: determinism, labels that match the pcaps, the SIGNATURES.md facts each kind must show, and tshark's
-reading of the generated STUN, DNS, SIP and TLS."""
+"""skyguard.gen: determinism, labels that match the pcaps, the docs/signatures.md facts each kind must show, and
+tshark's reading of the generated STUN, DNS, SIP and TLS."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# SIGNATURES.md facts, per kind
+# docs/signatures.md facts, per kind
 
 
 def test_legacy_e2e(out: Path) -> None:

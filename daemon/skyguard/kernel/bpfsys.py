@@ -186,16 +186,18 @@ class RawMap:
             kb = ct.create_string_buffer(keys[done * ks:(done + n) * ks], n * ks)
             count = ct.c_uint32(n)
             rc = _delete_batch(self.fd, kb, ct.byref(count), ct.byref(opts))
-            done += count.value
-            deleted += count.value
-            if rc != 0:
-                err = ct.get_errno()
-                if err == errno.ENOENT:
-                    done += 1  # the key at `count` is not there
-                elif deleted == 0 and err in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP):
+            err = ct.get_errno() if rc != 0 else 0
+            if rc != 0 and err != errno.ENOENT:
+                # the kernel refused the call before deleting anything, and `count` is what was passed in: the map
+                # type has no batch delete (or this kernel no such command), so these go one by one
+                if err in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP):
                     return deleted + sum(self.delete(keys[i * ks:(i + 1) * ks]) for i in range(done, total))
-                else:
-                    raise OSError(err, f"bpf_map_delete_batch: {os.strerror(err)} after {deleted} entries")
+                raise OSError(err, f"bpf_map_delete_batch: {os.strerror(err)} after {deleted} entries")
+            if rc == 0 and count.value == 0:
+                raise OSError(errno.EIO, "bpf_map_delete_batch deleted nothing and reported no error")
+            # `count` keys were deleted; on ENOENT the next one is not in the map: passed over
+            done += count.value + (rc != 0)
+            deleted += count.value
         return deleted
 
     def iter_keys(self) -> Iterator[bytes]:
