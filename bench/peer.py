@@ -1,10 +1,10 @@
 """nDPI (ndpiReader) beside skyguard on the same captures, each rate the best of TRIES runs: ndpiReader's own
 packets/s, skyguard's kernel ns/packet (the kernel's BPF_PROG_TEST_RUN durations during a replay, per packet),
 `skyguard replay` end-to-end packets/s (the compiled loop, and the per-packet Python loop it replaced, both measured
-here) and their ratio to ndpiReader; then the
-marginal rate of each between two sizes of the same generated traffic (start-up cancels out), with the test runs per
-packet; the ceiling of the compiled loop itself: driving a program that does nothing, in batches and with one test
-run per packet; and the seconds to a loaded replay build, compiled and from its cached image.
+here) and their ratio to ndpiReader; then the marginal rate of each between two sizes of the same generated traffic
+(start-up cancels out), with the test runs per packet; the ceiling of the compiled loop itself: driving a program
+that does nothing, in batches and with one test run per packet; and the seconds to a loaded replay build, compiled
+and from its cached image.
 
 Usage: bench/peer.py [--captures DIR] [--json]
 """

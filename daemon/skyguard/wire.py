@@ -400,7 +400,7 @@ _new_key = tuple.__new__  # FlowKey from a tuple of its members (what FlowKey._m
 def sample_record(raw: bytes) -> tuple[int, int, bytes, int, int, bytes]:
     """(dir, ts_ns, key, payload_len, inspected, data) of a `sample` record, the key as packed (FlowKey.pack's bytes:
     the slow path keys its flow state by them). Event.unpack's work without the Event and the FlowKey, for the
-    replay's compiled loop, where samples are most of the records."""
+    daemon's pump and the replay's compiled loop, where samples are most of the records."""
     _, d, ts, key, plen, caplen, inspected = _SAMPLE_RECORD.unpack_from(raw)
     return d, ts, key, plen, inspected, raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen]
 

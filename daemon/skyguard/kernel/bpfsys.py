@@ -177,8 +177,12 @@ class RawMap:
         kernel stops a batch at it: the rest go on in the next call). Returns how many were deleted."""
         ks = self.key_size
         total = len(keys) // ks
+
+        def one_by_one(start: int) -> int:
+            return sum(self.delete(keys[i * ks:(i + 1) * ks]) for i in range(start, total))
+
         if _delete_batch is None:
-            return sum(self.delete(keys[i * ks:(i + 1) * ks]) for i in range(total))
+            return one_by_one(0)
         opts = _BatchOpts(sz=ct.sizeof(_BatchOpts))
         done = deleted = 0
         while done < total:
@@ -191,7 +195,7 @@ class RawMap:
                 # the kernel refused the call before deleting anything, and `count` is what was passed in: the map
                 # type has no batch delete (or this kernel no such command), so these go one by one
                 if err in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP):
-                    return deleted + sum(self.delete(keys[i * ks:(i + 1) * ks]) for i in range(done, total))
+                    return deleted + one_by_one(done)
                 raise OSError(err, f"bpf_map_delete_batch: {os.strerror(err)} after {deleted} entries")
             if rc == 0 and count.value == 0:
                 raise OSError(errno.EIO, "bpf_map_delete_batch deleted nothing and reported no error")

@@ -166,19 +166,16 @@ class Ring:
 
 
 class Walker:
-    """One capture walked through program `prog_fd`, pausing whenever its ring buffer (`ring`: a Ring, or the map's
-    fd for a Ring of the walker's own) holds records; with the replay build's batch map `batch_fd`, up to
-    SG_BATCH_MAX packets per test run, else one."""
+    """One capture walked through program `prog_fd`, pausing whenever its ring buffer (`ring`, which must outlive the
+    walker) holds records; with the replay build's batch map `batch_fd`, up to SG_BATCH_MAX packets per test run,
+    else one."""
 
-    def __init__(self, path: str | os.PathLike[str], prog_fd: int, ring: Ring | int, batch_fd: int = -1) -> None:
+    def __init__(self, path: str | os.PathLike[str], prog_fd: int, ring: Ring, batch_fd: int = -1) -> None:
         self._lib = lib()
         self._w = _Sgw()
-        self._own_ring = Ring(ring) if isinstance(ring, int) else None
-        self._ring = self._own_ring or ring
-        rc = self._lib.sgw_open(ct.byref(self._w), os.fsencode(path), prog_fd, ct.byref(self._ring._r), batch_fd)
+        self._ring = ring  # referenced: walk.c reads its mapping
+        rc = self._lib.sgw_open(ct.byref(self._w), os.fsencode(path), prog_fd, ct.byref(ring._r), batch_fd)
         if rc < 0:
-            if self._own_ring:
-                self._own_ring.close()
             raise OSError(-rc, os.strerror(-rc), str(path))
         self._open = True
 
@@ -226,8 +223,6 @@ class Walker:
         if self._open:
             self._lib.sgw_close(ct.byref(self._w))
             self._open = False
-            if self._own_ring:
-                self._own_ring.close()
 
     def __enter__(self) -> Walker:
         return self

@@ -10,9 +10,9 @@
  * record, each), so that Python reads all of a run's records from one buffer instead of one callback per record.
  *
  * Batches: given the replay build's `batch` map, up to SG_BATCH_MAX packets go into one test run (struct sg_batch in
- * bpf/skyguard.h says how the program walks them). The program ends a batch after a packet that left a record, so the
- * slow path sees the same packets in the same order as with one run per packet; packets read ahead wait in `stage`
- * for the next run. A packet shorter than an Ethernet header, or too long for a batch, runs alone.
+ * bpf/skyguard.h says how the program walks them). The program ends a batch after a packet that left a record which
+ * may lead to a decision, so the slow path acts on the same records, in the same order and before the same packets,
+ * as with one run per packet; packets read ahead wait in `stage` for the next run. A packet shorter than an Ethernet header, or too long for a batch, runs alone.
  *
  * Capture parsing mirrors offline/pcap.py exactly, error messages and byte offsets included: the identical-output
  * test (tests/bpf/test_replay_fast.py) holds the two to each other. */
@@ -736,7 +736,6 @@ static int64_t run_staged(struct sgw *w, uint32_t k)
 		}
 		w->batch->skip = total - w->slen[0];
 		w->batch->done = 0;
-		w->batch->stop = 0;
 		w->batch->n = k;
 	}
 	ctx[1] = META_LEN + total;
@@ -822,9 +821,10 @@ static uint64_t take_records(struct sgw *w)
 	return w->ev_len;
 }
 
-/* Run packets until the ring buffer holds records (SGW_EVENTS: they are in `ev`), the capture ends (SGW_END), about
- * `max_packets` have run in this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails
- * (SGW_ERUN: err_no). Packets before a bad record all run first, as in the per-packet loop. */
+/* Run packets until a run leaves a record that may decide, or the records waiting fill half of `ev` (SGW_EVENTS: they
+ * are in `ev`), the capture ends (SGW_END; waiting records are handed over first), about `max_packets` have run in
+ * this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails (SGW_ERUN: err_no).
+ * Packets before a bad record all run first, as in the per-packet loop. */
 int sgw_run(struct sgw *w, uint64_t max_packets)
 {
 	uint64_t done = 0;

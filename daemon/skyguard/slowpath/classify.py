@@ -58,7 +58,6 @@ R_WEAK_OTHER = wire.C["SG_R_CONTRADICT"] | wire.C["SG_R_NO_EVIDENCE"] | wire.C["
 _KERNEL_SETTLED = R_PSTN_PREFIX | R_E2O_PORT | R_MANUAL
 EV_SAMPLE, EV_CLASSIFIED = wire.EV_SAMPLE, wire.EV_CLASSIFIED
 _pack_key = wire.FlowKey.FMT.pack  # the flow state's key: a flow key's 40 packed bytes, as records hold it
-_unpack_key = wire.FlowKey.FMT.unpack
 
 # the kernel classes the slow path may still change, per decision
 _E2O_OVER = frozenset({wire.UNKNOWN, wire.SIGNALING, wire.P2P})
@@ -222,8 +221,9 @@ class SlowPath:
         return [Decision(key, cls, reason, detail)]
 
     def on_sample_record(self, raw: bytes) -> list[Decision]:
-        """on_event for a `sample` record as the ring buffer holds it (wire.sample_record): the replay's compiled loop
-        hands samples over undecoded, since building the Event and its FlowKey was a third of a sample's cost."""
+        """on_event for a `sample` record as the ring buffer holds it (wire.sample_record): the daemon's pump and the
+        replay's compiled loop hand samples over undecoded, since building the Event and its FlowKey was a third of a
+        sample's cost."""
         d, ts, k, plen, inspected, data = wire.sample_record(raw)
         return self._sample(k, d, ts, plen, inspected, data)
 
@@ -253,7 +253,7 @@ class SlowPath:
             st.tracker, st.decided = None, None
             return []
         if key is None:
-            key = wire.FlowKey._make(_unpack_key(k))
+            key = wire.FlowKey.unpack(k)
         return self._decide(key, st, v.cls, v.reason, v.detail)
 
     def _on_tls(self, ev: wire.Event) -> list[Decision]:
