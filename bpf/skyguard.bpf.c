@@ -68,19 +68,6 @@ BPF_RINGBUF_OUTPUT(events, SG_RINGBUF_BYTES / 4096);
 #else
 #define SG_RB_FLAGS 0
 #endif
-/* The live build without chaining attaches a small entry with a short path and tail-calls the whole program from it
- * (see xdp_skyguard below). The replay build spends its tail calls on a batch's next packet; a chained build loads in
- * whatever shape the foreign program's `chain` array takes, which a pinned `full_prog` of another start's shape would
- * refuse: both run the whole program as the one they load. */
-#if !defined(SG_META_CLOCK) && !defined(SG_XDP_CHAIN)
-#define SG_ENTRY
-#endif
-#ifdef SG_ENTRY
-/* full_prog: xdp_sg_full, the whole per-packet program, tail-called by the entry for every packet its short path does
- * not take. Pinned, so that it stays filled while the program stays attached with no daemon (a program array is
- * emptied when its last file descriptor and pin go) */
-SG_MAP("prog", u32, u32, full_prog, 1, 0);
-#endif
 #ifdef SG_META_CLOCK
 /* batch: a replay's packets of one test run and their verdicts (mmapped by offline/walk.c); see struct sg_batch */
 BPF_F_TABLE("array", u32, struct sg_batch, batch, 1, BPF_F_MMAPABLE);
@@ -979,30 +966,6 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 	return -1;
 }
 
-/* A packet of a flow with nothing left to inspect: its share of the counters, then its verdict. */
-static __always_inline int sg_established(struct sg_run *r, struct sg_flow *f)
-{
-	__u32 gen = SG_GEN_UNREAD;
-	int rc = sg_account(r, f, &gen);
-	__u8 cls;
-
-	if (rc >= 0)
-		return rc;
-	if (gen == SG_GEN_UNREAD)
-		gen = sg_gen();
-	cls = f->cls;
-	if (cls >= SG_NCLASSES)
-		cls = SG_CLASS_UNKNOWN;
-	r->st->c[SG_ST_CLASS_BASE + cls]++;
-	return sg_enforce(r, gen, cls, &f->dropped, 1);
-}
-
-/* Nothing left to inspect on the flow, and its packets need no event (DNS answers go to the daemon). */
-static __always_inline int sg_flow_settled(struct sg_flow *f)
-{
-	return (f->flags & (SG_F_DONE | SG_F_DAEMON)) && !(f->flags & SG_F_DNS);
-}
-
 static __always_inline int sg_packet(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -1057,10 +1020,15 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	asm volatile("" : "+r"(r.l3_off)); /* forget the per-path constant (see SG_OFF_MASK) */
 
 	f = flows.lookup(&key);
-	if (f && sg_flow_settled(f)) {
+	if (f && (f->flags & (SG_F_DONE | SG_F_DAEMON)) && !(f->flags & SG_F_DNS)) {
 		/* the fast path: nothing left to inspect, so nothing of the parse but the key and the IP header's place
 		 * stays live across the lookup (the slow path parses again rather than keep the parse's fields) */
-		return sg_established(&r, f);
+		gen = SG_GEN_UNREAD;
+		rc = sg_account(&r, f, &gen);
+		if (rc >= 0)
+			return rc;
+		if (gen == SG_GEN_UNREAD)
+			gen = sg_gen();
 	} else {
 		/* the slow path parses the packet again (identically: same bytes) rather than keep the first parse */
 		struct sg_pkt sp = {};
@@ -1167,104 +1135,27 @@ fail:
 }
 #endif
 
-#ifdef SG_META_CLOCK
-/* The replay build: every packet, one batch after the other (see struct sg_batch). */
+/* Every packet; with chaining (SG_XDP_CHAIN), a packet skyguard passes goes on to the program that was attached to the
+ * interface before it. A tail call does not return: that program's verdict is the packet's. An empty slot (no
+ * foreign program on this interface) falls through to XDP_PASS. */
 int xdp_skyguard(struct xdp_md *ctx)
 {
-	int rc;
-
+#ifdef SG_META_CLOCK
 	if (sg_batch_first(ctx))
 		return XDP_ABORTED;
-	rc = sg_packet(ctx);
-	sg_batch_next(ctx, rc);
-	return rc;
-}
-#elif defined(SG_XDP_CHAIN)
-/* The chained build: every packet, and a packet skyguard passes goes on to the program that was attached to the
- * interface before it. A tail call does not return: that program's verdict is the packet's. An empty slot (no foreign
- * program on this interface) falls through to XDP_PASS. */
-int xdp_skyguard(struct xdp_md *ctx)
-{
+#endif
 	int rc = sg_packet(ctx);
 
+#ifdef SG_META_CLOCK
+	sg_batch_next(ctx, rc);
+#endif
+
+#ifdef SG_XDP_CHAIN
 	if (rc == XDP_PASS)
 		chain.call(ctx, ctx->ingress_ifindex);
+#endif
 	return rc;
 }
-#else
-/* The live build's whole per-packet program, tail-called by xdp_skyguard. */
-int xdp_sg_full(struct xdp_md *ctx)
-{
-	return sg_packet(ctx);
-}
-
-/* The live build's entry, the program attached to the interfaces. The commonest packet, a UDP or TCP packet of a
- * settled flow in a plain frame (sg_parse_lite), takes a short path here, with the same counts and verdict as
- * sg_packet would give it; every other packet goes to xdp_sg_full whole. The short path is a program of its own because the verifier walks
- * each separately: written into sg_packet, its exits multiply the states that the verifier walks through the rest. */
-/* The short path for a parsed plain frame: -1 when the flow is not settled (or not there). Inlined once per IP version
- * with pk->v6 a constant, so each copy keeps only its own family's key and header code. */
-static __always_inline int sg_short(struct xdp_md *ctx, void *data, void *data_end, struct sg_pkt *pk)
-{
-	struct sg_flow_key key = {};
-	struct sg_run r = {};
-	struct sg_flow *f;
-	__u32 zero = 0;
-
-	r.dir = sg_flow_key(pk, &key);
-	f = flows.lookup(&key);
-	r.st = stats.lookup(&zero);
-	if (!f || !r.st || !sg_flow_settled(f))
-		return -1;
-	r.now = sg_clock(ctx, data, &r.meta_clock);
-	r.len = data_end - data;
-	r.st->c[SG_ST_PACKETS]++;
-	r.st->c[SG_ST_BYTES] += r.len;
-	r.ctx = ctx;
-	r.data = data;
-	r.data_end = data_end;
-	r.key = &key;
-	r.v6 = pk->v6;
-	r.l3_off = (__u32)(pk->l3 - data);
-	return sg_established(&r, f);
-}
-
-int xdp_skyguard(struct xdp_md *ctx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct sg_pkt pk = {};
-	struct sg_stats *st;
-	__u32 zero = 0, len;
-	int rc = -1;
-
-	switch (sg_parse_lite(data, data_end, &pk)) {
-	case 4:
-		pk.v6 = 0;
-		rc = sg_short(ctx, data, data_end, &pk);
-		break;
-	case 6:
-		pk.v6 = 1;
-		rc = sg_short(ctx, data, data_end, &pk);
-		break;
-	}
-	if (rc >= 0)
-		return rc;
-	full_prog.call(ctx, 0);
-	/* the slot is empty (the loader fills it before it attaches anything, so this is a bug): the packet passes,
-	 * counted as a packet that no flow could hold */
-	st = stats.lookup(&zero);
-	if (st) {
-		len = data_end - data;
-		st->c[SG_ST_PACKETS]++;
-		st->c[SG_ST_BYTES] += len;
-		st->c[SG_ST_OUT_NO_FLOW]++;
-		st->c[SG_ST_ACT_PASS]++;
-		sg_count_verdict(st, SG_VS_NONE, SG_ACT_PASS, len);
-	}
-	return XDP_PASS;
-}
-#endif
 
 /* ---- the daemon's decisions (never attached: run through BPF_PROG_TEST_RUN with one struct sg_verdict as the
  * packet). The flow is changed in place, field by field: counters are never written, so packets that other CPUs count

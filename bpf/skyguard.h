@@ -113,7 +113,7 @@
 #define SG_ST_OUT_FRAGMENT     5  /* IPv4/IPv6 non-first fragment: passed */
 #define SG_ST_OUT_EXEMPT       6  /* exempt prefix: passed untouched */
 #define SG_ST_OUT_BLOCKED      7  /* manual block map hit */
-#define SG_ST_OUT_NO_FLOW      8  /* flow insert failed, or no full program to run: must stay 0 (alert on it) */
+#define SG_ST_OUT_NO_FLOW      8  /* flow insert failed: must stay 0 (alert on it) */
 #define SG_ST_ERR_ETH          9  /* truncated Ethernet header */
 #define SG_ST_ERR_VLAN         10 /* truncated VLAN tag */
 #define SG_ST_ERR_VLAN_DEPTH   11 /* more than 2 VLAN tags */

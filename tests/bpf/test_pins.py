@@ -55,42 +55,12 @@ def previous_version_pins(path: str) -> int:
 
 def test_definitions_are_the_programs_maps_with_the_builds_sizes():
     defs = pins.definitions(["-DSG_FLOWS_MAX=4096", "-DSG_LPM_MAX=1024"])
-    assert {"flows", "policy", "config", "stats", "qos", "endpoints", "fwmarks", "chained", "chain", "full_prog",
+    assert {"flows", "policy", "config", "stats", "qos", "endpoints", "fwmarks", "chained", "chain",
             *(f"{k}_v{v}" for k in ("pstn", "msmedia", "exempt", "block", "drmedia") for v in (4, 6))} == set(defs)
     assert defs["flows"] == (pins.Layout(pins.MAP_TYPES["lru_hash"], 40, 96, 4096), "flows_max")
     assert defs["stats"][0] == pins.Layout(pins.MAP_TYPES["percpu_array"], 4, wire.STRUCTS["sg_stats"].size, 1)
     assert defs["policy"][0].max_entries == 2 * wire.POL_SLOTS and defs["pstn_v6"][0].max_entries == 1024
     assert defs["pstn_v6"][0].key_size == wire.LPM6_FMT.size and defs["chain"][0].type == pins.MAP_TYPES["prog"]
-
-
-@pytest.mark.bpf
-def test_full_program_stays_in_its_pinned_slot_and_a_restart_puts_its_own(pin_path):
-    """The live entry tail-calls xdp_sg_full through `full_prog` for every packet its short path leaves. The kernel
-    empties a program array when its last fd and pin go, so the array is pinned: with the daemon gone (on_stop = keep)
-    the slot still holds the program, and the next start puts its own there before anything is attached."""
-    from skyguard.kernel.bpfobj import obj_get, prog_info
-    from skyguard.kernel.bpfsys import RawMap
-    from skyguard.kernel.loader import Kernel
-
-    def slot() -> int:
-        fd = obj_get(f"{pin_path}/full_prog")
-        try:
-            raw = RawMap(fd, 4, 4).lookup(b"\0\0\0\0")
-        finally:
-            os.close(fd)
-        return int.from_bytes(raw, "little") if raw else 0
-
-    with Kernel(pin_path=pin_path, **SMALL) as k:
-        first = prog_info(k.full_fd).id
-        assert slot() == first
-    assert slot() == first, "the full program left its slot when the loader's file descriptors closed"
-    with Kernel(pin_path=pin_path, **SMALL) as k:
-        second = prog_info(k.full_fd).id
-        assert second != first and slot() == second
-        before = k.stats()
-        k.test_run(P.udp("10.5.0.77", 1000, "10.5.0.78", 2000, b"x" * 20))  # a new flow: the full program's work
-        after = k.stats()
-        assert after["flow_new"] == before["flow_new"] + 1 and after["out_no_flow"] == before["out_no_flow"]
 
 
 @pytest.mark.bpf

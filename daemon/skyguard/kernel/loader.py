@@ -100,7 +100,6 @@ class Kernel:
         self.replay = replay
         self.chain = chain
         self.prog_fd = -1
-        self.full_fd = -1  # the live build's whole program, tail-called by its entry (prog_fd)
         self.verdict_fd = -1
         self.bpf: bcc.BPF | None = None
         self._fds: dict[str, int] = {}  # the maps, when made from a cached image (then there is no bcc module)
@@ -170,18 +169,10 @@ class Kernel:
         }
         if before_load is not None:
             before_load(self)
-        self.prog_fd, self.frags, shape = self._load(chain)
+        self.prog_fd, self.frags = self._load(chain)
         # the replay build runs a batch's next packet through a tail call to itself (struct sg_batch)
         if self.replay and not self._raw("replay_next", 4, 4).update(b"\0\0\0\0", self.prog_fd.to_bytes(4, "little")):
             raise OSError("cannot put the replay build into its own replay_next program array")
-        if not self.replay and not chain:
-            # the live build's entry tail-calls the whole program for every packet its short path does not take: in
-            # the entry's shape (a program array takes only programs that match the first one it met), and in its
-            # slot before anything attaches the entry. A pinned slot holds the previous daemon's program until then.
-            # (A chained build has no entry: bpf/skyguard.bpf.c, SG_ENTRY.)
-            self.full_fd = load_xdp(self._insns("xdp_sg_full"), "xdp_sg_full", *shape)
-            if not self._raw("full_prog", 4, 4).update(b"\0\0\0\0", self.full_fd.to_bytes(4, "little")):
-                raise OSError("cannot put xdp_sg_full into the full_prog program array")
         verdict = self._insns("xdp_verdict")
         self.verdict_fd = load_xdp(verdict, "xdp_verdict")  # as bcc's load_func: no flags, no attach type
         if digest is not None and self.bpf is not None:
@@ -199,7 +190,7 @@ class Kernel:
             return self._image.instructions(prog, self._fds)
         return bytes(self.bpf.dump_func(prog.encode()))
 
-    def _load(self, chain: bool) -> tuple[int, bool, tuple[int, int]]:
+    def _load(self, chain: bool) -> tuple[int, bool]:
         """Load xdp_skyguard multi-buffer aware (BPF_F_XDP_HAS_FRAGS), so that native XDP attaches at any MTU: bcc
         0.26's load_func passes no prog_flags, so its relocated instructions are loaded here. A program array only
         takes programs that match its first one (kernel: bpf_prog_map_compatible) in multi-buffer support and, on
@@ -211,7 +202,7 @@ class Kernel:
             shapes = [(BPF_F_XDP_HAS_FRAGS, BPF_XDP), (BPF_F_XDP_HAS_FRAGS, 0), (0, BPF_XDP), (0, 0)]
         for i, (flags, attach_type) in enumerate(shapes):
             try:
-                return load_xdp(insns, "xdp_skyguard", flags, attach_type), bool(flags), (flags, attach_type)
+                return load_xdp(insns, "xdp_skyguard", flags, attach_type), bool(flags)
             except BpfError as e:
                 if e.errno != errno.EINVAL or i == len(shapes) - 1:
                     raise
@@ -225,7 +216,7 @@ class Kernel:
         if self._rb is not None:
             libbcc.lib.bpf_free_ringbuf(self._rb)
             self._rb = None
-        for attr in ("prog_fd", "full_fd", "verdict_fd"):
+        for attr in ("prog_fd", "verdict_fd"):
             if getattr(self, attr, -1) >= 0:
                 os.close(getattr(self, attr))
                 setattr(self, attr, -1)
