@@ -127,7 +127,7 @@ struct sg_run {
 	__u64 now;
 	__u32 l3_off; /* IP header offset from data (masked: see SG_OFF_MASK) */
 	__u32 pl_off; /* L4 payload offset from data */
-	__u32 len;    /* the frame's length, all buffers */
+	__u32 len;    /* the frame's length: the first buffer's, all buffers' when the IP datagram runs past it */
 	__u8 dir;
 	__u8 v6;
 	__u8 meta_clock; /* `now` came from XDP metadata (replay): exact, use it for events too */
