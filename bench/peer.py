@@ -212,7 +212,7 @@ def format_table(res: dict) -> str:
               f"replay {f(m['replay_pps'], '.0f')}, nDPI {f(m['ndpi_pps'], '.0f')}, "
               f"replay / nDPI {f(m['ratio'], '.2f')}x",
               f"test runs per packet in the larger set: {f(m['runs_per_packet'], '.3f')} (batches of up to "
-              f"{wire.BATCH_MAX} packets, cut after each packet whose events may decide)",
+              f"{wire.BATCH_MAX} packets, cut after each packet whose records may have the slow path write)",
               f"ceiling of the same C loop driving a program that does nothing (the larger set): batched "
               f"{f(m['ceiling_pps'], '.0f')} pps, {f(m['ceiling_ratio'], '.2f')}x nDPI's marginal rate; one test run "
               f"per packet {f(m['single_ceiling_pps'], '.0f')} pps, {f(m['single_ceiling_ratio'], '.2f')}x",

@@ -131,6 +131,7 @@ struct sg_run {
 	__u8 dir;
 	__u8 v6;
 	__u8 meta_clock; /* `now` came from XDP metadata (replay): exact, use it for events too */
+	__u32 place;     /* the packet's place in its capture, from the same metadata (0 live) */
 };
 
 
@@ -233,13 +234,14 @@ static __always_inline __u32 sg_gen(void)
  * one load) and scales it with the tick length and offset the loader measured with clock.bpf.c, which saves the
  * helper call of bpf_ktime_get_coarse_ns on every packet. The replay build
  * (SG_META_CLOCK) takes the capture's timestamp from the XDP metadata when a replay hands one over. */
-static __always_inline __u64 sg_clock(struct xdp_md *ctx, void *data, __u8 *from_meta)
+static __always_inline __u64 sg_clock(struct xdp_md *ctx, void *data, __u8 *from_meta, __u32 *place)
 {
 #ifdef SG_META_CLOCK
 	struct sg_meta *meta = (void *)(long)ctx->data_meta;
 
 	if ((void *)(meta + 1) <= data && meta->magic == SG_META_MAGIC) {
 		*from_meta = 1;
+		*place = meta->place;
 		return meta->ts_ns;
 	}
 #endif
@@ -252,8 +254,8 @@ static __always_inline __u64 sg_clock(struct xdp_md *ctx, void *data, __u8 *from
 }
 
 /* ---- events ---- */
-/* A record that may lead to a decision went into the ring buffer: a replay's batch ends after this packet, for the
- * slow path to act on it before the next one. */
+/* A record that may lead the slow path to write into the kernel (a `dns`, `tls` or `http` record) went into the ring
+ * buffer: a replay's batch ends after this packet, for the slow path to act on it before the next one. */
 static __always_inline void sg_replay_emitted(void)
 {
 #ifdef SG_META_CLOCK
@@ -265,10 +267,11 @@ static __always_inline void sg_replay_emitted(void)
 #endif
 }
 
-/* A sample's record went into the ring buffer. From SG_SAMPLES_MIN on it may decide: the batch ends after this
- * packet. An earlier one cannot, so its record may wait past it, across batches, until a quarter of the ring buffer
- * waits (the walker takes the records then, and sets `waiting` to what it left): no record is lost to a full ring. */
-static __always_inline void sg_replay_sampled(__u16 inspected)
+/* A record of `size` bytes went into the ring buffer, one the daemon acts on by writing into the kernel only when
+ * `writes`: then the batch ends after this packet. Any other may wait past it, across batches, until a quarter of the
+ * ring buffer waits (the walker takes the records then, and sets `waiting` to what it left): no record is lost to a
+ * full ring. */
+static __always_inline void sg_replay_record(__u32 size, int writes)
 {
 #ifdef SG_META_CLOCK
 	__u32 zero = 0;
@@ -276,8 +279,8 @@ static __always_inline void sg_replay_sampled(__u16 inspected)
 
 	if (!b)
 		return;
-	b->waiting += (sizeof(struct sg_ev_sample) + 8 + 7) & ~7; /* with its ring buffer header, rounded up to 8 */
-	if (inspected >= SG_SAMPLES_MIN || b->waiting > SG_RINGBUF_BYTES / 4)
+	b->waiting += (size + 8 + 7) & ~7; /* with its ring buffer header, rounded up to 8 */
+	if (writes || b->waiting > SG_RINGBUF_BYTES / 4)
 		b->stop = 1;
 #endif
 }
@@ -287,7 +290,7 @@ static __always_inline void sg_ev_hdr(struct sg_ev_hdr *h, __u8 type, struct sg_
 	h->type = type;
 	h->dir = r->dir;
 	h->_pad = 0;
-	h->_pad2 = 0;
+	h->place = r->place;
 	/* events need the exact time (the slow path measures packet intervals of a few ms); the coarse clock of the
 	 * fast path has jiffy resolution */
 	h->ts_ns = r->meta_clock ? r->now : bpf_ktime_get_ns();
@@ -309,7 +312,8 @@ static __always_inline void sg_emit_classified(struct sg_run *r, struct sg_flow 
 	ev->reason = reason;
 	ev->pkts = f->pkts[0] + f->pkts[1];
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
-	sg_replay_emitted();
+	/* only a strong decision on UDP has the daemon write (the proving ends into `endpoints`) */
+	sg_replay_record(sizeof(*ev), (reason & SG_STRONG_REASONS) && r->key->proto == IPPROTO_UDP);
 }
 
 /* Copy up to `max` payload bytes (what the packet holds) into an event's `buf`; returns how many were copied.
@@ -347,7 +351,7 @@ static __always_inline void sg_emit_sample(struct sg_run *r, struct sg_pkt *pk, 
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
-	sg_replay_sampled(inspected);
+	sg_replay_record(sizeof(*ev), inspected >= SG_SAMPLES_MIN); /* E2O decides nothing from fewer samples */
 }
 
 /* A `dns`, `tls` or `http` event: the first SG_BIG_BYTES payload bytes. */
@@ -983,7 +987,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	st = stats.lookup(&zero);
 	if (!st)
 		return XDP_PASS;
-	r.now = sg_clock(ctx, data, &r.meta_clock);
+	r.now = sg_clock(ctx, data, &r.meta_clock, &r.place);
 	if (r.meta_clock)
 		st->c[SG_ST_META_TS]++;
 	st->c[SG_ST_PACKETS]++;
@@ -1125,7 +1129,7 @@ static __always_inline void sg_batch_next(struct xdp_md *ctx, int rc)
 	if ((void *)(m + 1) > (void *)(long)ctx->data)
 		goto fail;
 	m->magic = SG_META_MAGIC;
-	m->_pad = 0;
+	m->place = b->place + i;
 	m->ts_ns = b->pkt[sg_bidx(i)].ts_ns;
 	replay_next.call(ctx, 0);
 	/* the tail call failed (the kernel's limit): the walker runs the rest in another test run */

@@ -164,6 +164,11 @@ struct sg_stats {
 #define SG_EV_HTTP       5 /* "http": first TCP payload of a plain-HTTP request on port 80, for its Host header */
 #define SG_SAMPLE_BYTES  64
 #define SG_BIG_BYTES     512
+/* Kernel decisions on strong evidence: the daemon writes the ends that proved them into `endpoints` (learned
+ * endpoints, read when a UDP flow is created). Of a `classified` record, only such a decision's, on UDP, leads the
+ * daemon to write anything into the kernel: in a replay, any other `classified` record does not end its batch
+ * (struct sg_batch). */
+#define SG_STRONG_REASONS (SG_R_SOM_VOICE | SG_R_ICE_BOTH | SG_R_ICE_LITE | SG_R_RTP_STATIC | SG_R_MS_PREFIX)
 /* The slow path decides nothing from a flow's samples before it holds this many (E2O/E2E, docs/signatures.md): in a
  * replay, a sample of a flow's first SG_SAMPLES_MIN - 1 inspected packets does not end its batch (struct sg_batch) */
 #define SG_SAMPLES_MIN   100
@@ -346,7 +351,7 @@ struct sg_ev_hdr {
 	__u8 type;   /* SG_EV_* */
 	__u8 dir;    /* direction of the packet that caused it */
 	__u16 _pad;
-	__u32 _pad2;
+	__u32 place; /* replay build: that packet's place in its capture (struct sg_meta); 0 live */
 	__u64 ts_ns;
 	struct sg_flow_key key;
 }; /* 56 bytes */
@@ -378,11 +383,13 @@ struct sg_ev_big {
 	__u8 data[SG_BIG_BYTES];
 }; /* 576 bytes */
 
-/* XDP metadata a replay hands to the program (BPF_PROG_TEST_RUN ctx data_meta): the packet's capture timestamp. */
+/* XDP metadata a replay hands to the program (BPF_PROG_TEST_RUN ctx data_meta): the packet's capture timestamp and its
+ * place in the capture. A record that waits in the ring buffer past later packets (struct sg_batch) still says which
+ * packet left it, so that the replay reports a decision at the packet that made it. */
 #define SG_META_MAGIC 0x5347544d /* the bytes SGTM */
 struct sg_meta {
 	__u32 magic;
-	__u32 _pad;
+	__u32 place; /* the packet's place in its capture, 1 for the first: its records carry it (sg_ev_hdr) */
 	__u64 ts_ns;
 };
 
@@ -391,10 +398,11 @@ struct sg_meta {
  * test run's buffer last one first, each after a gap of SG_BATCH_GAP bytes; the program runs the first (the buffer's
  * tail), then moves the frame's head back onto the next one, cuts its tail off and runs itself again through the
  * `replay_next` tail call. Moving the head moves the metadata with it (bpf_xdp_adjust_head): it lands in the gap, not
- * on the bytes of the packet in front. A run ends after a packet that left a record which may lead to a decision
- * (`stop`: any but a sample below SG_SAMPLES_MIN), so the slow path still acts before the next packet, as it does after
- * every single run; and once the early samples' records waiting in the ring buffer (`waiting`) pass a quarter of it,
- * so that none is lost to a full ring. n < 2: not a batch, the program runs the one packet it is given. */
+ * on the bytes of the packet in front. A run ends after a packet that left a record which may lead the daemon to write
+ * into the kernel (`stop`: any but a sample below SG_SAMPLES_MIN and a `classified` record of a decision outside
+ * SG_STRONG_REASONS or not on UDP), so the slow path still acts before the next packet, as it does after every single
+ * run; and once the records waiting in the ring buffer (`waiting`) pass a quarter of it, so that none is lost to a
+ * full ring. n < 2: not a batch, the program runs the one packet it is given. */
 #define SG_BATCH_MAX   32   /* packets per test run: the kernel allows 33 tail calls (MAX_TAIL_CALL_CNT) */
 #define SG_BATCH_BYTES 3072 /* metadata, packets and gaps of one run: linear on every kernel configuration */
 #define SG_BATCH_GAP   32   /* in front of each packet: room for the largest XDP metadata (32 bytes) */
@@ -409,8 +417,8 @@ struct sg_batch {
 	__u32 done; /* packets run so far (the program) */
 	__u32 skip; /* bytes in front of the first packet: the others and their gaps, which follow it in capture order */
 	__u32 stop; /* the program: a packet left a record that may decide, or a head/tail/metadata move failed */
-	__u32 waiting; /* bytes of early samples' records in the ring buffer (the program adds, the walker takes) */
-	__u32 _pad;
+	__u32 waiting; /* bytes of records in the ring buffer that did not end a run (the program adds, the walker takes) */
+	__u32 place;   /* the first packet's place in its capture (struct sg_meta): packet i's is place + i */
 	struct sg_batch_pkt pkt[SG_BATCH_MAX];
 };
 

@@ -5,8 +5,9 @@ and numpy dtypes from what this module reads. It understands only the little C t
 HeaderError (file:line: what) on anything else, so a header change it cannot follow fails at import, not in a map.
 
 What it reads:
-- `#define SG_NAME <integer expression>` (decimal/hex numbers, `<<`, `|`, parentheses), optionally followed by a
-  comment. A comment that starts with a double-quoted string names the constant on the wire: `/* "skype-out" */`.
+- `#define SG_NAME <integer expression>` (decimal/hex numbers, `<<`, `|`, parentheses, and SG_ constants defined
+  above it), optionally followed by a comment. A comment that starts with a double-quoted string names the constant
+  on the wire: `/* "skype-out" */`.
 - `struct sg_x { <member>; ... };` (or `} __attribute__((packed));`), members `__u8|__u16|__u32|__u64 name`,
   `struct sg_y name` or either with one `[dimension]`, the dimension a number or an SG_ constant. Members named
   `_pad...` are padding. Layout: natural alignment (x86-64 and BPF agree), none when packed.
@@ -139,7 +140,16 @@ _OPEN = re.compile(r"struct\s+(sg_[a-z0-9_]+)\s*\{")
 _CLOSE = re.compile(r"\}\s*(__attribute__\(\(packed\)\))?\s*;")
 
 
-def _int(expr: str, where: str) -> int:
+_NAME = re.compile(r"\bSG_[A-Z0-9_]+\b")
+
+
+def _int(expr: str, where: str, consts: dict[str, int] | None = None) -> int:
+    def value(m: re.Match) -> str:
+        if consts is None or m.group(0) not in consts:
+            raise HeaderError(f"{where}: {m.group(0)} is not defined above this line")
+        return str(consts[m.group(0)])
+
+    expr = _NAME.sub(value, expr)
     if not _EXPR.fullmatch(expr):
         raise HeaderError(f"{where}: not an integer expression: {expr!r}")
     try:
@@ -171,7 +181,7 @@ def parse(text: str, filename: str = "skyguard.h") -> Header:
             if not named:
                 raise HeaderError(f"{filename}:{i}: a wire name is lower-case letters, digits and '-': {comment!r}")
             wire_name = named.group(1)
-        value = _int(expr.strip(), f"{filename}:{i}")
+        value = _int(expr.strip(), f"{filename}:{i}", consts)
         if name in consts and consts[name] != value:
             raise HeaderError(f"{filename}:{i}: {name} defined twice with different values")
         consts.setdefault(name, value)

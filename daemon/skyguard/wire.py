@@ -376,7 +376,8 @@ EV_CLASSIFIED, EV_SAMPLE, EV_DNS, EV_TLS = (C["SG_EV_CLASSIFIED"], C["SG_EV_SAMP
 EV_HTTP = C["SG_EV_HTTP"]
 EVENT_NAMES = header().group("SG_EV_")
 SAMPLE_BYTES, BIG_BYTES = C["SG_SAMPLE_BYTES"], C["SG_BIG_BYTES"]
-_, EV_HDR_FMT = _part("sg_ev_hdr", stop="key")  # type, dir, ts_ns
+_, EV_HDR_FMT = _part("sg_ev_hdr", stop="key")  # type, dir, place, ts_ns
+_EV_PLACE_OFF = STRUCTS["sg_ev_hdr"].offset("place")
 EV_KEY_OFF = STRUCTS["sg_ev_hdr"].offset("key")
 EV_HDR_SIZE = STRUCTS["sg_ev_hdr"].size
 _, EV_CLASSIFIED_FMT = _part("sg_ev_classified", "old_cls")  # old_cls, new_cls, reason, pkts
@@ -385,12 +386,13 @@ _SAMPLE_DATA = STRUCTS["sg_ev_sample"].offset("data")
 _BIG_OFF, _BIG_FMT = _part("sg_ev_big", "payload_len", "data")  # payload_len, caplen
 _BIG_DATA = STRUCTS["sg_ev_big"].offset("data")
 assert STRUCTS["sg_ev_classified"].offset("old_cls") == EV_HDR_SIZE == _SAMPLE_OFF == _BIG_OFF
-# whole records up to their data (Event.unpack): type, dir, ts_ns, the key's members, then the body's
+# whole records up to their data (Event.unpack): type, dir, place, ts_ns, the key's members, then the body's
 _, _EV_CLASSIFIED_FMT = _part("sg_ev_classified")
 _, _EV_SAMPLE_FMT = _part("sg_ev_sample", stop="data")
 _, _EV_BIG_FMT = _part("sg_ev_big", stop="data")
 _EV_BIG_TYPES = frozenset({EV_DNS, EV_TLS, EV_HTTP})
-# a `sample` record with its key left packed: dir, ts_ns, the key's 40 bytes, payload_len, caplen, inspected
+# a `sample` record with its key left packed: type, dir, place, ts_ns, the key's 40 bytes, payload_len, caplen,
+# inspected
 _SAMPLE_RECORD = struct.Struct(EV_HDR_FMT.format + f"{EV_HDR_SIZE - EV_KEY_OFF}s" + _SAMPLE_FMT.format[1:])
 assert _SAMPLE_RECORD.size == _EV_SAMPLE_FMT.size and EV_HDR_FMT.size == EV_KEY_OFF == EV_HDR_SIZE - FlowKey.FMT.size
 assert STRUCTS["sg_ev_hdr"].offset("type") == 0 and STRUCTS["sg_ev_hdr"].members[0].codes() == "B"
@@ -401,8 +403,14 @@ def sample_record(raw: bytes) -> tuple[int, int, bytes, int, int, bytes]:
     """(dir, ts_ns, key, payload_len, inspected, data) of a `sample` record, the key as packed (FlowKey.pack's bytes:
     the slow path keys its flow state by them). Event.unpack's work without the Event and the FlowKey, for the
     daemon's pump and the replay's compiled loop, where samples are most of the records."""
-    _, d, ts, key, plen, caplen, inspected = _SAMPLE_RECORD.unpack_from(raw)
+    _, d, _place, ts, key, plen, caplen, inspected = _SAMPLE_RECORD.unpack_from(raw)
     return d, ts, key, plen, inspected, raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen]
+
+
+def record_place(raw: bytes) -> int:
+    """The place in its capture of the packet that left a record (replay build; 0 from the live program). A record
+    may wait in the ring buffer past later packets of a replay's batch: this says which packet it was."""
+    return int.from_bytes(raw[_EV_PLACE_OFF:_EV_PLACE_OFF + 4], "little")
 
 
 @dataclass(slots=True)
@@ -418,6 +426,7 @@ class Event:
     payload_len: int = 0
     inspected: int = 0
     data: bytes = field(default=b"", repr=False)
+    place: int = 0  # replay build: the packet's place in its capture (record_place)
 
     @property
     def name(self) -> str:
@@ -432,21 +441,22 @@ class Event:
             raise ValueError(f"event of {len(raw)} bytes is shorter than its {EV_HDR_SIZE}-byte header")
         typ = raw[0]
         if typ == EV_SAMPLE:
-            _, d, ts, la, ha, lp, hp, vlan, proto, plen, caplen, inspected = _EV_SAMPLE_FMT.unpack_from(raw)
+            _, d, place, ts, la, ha, lp, hp, vlan, proto, plen, caplen, inspected = _EV_SAMPLE_FMT.unpack_from(raw)
             return cls(typ, d, ts, _new_key(FlowKey, (la, ha, lp, hp, vlan, proto)), 0, 0, 0, 0, plen, inspected,
-                       bytes(raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen]))
+                       bytes(raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen]), place)
         if typ == EV_CLASSIFIED:
-            _, d, ts, la, ha, lp, hp, vlan, proto, old, new, reason, pkts = _EV_CLASSIFIED_FMT.unpack_from(raw)
-            return cls(typ, d, ts, _new_key(FlowKey, (la, ha, lp, hp, vlan, proto)), old, new, reason, pkts)
+            _, d, place, ts, la, ha, lp, hp, vlan, proto, old, new, reason, pkts = _EV_CLASSIFIED_FMT.unpack_from(raw)
+            return cls(typ, d, ts, _new_key(FlowKey, (la, ha, lp, hp, vlan, proto)), old, new, reason, pkts, 0, 0, b"",
+                       place)
         if typ in _EV_BIG_TYPES:
-            _, d, ts, la, ha, lp, hp, vlan, proto, plen, caplen = _EV_BIG_FMT.unpack_from(raw)
+            _, d, place, ts, la, ha, lp, hp, vlan, proto, plen, caplen = _EV_BIG_FMT.unpack_from(raw)
             return cls(typ, d, ts, _new_key(FlowKey, (la, ha, lp, hp, vlan, proto)), payload_len=plen,
-                       data=bytes(raw[_BIG_DATA:_BIG_DATA + caplen]))
+                       data=bytes(raw[_BIG_DATA:_BIG_DATA + caplen]), place=place)
         raise ValueError(f"unknown event type {typ}")
 
     def pack(self) -> bytes:
         """Inverse of unpack (used by tests and by tools that synthesise events)."""
-        hdr = EV_HDR_FMT.pack(self.type, self.dir, self.ts_ns) + self.key.pack()
+        hdr = EV_HDR_FMT.pack(self.type, self.dir, self.place, self.ts_ns) + self.key.pack()
         if self.type == EV_CLASSIFIED:
             return hdr + EV_CLASSIFIED_FMT.pack(self.old_cls, self.new_cls, self.reason, self.pkts)
         if self.type == EV_SAMPLE:

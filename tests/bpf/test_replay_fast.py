@@ -291,6 +291,32 @@ def test_samples_end_a_batch_only_once_they_may_decide(kern, tmp_path):
     assert late <= returns <= late + 2
 
 
+def test_only_classified_records_the_daemon_acts_on_end_a_batch(kern, tmp_path):
+    """A `classified` record leads the daemon to write into the kernel only for a strong decision on UDP (its proving
+    ends go into `endpoints`, which the very next new flow may need); any other's batch goes on. 30 NTP flows, each
+    classified `other` (service port) by its first packet, share batches; then an ICE exchange decided p2p
+    (ice-both) ends its batch, so that the next packet, a new flow from one of its ends, is known-endpoint."""
+    from tests.bpf.packets import stun, udp4
+
+    ms = [(0x8055, b"\x00\x01\x00\x02"), (0x8008, b"\x00\x00\x00\x06"), (0x0024, b"\x6e\x00\x1e\xff"),
+          (0x802A, b"\x01" * 8), (0x8037, b"\x00\x00\x00\x02")]  # a Teams client's Binding request attributes
+    a, b = ("192.168.5.5", 50012), ("203.0.113.9", 50020)
+    ntp = [udp4("192.168.6.1", 40000 + i, "192.0.2.123", 123, b"\x23" + b"\0" * 47) for i in range(30)]
+    frames = [*ntp, udp4(*a, *b, stun(0x0001, ms)), udp4(*b, *a, stun(0x0001, ms)),
+              udp4(*a, "198.51.100.77", 40001, b"\x00\x11\x02" + b"\x5a" * 20)]  # no SoM probe: only `a` tells
+    path = tmp_path / "ice.pcap"
+    write_pcap(path, [(1_000_000_000 + i * 1_000_000, f) for i, f in enumerate(frames)])
+    out = assert_same(kern, [str(path)])
+    rows = {(r["a"], r["b"]): r for r in out["json"]["flows"]}
+    assert rows[("192.168.5.5:50012", "203.0.113.9:50020")]["reason"] == "ice-both"
+    probe = rows[("192.168.5.5:50012", "198.51.100.77:40001")]
+    assert (probe["class"], probe["reason"]) == ("skype-signaling", "known-endpoint"), probe
+    assert sum(r["reason"] == "service-port" for r in rows.values()) == 30
+    packets, runs = _runs(kern, [str(path)])
+    # the NTP packets' `classified` records wait: a handful of batches (a run each, before this, made 30)
+    assert packets == 33 and runs <= 10, runs
+
+
 def test_walker_hands_over_every_record_in_order(kern, tmp_path):
     """The helper takes the ring buffer's records itself (no libbpf callback): more than one return's worth waiting
     before the walk (here 200 `dns` records, about 120 KB, and 200 `classified`) comes out over several EVENTS

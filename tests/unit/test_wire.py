@@ -96,13 +96,18 @@ def test_key_offsets_and_direction(layout):
 
 def test_event_roundtrip(layout):
     k = wire.FlowKey.make("192.0.2.1", 1, "198.51.100.2", 2, 17)
-    for ev in (wire.Event(wire.EV_CLASSIFIED, 1, 99, k, old_cls=0, new_cls=4, reason=0x40, pkts=3),
-               wire.Event(wire.EV_SAMPLE, 0, 5, k, payload_len=67, inspected=9, data=bytes(range(64))),
+    for ev in (wire.Event(wire.EV_CLASSIFIED, 1, 99, k, old_cls=0, new_cls=4, reason=0x40, pkts=3, place=12),
+               wire.Event(wire.EV_SAMPLE, 0, 5, k, payload_len=67, inspected=9, data=bytes(range(64)), place=2**32 - 1),
                wire.Event(wire.EV_DNS, 1, 6, k, payload_len=100, data=b"x" * 100)):
         raw = ev.pack()
         assert len(raw) == layout[{wire.EV_CLASSIFIED: "sg_ev_classified", wire.EV_SAMPLE: "sg_ev_sample",
                                    wire.EV_DNS: "sg_ev_big"}[ev.type]]
         assert wire.Event.unpack(raw) == ev
+        # the replay reads a waiting record's packet place without decoding it
+        at = layout["sg_ev_hdr.place"]
+        assert wire.record_place(raw) == ev.place and raw[at:at + 4] == ev.place.to_bytes(4, "little")
+        if ev.type == wire.EV_SAMPLE:
+            assert wire.sample_record(raw)[:2] == (ev.dir, ev.ts_ns)
     raw = wire.Event(wire.EV_SAMPLE, 0, 5, k, payload_len=67, inspected=9, data=b"abc").pack()
     assert raw[layout["sg_ev_sample.data"]:][:3] == b"abc" and raw[layout["sg_ev_sample.inspected"]] == 9
     with pytest.raises(ValueError):
@@ -169,6 +174,7 @@ def test_flag_and_bit_values_are_unique_within_their_field():
 
 @pytest.mark.parametrize("text, what", [
     ("#define SG_X foo\n", "not an integer"),
+    ("#define SG_X (SG_Y | 1)\n#define SG_Y 2\n", "SG_Y is not defined above"),
     ('#define SG_X 1 /* "Not-A-Name" */\n', "wire name"),
     ("struct sg_a {\n\tint x;\n};\n", "cannot read this member"),
     ("struct sg_a {\n\t__u8 x[SG_NOPE];\n};\n", "array dimension"),
@@ -179,6 +185,13 @@ def test_flag_and_bit_values_are_unique_within_their_field():
 def test_the_reader_refuses_what_it_does_not_understand(text, what):
     with pytest.raises(cheader.HeaderError, match=what):
         cheader.parse(text, "t.h")
+
+
+def test_reader_takes_constants_defined_above():
+    h = cheader.parse("#define SG_A 0x1\n#define SG_B (1 << 3)\n#define SG_AB (SG_A | SG_B) /* both */\n", "t.h")
+    assert h.consts["SG_AB"] == 9
+    assert wire.C["SG_STRONG_REASONS"] == (wire.C["SG_R_SOM_VOICE"] | wire.C["SG_R_ICE_BOTH"] | wire.C["SG_R_ICE_LITE"]
+                                     | wire.C["SG_R_RTP_STATIC"] | wire.C["SG_R_MS_PREFIX"])
 
 
 def test_reader_layout_rules():

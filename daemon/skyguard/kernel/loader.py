@@ -235,13 +235,14 @@ class Kernel:
         self.close()
 
     # -- test run ----------------------------------------------------------------------------------------------------
-    def test_run(self, frame: bytes, ts_ns: int | None = None, repeat: int = 1) -> RunResult:
-        """Run the program on `frame`; `ts_ns` (replay build only) is the packet's time, handed over as metadata."""
+    def test_run(self, frame: bytes, ts_ns: int | None = None, repeat: int = 1, place: int = 0) -> RunResult:
+        """Run the program on `frame`; `ts_ns` (replay build only) is the packet's time, handed over as metadata with
+        `place`, the packet's place in its capture (its records carry it: wire.record_place)."""
         if ts_ns is None:
             return prog_test_run(self.prog_fd, frame, 0, repeat)
         if not self.replay:
             raise ValueError("ts_ns needs Kernel(replay=True): the live program has no metadata clock")
-        meta = wire.META_FMT.pack(wire.META_MAGIC, 0, ts_ns)
+        meta = wire.META_FMT.pack(wire.META_MAGIC, place, ts_ns)
         return prog_test_run(self.prog_fd, meta + frame, len(meta), repeat)
 
     # -- events ------------------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
                  on_packet: Callable[[int, int], None] | None) -> None:
     """One test run per packet from Python, the ring buffer drained and decisions written back after each."""
     for pkt in read_packets(path):
-        res = kernel.test_run(pkt.frame, ts_ns=pkt.ts_ns)
+        res = kernel.test_run(pkt.frame, ts_ns=pkt.ts_ns, place=run.packets + 1)
         run.packets += 1
         idx["n"] = run.packets
         run.verdicts[XDP_VERDICTS.get(res.verdict, str(res.verdict))] += 1
@@ -221,13 +221,17 @@ def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
 
 def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, bar: Progress) -> None:
     """The same loop in the compiled helper: it comes back after each test run that left a record which may lead
-    to a decision, with every record waiting, and the slow path acts on them (and writes its decisions) before the
-    helper runs the next packet. A batch ends after any packet whose record may decide; it goes on past a sample that
-    cannot (SG_SAMPLES_MIN), whose record waits, across batches too. So every decision reaches the kernel before the
-    next packet, as in the Python loop, and packets that leave no such record need no trip through Python."""
+    the slow path to write into the kernel, with every record waiting, and the slow path acts on them (and writes its
+    decisions) before the helper runs the next packet. A batch ends after any packet whose record may have the slow
+    path write; it goes on past one that cannot (a sample below SG_SAMPLES_MIN, a `classified` record outside
+    SG_STRONG_REASONS), whose record waits, across batches too. So every write reaches the kernel before the next
+    packet, as in the Python loop, and packets that leave no such record need no trip through Python. A waiting
+    `classified` record is a kernel decision made at an earlier packet: it is noted at that packet's place, which
+    the record carries, as the Python loop notes it."""
     from skyguard.offline import fastwalk as fw
 
     unpack, handle, sample, ev_sample = wire.Event.unpack, eng.handle, eng.handle_sample, wire.EV_SAMPLE
+    ev_classified, place_of = wire.EV_CLASSIFIED, wire.record_place
     with walk(path, kernel.prog_fd, ring, kernel.batch_map_fd) as w:
         try:
             while True:
@@ -239,6 +243,12 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
                         try:
                             if rec[0] == ev_sample:  # most records: handed over undecoded
                                 sample(rec)
+                            elif rec[0] == ev_classified:
+                                idx["n"] = place_of(rec) or step.packets
+                                try:
+                                    handle(unpack(rec))
+                                finally:
+                                    idx["n"] = step.packets
                             else:
                                 handle(unpack(rec))
                         except Exception as e:  # noqa: BLE001 - raised once the rest is handled, as drain_events does

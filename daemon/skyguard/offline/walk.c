@@ -1,18 +1,20 @@
 /* skyguard replay's packet loop: walks a memory-mapped pcap or pcapng capture and hands every packet to the XDP
- * program through BPF_PROG_TEST_RUN, with the capture timestamp in the XDP metadata (struct sg_meta).
+ * program through BPF_PROG_TEST_RUN, with its capture timestamp and place in the XDP metadata (struct sg_meta).
  *
  * Compiled by skyguard itself (offline/fastwalk.py, with the system's gcc, into a cache directory) and called through
- * ctypes. It returns to Python only when the program's ring buffer holds a record that may lead to a decision after
- * a run (the slow path must see it, and write its decisions back, before the next packet: the order the per-packet
- * Python loop gives), at the end of the capture, on a capture error, or after about `max_packets` packets (progress).
- * Records that cannot decide (a flow's early samples) wait across runs, up to half of `ev`. It hands the records over
+ * ctypes. It returns to Python only when the program's ring buffer holds a record that may lead the slow path to
+ * write into the kernel after a run (the slow path must see it, and write its decisions back, before the next packet:
+ * the order the per-packet Python loop gives), at the end of the capture, on a capture error, or after about
+ * `max_packets` packets (progress). Records that cannot (a flow's early samples, a `classified` record of a decision
+ * outside SG_STRONG_REASONS) wait across runs, up to half of `ev`; each carries its packet's place in the capture. It hands the records over
  * itself: it consumes them from the ring buffer as libbpf's ring_buffer__consume would, into `ev` (a length, then the
  * record, each), so that Python reads all of a run's records from one buffer instead of one callback per record.
  *
  * Batches: given the replay build's `batch` map, up to SG_BATCH_MAX packets go into one test run (struct sg_batch in
  * bpf/skyguard.h says how the program walks them). The program ends a batch after a packet that left a record which
- * may lead to a decision, so the slow path acts on the same records, in the same order and before the same packets,
- * as with one run per packet; packets read ahead wait in `stage` for the next run. A packet shorter than an Ethernet header, or too long for a batch, runs alone.
+ * may lead the slow path to write into the kernel, so the slow path acts on the same records, in the same order and
+ * before the same packets, as with one run per packet; packets read ahead wait in `stage` for the next run. A packet
+ * shorter than an Ethernet header, or too long for a batch, runs alone.
  *
  * Capture parsing mirrors offline/pcap.py exactly, error messages and byte offsets included: the identical-output
  * test (tests/bpf/test_replay_fast.py) holds the two to each other. */
@@ -690,14 +692,14 @@ static uint32_t batch_size(const struct sgw *w)
 /* One test run of the first `k` staged packets; their verdicts counted. Returns how many ran, or SGW_ERUN. */
 static int64_t run_staged(struct sgw *w, uint32_t k)
 {
-	uint32_t magic = SG_META_MAGIC, zero = 0, total = 0;
+	uint32_t magic = SG_META_MAGIC, place = (uint32_t)(w->packets + 1), total = 0;
 	uint8_t *f = w->run_buf;
 	struct sgw_test_attr a;
 	uint32_t ctx[6] = {META_LEN, 0, 0, 0, 0, 0}; /* struct xdp_md */
 	uint64_t ran;
 
 	memcpy(f, &magic, 4);
-	memcpy(f + 4, &zero, 4);
+	memcpy(f + 4, &place, 4); /* the first packet's place in the capture (struct sg_meta) */
 	memcpy(f + 8, &w->sts[0], 8);
 	memset(&a, 0, sizeof(a));
 	a.prog_fd = w->prog_fd;
@@ -735,6 +737,7 @@ static int64_t run_staged(struct sgw *w, uint32_t k)
 			w->batch->pkt[j].ts_ns = w->sts[j];
 		}
 		w->batch->skip = total - w->slen[0];
+		w->batch->place = place;
 		w->batch->done = 0;
 		w->batch->n = k;
 	}
@@ -848,8 +851,8 @@ int sgw_run(struct sgw *w, uint64_t max_packets)
 
 		if (ran < 0)
 			return (int)ran;
-		/* records that may decide go to Python now; records that cannot (early samples) may wait for more batches,
-		 * as long as one return's `ev` holds them all */
+		/* records that may have the slow path write go to Python now; records that cannot (early samples, weak
+		 * `classified` records) may wait for more batches, as long as one return's `ev` holds them all */
 		uint64_t waiting = __atomic_load_n(w->ring->prod, __ATOMIC_ACQUIRE) -
 				   __atomic_load_n(w->ring->cons, __ATOMIC_ACQUIRE);
 

@@ -32,9 +32,9 @@ R_MANUAL = wire.C["SG_R_MANUAL"]
 R_SOM_VOICE = wire.C["SG_R_SOM_VOICE"]
 S_MS = wire.C["SG_S_MS"]
 # kernel decisions on strong evidence, whose proving ends are learned: SoM voice, and the Microsoft-attribute rows that
-# settle a flow (a provisional ms-stun-attr alone teaches nothing: one end's attributes may be a relay's answer)
-R_STRONG = (R_SOM_VOICE | wire.C["SG_R_ICE_BOTH"] | wire.C["SG_R_ICE_LITE"] | wire.C["SG_R_RTP_STATIC"]
-            | wire.C["SG_R_MS_PREFIX"])
+# settle a flow (a provisional ms-stun-attr alone teaches nothing: one end's attributes may be a relay's answer). The
+# replay build reads the same constant: only these `classified` records end its batch.
+R_STRONG = wire.C["SG_STRONG_REASONS"]
 EXPIRE_BATCH = 20_000
 EV_CLASSIFIED = wire.EV_CLASSIFIED
 _EVENT_NAMES = wire.EVENT_NAMES  # type -> name, for the per-event counter
