@@ -280,8 +280,7 @@ static __always_inline void sg_replay_record(__u32 size, int writes)
 	if (!b)
 		return;
 	b->waiting += (size + 8 + 7) & ~7; /* with its ring buffer header, rounded up to 8 */
-	if (writes || b->waiting > SG_RINGBUF_BYTES / 4)
-		b->stop = 1;
+	b->stop |= writes | (b->waiting > SG_RINGBUF_BYTES / 4); /* no branch: fewer states for the verifier */
 #endif
 }
 

@@ -315,6 +315,35 @@ def test_only_classified_records_the_daemon_acts_on_end_a_batch(kern, tmp_path):
     packets, runs = _runs(kern, [str(path)])
     # the NTP packets' `classified` records wait: a handful of batches (a run each, before this, made 30)
     assert packets == 33 and runs <= 10, runs
+    # and the walker comes back to Python right after packet 32, the ICE decision's, whatever the batches' sizes
+    replay._fresh_state(kern)
+    stops = []
+    with fastwalk.Ring(kern.ring_map_fd) as ring, fastwalk.Walker(path, kern.prog_fd, ring, kern.batch_map_fd) as w:
+        while (step := w.run()).status != fastwalk.END:
+            if step.status == fastwalk.EVENTS:
+                stops.append(step.packets)
+            for _rec in w.records():
+                pass
+    assert 32 in stops, stops
+
+
+def test_waiting_records_before_a_failed_run_are_noted_at_their_packets(kern, tmp_path):
+    """A test run that fails (here a runt frame, which BPF_PROG_TEST_RUN refuses) ends the replay with its error, but
+    the records still waiting from the packets before it are handed over first, each noted at its own packet."""
+    from tests.bpf.packets import udp4
+
+    ntp = [udp4("192.168.6.1", 40000 + i, "192.0.2.123", 123, b"\x23" + b"\0" * 47) for i in range(20)]
+    path = tmp_path / "runt.pcap"
+    write_pcap(path, [(1_000_000_000 + i * 1_000_000, f) for i, f in enumerate([*ntp, b"\1\2\3"])])
+    out = assert_same(kern, [str(path)])
+    assert [d["packet"] for d in out["decisions"]] == list(range(1, 21))
+    assert out["captures"][0][3]  # the error is reported
+
+
+def test_a_record_place_past_32_bits_is_rebuilt():
+    assert replay._place(5, 5) == 5 and replay._place(3, 40) == 3 and replay._place(0, 40) == 40
+    big = (1 << 32) + 7  # the packet 2^32 + 7 carries 7
+    assert replay._place(big & 0xFFFFFFFF, big + 12) == big
 
 
 def test_walker_hands_over_every_record_in_order(kern, tmp_path):

@@ -207,7 +207,7 @@ def _loop_python(kernel, eng, path, run: CaptureRun, idx: dict, bar: Progress,
                  on_packet: Callable[[int, int], None] | None) -> None:
     """One test run per packet from Python, the ring buffer drained and decisions written back after each."""
     for pkt in read_packets(path):
-        res = kernel.test_run(pkt.frame, ts_ns=pkt.ts_ns, place=run.packets + 1)
+        res = kernel.test_run(pkt.frame, ts_ns=pkt.ts_ns, place=(run.packets + 1) & _PLACE_MASK)
         run.packets += 1
         idx["n"] = run.packets
         run.verdicts[XDP_VERDICTS.get(res.verdict, str(res.verdict))] += 1
@@ -244,7 +244,7 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
                             if rec[0] == ev_sample:  # most records: handed over undecoded
                                 sample(rec)
                             elif rec[0] == ev_classified:
-                                idx["n"] = place_of(rec) or step.packets
+                                idx["n"] = _place(place_of(rec), step.packets)
                                 try:
                                     handle(unpack(rec))
                                 finally:
@@ -271,6 +271,15 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
                     run.verdicts[XDP_VERDICTS.get(v, "other")] += n
             run.kernel_ns = w.kernel_ns
             run.runs = w.runs
+
+
+_PLACE_MASK = 0xFFFFFFFF  # a record carries its packet's place in 32 bits (struct sg_meta)
+
+
+def _place(carried: int, ran: int) -> int:
+    """The place of the packet that left a record, from the 32 bits it carries and the packets run so far (a record
+    waits far fewer than 2^32 packets); 0 carried: not a packet of this walk (put there before), noted at `ran`."""
+    return ran - ((ran - carried) & _PLACE_MASK) if carried else ran
 
 
 _build_note_shown = False

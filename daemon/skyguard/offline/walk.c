@@ -826,7 +826,8 @@ static uint64_t take_records(struct sgw *w)
 
 /* Run packets until a run leaves a record that may decide, or the records waiting fill half of `ev` (SGW_EVENTS: they
  * are in `ev`), the capture ends (SGW_END; waiting records are handed over first), about `max_packets` have run in
- * this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails (SGW_ERUN: err_no).
+ * this call (SGW_PAUSE), a record is bad (SGW_ECAPTURE: err, err_off) or a test run fails (SGW_ERUN: err_no; the
+ * records waiting from earlier packets are handed over first, as at the end).
  * Packets before a bad record all run first, as in the per-packet loop. */
 int sgw_run(struct sgw *w, uint64_t max_packets)
 {
@@ -849,8 +850,14 @@ int sgw_run(struct sgw *w, uint64_t max_packets)
 			return take_records(w) ? SGW_EVENTS : w->pending; /* the last packets' records first */
 		int64_t ran = run_staged(w, batch_size(w));
 
-		if (ran < 0)
-			return (int)ran;
+		if (ran < 0) {
+			/* records waiting from the packets that ran go to Python first, the error after, as at a capture's
+			 * end; the packets staged behind the failed run never run */
+			w->pending = (int)ran;
+			w->nstage = 0;
+			w->stage_used = 0;
+			return take_records(w) ? SGW_EVENTS : (int)ran;
+		}
 		/* records that may have the slow path write go to Python now; records that cannot (early samples, weak
 		 * `classified` records) may wait for more batches, as long as one return's `ev` holds them all */
 		uint64_t waiting = __atomic_load_n(w->ring->prod, __ATOMIC_ACQUIRE) -
