@@ -254,23 +254,10 @@ static __always_inline __u64 sg_clock(struct xdp_md *ctx, void *data, __u8 *from
 }
 
 /* ---- events ---- */
-/* A record that may lead the slow path to write into the kernel (a `dns`, `tls` or `http` record) went into the ring
- * buffer: a replay's batch ends after this packet, for the slow path to act on it before the next one. */
-static __always_inline void sg_replay_emitted(void)
-{
-#ifdef SG_META_CLOCK
-	__u32 zero = 0;
-	struct sg_batch *b = batch.lookup(&zero);
-
-	if (b)
-		b->stop = 1;
-#endif
-}
-
 /* A record of `size` bytes went into the ring buffer, one the daemon acts on by writing into the kernel only when
- * `writes`: then the batch ends after this packet. Any other may wait past it, across batches, until a quarter of the
- * ring buffer waits (the walker takes the records then, and sets `waiting` to what it left): no record is lost to a
- * full ring. */
+ * `writes`: then a replay's batch ends after this packet, for the slow path to act on it before the next one. Any
+ * other may wait past it, across batches, until a quarter of the ring buffer waits (the walker takes the records then,
+ * and sets `waiting` to what it left): no record is lost to a full ring. */
 static __always_inline void sg_replay_record(__u32 size, int writes)
 {
 #ifdef SG_META_CLOCK
@@ -367,7 +354,7 @@ static __always_inline void sg_emit_big(struct sg_run *r, struct sg_pkt *pk, __u
 	ev->_pad = 0;
 	ev->caplen = sg_copy_payload(r, pk, ev->data, sizeof(ev->data));
 	events.ringbuf_submit(ev, SG_RB_FLAGS);
-	sg_replay_emitted();
+	sg_replay_record(sizeof(*ev), 1); /* names learned from DNS, decisions from TLS and HTTP */
 }
 
 /* Set the flow's class; a class change emits `classified`. Daemon-owned classes are never touched. */

@@ -377,7 +377,6 @@ EV_HTTP = C["SG_EV_HTTP"]
 EVENT_NAMES = header().group("SG_EV_")
 SAMPLE_BYTES, BIG_BYTES = C["SG_SAMPLE_BYTES"], C["SG_BIG_BYTES"]
 _, EV_HDR_FMT = _part("sg_ev_hdr", stop="key")  # type, dir, place, ts_ns
-_EV_PLACE_OFF = STRUCTS["sg_ev_hdr"].offset("place")
 EV_KEY_OFF = STRUCTS["sg_ev_hdr"].offset("key")
 EV_HDR_SIZE = STRUCTS["sg_ev_hdr"].size
 _, EV_CLASSIFIED_FMT = _part("sg_ev_classified", "old_cls")  # old_cls, new_cls, reason, pkts
@@ -407,12 +406,6 @@ def sample_record(raw: bytes) -> tuple[int, int, bytes, int, int, bytes]:
     return d, ts, key, plen, inspected, raw[_SAMPLE_DATA:_SAMPLE_DATA + caplen]
 
 
-def record_place(raw: bytes) -> int:
-    """The place in its capture of the packet that left a record (replay build; 0 from the live program). A record
-    may wait in the ring buffer past later packets of a replay's batch: this says which packet it was."""
-    return int.from_bytes(raw[_EV_PLACE_OFF:_EV_PLACE_OFF + 4], "little")
-
-
 @dataclass(slots=True)
 class Event:
     type: int
@@ -426,7 +419,7 @@ class Event:
     payload_len: int = 0
     inspected: int = 0
     data: bytes = field(default=b"", repr=False)
-    place: int = 0  # replay build: the packet's place in its capture (record_place)
+    place: int = 0  # replay build: the place in its capture of the packet that left it (struct sg_meta); 0 live
 
     @property
     def name(self) -> str:

@@ -281,14 +281,33 @@ def test_samples_end_a_batch_only_once_they_may_decide(kern, tmp_path):
     assert late <= runs <= late + 20
     # and their records wait in the ring buffer across those batches: the walker comes back to Python for the runs
     # that may decide (and the new flow's `classified`), not once per batch
+    returns = len(_returns(kern, path))
+    assert late <= returns <= late + 2
+
+
+def _returns(kern, path) -> list[int]:
+    """The packets run at each of the walker's returns to Python with records, over a fresh flow table."""
     replay._fresh_state(kern)
-    returns = 0
+    at = []
     with fastwalk.Ring(kern.ring_map_fd) as ring, fastwalk.Walker(path, kern.prog_fd, ring, kern.batch_map_fd) as w:
         while (step := w.run()).status != fastwalk.END:
-            returns += step.status == fastwalk.EVENTS
+            if step.status == fastwalk.EVENTS:
+                at.append(step.packets)
             for _rec in w.records():
                 pass
-    assert late <= returns <= late + 2
+    return at
+
+
+def _ntp(n: int) -> list[bytes]:
+    """n NTP flows of one packet each: the kernel classifies each `other` (service port) at its first packet."""
+    from tests.bpf.packets import udp4
+
+    return [udp4("192.168.6.1", 40000 + i, "192.0.2.123", 123, b"\x23" + b"\0" * 47) for i in range(n)]
+
+
+def _write(path: Path, frames: list[bytes]) -> str:
+    write_pcap(path, [(1_000_000_000 + i * 1_000_000, f) for i, f in enumerate(frames)])
+    return str(path)
 
 
 def test_only_classified_records_the_daemon_acts_on_end_a_batch(kern, tmp_path):
@@ -301,41 +320,27 @@ def test_only_classified_records_the_daemon_acts_on_end_a_batch(kern, tmp_path):
     ms = [(0x8055, b"\x00\x01\x00\x02"), (0x8008, b"\x00\x00\x00\x06"), (0x0024, b"\x6e\x00\x1e\xff"),
           (0x802A, b"\x01" * 8), (0x8037, b"\x00\x00\x00\x02")]  # a Teams client's Binding request attributes
     a, b = ("192.168.5.5", 50012), ("203.0.113.9", 50020)
-    ntp = [udp4("192.168.6.1", 40000 + i, "192.0.2.123", 123, b"\x23" + b"\0" * 47) for i in range(30)]
-    frames = [*ntp, udp4(*a, *b, stun(0x0001, ms)), udp4(*b, *a, stun(0x0001, ms)),
+    frames = [*_ntp(30), udp4(*a, *b, stun(0x0001, ms)), udp4(*b, *a, stun(0x0001, ms)),
               udp4(*a, "198.51.100.77", 40001, b"\x00\x11\x02" + b"\x5a" * 20)]  # no SoM probe: only `a` tells
-    path = tmp_path / "ice.pcap"
-    write_pcap(path, [(1_000_000_000 + i * 1_000_000, f) for i, f in enumerate(frames)])
-    out = assert_same(kern, [str(path)])
+    path = _write(tmp_path / "ice.pcap", frames)
+    out = assert_same(kern, [path])
     rows = {(r["a"], r["b"]): r for r in out["json"]["flows"]}
     assert rows[("192.168.5.5:50012", "203.0.113.9:50020")]["reason"] == "ice-both"
     probe = rows[("192.168.5.5:50012", "198.51.100.77:40001")]
     assert (probe["class"], probe["reason"]) == ("skype-signaling", "known-endpoint"), probe
     assert sum(r["reason"] == "service-port" for r in rows.values()) == 30
-    packets, runs = _runs(kern, [str(path)])
+    packets, runs = _runs(kern, [path])
     # the NTP packets' `classified` records wait: a handful of batches (a run each, before this, made 30)
     assert packets == 33 and runs <= 10, runs
     # and the walker comes back to Python right after packet 32, the ICE decision's, whatever the batches' sizes
-    replay._fresh_state(kern)
-    stops = []
-    with fastwalk.Ring(kern.ring_map_fd) as ring, fastwalk.Walker(path, kern.prog_fd, ring, kern.batch_map_fd) as w:
-        while (step := w.run()).status != fastwalk.END:
-            if step.status == fastwalk.EVENTS:
-                stops.append(step.packets)
-            for _rec in w.records():
-                pass
+    stops = _returns(kern, path)
     assert 32 in stops, stops
 
 
 def test_waiting_records_before_a_failed_run_are_noted_at_their_packets(kern, tmp_path):
     """A test run that fails (here a runt frame, which BPF_PROG_TEST_RUN refuses) ends the replay with its error, but
     the records still waiting from the packets before it are handed over first, each noted at its own packet."""
-    from tests.bpf.packets import udp4
-
-    ntp = [udp4("192.168.6.1", 40000 + i, "192.0.2.123", 123, b"\x23" + b"\0" * 47) for i in range(20)]
-    path = tmp_path / "runt.pcap"
-    write_pcap(path, [(1_000_000_000 + i * 1_000_000, f) for i, f in enumerate([*ntp, b"\1\2\3"])])
-    out = assert_same(kern, [str(path)])
+    out = assert_same(kern, [_write(tmp_path / "runt.pcap", [*_ntp(20), b"\1\2\3"])])
     assert [d["packet"] for d in out["decisions"]] == list(range(1, 21))
     assert out["captures"][0][3]  # the error is reported
 

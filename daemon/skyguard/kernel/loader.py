@@ -237,7 +237,7 @@ class Kernel:
     # -- test run ----------------------------------------------------------------------------------------------------
     def test_run(self, frame: bytes, ts_ns: int | None = None, repeat: int = 1, place: int = 0) -> RunResult:
         """Run the program on `frame`; `ts_ns` (replay build only) is the packet's time, handed over as metadata with
-        `place`, the packet's place in its capture (its records carry it: wire.record_place)."""
+        `place`, the packet's place in its capture (its records carry it: wire.Event.place)."""
         if ts_ns is None:
             return prog_test_run(self.prog_fd, frame, 0, repeat)
         if not self.replay:

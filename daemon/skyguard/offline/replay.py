@@ -231,7 +231,7 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
     from skyguard.offline import fastwalk as fw
 
     unpack, handle, sample, ev_sample = wire.Event.unpack, eng.handle, eng.handle_sample, wire.EV_SAMPLE
-    ev_classified, place_of = wire.EV_CLASSIFIED, wire.record_place
+    ev_classified = wire.EV_CLASSIFIED
     with walk(path, kernel.prog_fd, ring, kernel.batch_map_fd) as w:
         try:
             while True:
@@ -244,9 +244,10 @@ def _loop_compiled(walk, kernel, ring, eng, path, run: CaptureRun, idx: dict, ba
                             if rec[0] == ev_sample:  # most records: handed over undecoded
                                 sample(rec)
                             elif rec[0] == ev_classified:
-                                idx["n"] = _place(place_of(rec), step.packets)
+                                ev = unpack(rec)
+                                idx["n"] = _place(ev.place, step.packets)
                                 try:
-                                    handle(unpack(rec))
+                                    handle(ev)
                                 finally:
                                     idx["n"] = step.packets
                             else:

@@ -550,6 +550,12 @@ size_t sgw_ring_size(void)
 
 /* Open `path` for program `prog_fd`, its ring buffer `ring` (sgw_ring_open; it must outlive the walk) and batch map
  * `batch_fd` (-1: none, one packet per test run); 0, or -errno with nothing left open. */
+/* Bytes between the ring buffer's consumer and producer: the records waiting, with their headers. */
+static uint64_t ring_held(const struct sgw_ring *r)
+{
+	return __atomic_load_n(r->prod, __ATOMIC_ACQUIRE) - __atomic_load_n(r->cons, __ATOMIC_ACQUIRE);
+}
+
 int sgw_open(struct sgw *w, const char *path, int prog_fd, struct sgw_ring *ring, int batch_fd)
 {
 	struct stat st;
@@ -585,8 +591,7 @@ int sgw_open(struct sgw *w, const char *path, int prog_fd, struct sgw_ring *ring
 		w->batch = p;
 		w->batch_len = len;
 		w->batch->n = 0;
-		w->batch->waiting = (uint32_t)(__atomic_load_n(ring->prod, __ATOMIC_ACQUIRE) -
-					       __atomic_load_n(ring->cons, __ATOMIC_ACQUIRE));
+		w->batch->waiting = (uint32_t)ring_held(ring);
 	}
 	return 0;
 err:;
@@ -819,8 +824,8 @@ static uint64_t take_records(struct sgw *w)
 		if (cons >= prod)
 			prod = __atomic_load_n(r->prod, __ATOMIC_ACQUIRE);
 	}
-	if (w->batch) /* what is left in the ring, for the program's count of waiting records (sg_replay_sampled) */
-		w->batch->waiting = (uint32_t)(__atomic_load_n(r->prod, __ATOMIC_ACQUIRE) - cons);
+	if (w->batch) /* what is left in the ring, for the program's count of waiting records (sg_replay_record) */
+		w->batch->waiting = (uint32_t)ring_held(r);
 	return w->ev_len;
 }
 
@@ -860,8 +865,7 @@ int sgw_run(struct sgw *w, uint64_t max_packets)
 		}
 		/* records that may have the slow path write go to Python now; records that cannot (early samples, weak
 		 * `classified` records) may wait for more batches, as long as one return's `ev` holds them all */
-		uint64_t waiting = __atomic_load_n(w->ring->prod, __ATOMIC_ACQUIRE) -
-				   __atomic_load_n(w->ring->cons, __ATOMIC_ACQUIRE);
+		uint64_t waiting = ring_held(w->ring);
 
 		if (waiting && (w->stopped || waiting > EV_CAP / 2) && take_records(w))
 			return SGW_EVENTS;
