@@ -2,9 +2,10 @@
 packets/s, skyguard's kernel ns/packet (the kernel's BPF_PROG_TEST_RUN durations during a replay, per packet),
 `skyguard replay` end-to-end packets/s (the compiled loop, and the per-packet Python loop it replaced, both measured
 here) and their ratio to ndpiReader; then the marginal rate of each between two sizes of the same generated traffic
-(start-up cancels out), with the test runs per packet; the ceiling of the compiled loop itself: driving a program
-that does nothing, in batches and with one test run per packet; and the seconds to a loaded replay build, compiled
-and from its cached image.
+(start-up cancels out), with the test runs per packet; the same with the captures spread over one worker process per
+CPU (`skyguard replay --jobs N`), against ndpiReader in one process and in N processes at a time; the ceiling of the
+compiled loop itself: driving a program that does nothing, in batches and with one test run per packet; and the
+seconds to a loaded replay build, compiled and from its cached image.
 
 Usage: bench/peer.py [--captures DIR] [--json]
 """
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +120,60 @@ def walk_ceiling(paths: list[Path], batched: bool = True) -> dict | None:
         b.cleanup()
 
 
+def ndpi_lane_seconds(paths: list[Path], lanes: int) -> float | None:
+    """ndpiReader over `paths` in `lanes` processes at a time (it reads a pcap in one thread: -n is ignored for
+    files), each lane taking the next file when its last ends: the busiest lane's own processing seconds, as
+    ndpi_seconds counts them. What an analyst gets from running ndpiReader by hand on every CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    busy: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def one(p: Path) -> bool:
+        secs = ndpi_seconds([p])
+        if secs is None:
+            return False
+        with lock:
+            me = threading.get_ident()
+            busy[me] = busy.get(me, 0.0) + secs
+        return True
+
+    with ThreadPoolExecutor(max_workers=lanes) as ex:
+        ok = list(ex.map(one, sorted(paths, key=lambda p: -p.stat().st_size)))  # largest first, as ReplayPool
+    return max(busy.values()) if all(ok) and busy else None
+
+
+def marginal_parallel(small: list[Path], large: list[Path], jobs: int) -> dict:
+    """marginal() for `skyguard replay --jobs N`: the captures spread over N worker processes whose programs are
+    loaded (the pool's start-up left out, as the sequential replay's compile is), against ndpiReader in one process
+    (the tool has no parallel mode for captures) and in N processes at a time (ndpi_lane_seconds)."""
+    from skyguard.offline.parallel import ReplayPool
+
+    sizes = []
+    with ReplayPool(jobs) as pool:
+        for paths in (small, large):
+            best = None
+            for _ in range(TRIES):
+                t = time.perf_counter()
+                res = pool.replay(paths, engine="c")
+                secs = time.perf_counter() - t
+                best = secs if best is None else min(best, secs)
+            one = [ndpi_seconds(paths) for _ in range(TRIES)]
+            lanes = [ndpi_lane_seconds(paths, jobs) for _ in range(TRIES)]
+            sizes.append((sum(c.packets for c in res.captures), best, None if None in one else min(one),
+                          None if None in lanes else min(lanes)))
+    (p1, t1, n1, l1), (p2, t2, n2, l2) = sizes
+
+    def rate(a, b):
+        return (p2 - p1) / (b - a) if a is not None and b is not None and b > a else None
+
+    out = {"jobs": jobs, "packets": [p1, p2], "replay_pps": rate(t1, t2), "ndpi_pps": rate(n1, n2),
+           "ndpi_lanes_pps": rate(l1, l2)}
+    out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
+    out["lanes_ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_lanes_pps"] or 0)
+    return out
+
+
 def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     """Packets/s between two capture sets of the same traffic mix: (P2 - P1) / (T2 - T1), for the replay (kernel
     already compiled, as for one capture after another; per-capture set-up cancels out) and for ndpiReader, each T
@@ -180,6 +236,8 @@ def measure(cdir: Path = CAPTURES, small_calls: int = 5, large_calls: int = 40) 
         big = Path(td) / "large"
         gen.generate(11, big, calls=large_calls)
         marg = marginal(k, sorted(Path(td).glob("*.pcap")), sorted(big.glob("*.pcap")))
+        cpus = len(os.sched_getaffinity(0))
+        par = marginal_parallel(sorted(Path(td).glob("*.pcap")), sorted(big.glob("*.pcap")), cpus) if cpus > 1 else None
     tot = sum(r["packets"] for r in rows.values())
 
     def wmean(key):
@@ -191,7 +249,7 @@ def measure(cdir: Path = CAPTURES, small_calls: int = 5, large_calls: int = 40) 
     return {"captures": rows, "packets": tot, "mean": mean,
             "ratio_vs_ndpi": ratio(mean["replay_pps"] or 0, mean["ndpi_pps"] or 0),
             "python_ratio_vs_ndpi": ratio(mean["python_pps"] or 0, mean["ndpi_pps"] or 0),
-            "marginal": marg, "start": start}
+            "marginal": marg, "parallel": par, "start": start}
 
 
 def format_table(res: dict) -> str:
@@ -216,9 +274,20 @@ def format_table(res: dict) -> str:
               f"ceiling of the same C loop driving a program that does nothing (the larger set): batched "
               f"{f(m['ceiling_pps'], '.0f')} pps, {f(m['ceiling_ratio'], '.2f')}x nDPI's marginal rate; one test run "
               f"per packet {f(m['single_ceiling_pps'], '.0f')} pps, {f(m['single_ceiling_ratio'], '.2f')}x",
+              *_parallel_lines(res.get("parallel"), f),
               f"replay build ready in {st['compiled']:.2f} s compiled, {st['cached']:.2f} s from its cached image"
               f"{'' if st['cached_from_cache'] else ' (NOT from the cache)'}"]
     return "\n".join(lines)
+
+
+def _parallel_lines(par: dict | None, f) -> list[str]:
+    if not par:
+        return ["parallel replay: not measured (one CPU)"]
+    j = par["jobs"]
+    return [f"marginal pps of `skyguard replay --jobs {j}` (workers loaded): {f(par['replay_pps'], '.0f')}; "
+            f"nDPI in one process (it reads a pcap in one thread) {f(par['ndpi_pps'], '.0f')}, replay / nDPI "
+            f"{f(par['ratio'], '.2f')}x; nDPI {j} processes at a time {f(par['ndpi_lanes_pps'], '.0f')}, replay / "
+            f"nDPI {f(par['lanes_ratio'], '.2f')}x"]
 
 
 def main() -> int:

@@ -26,3 +26,25 @@ def test_ceiling_walks_every_packet_once_in_batches(bpf_ok, monkeypatch, tmp_pat
     assert single["runs"] == single["packets"]
     # nothing ends a batch but its size: most runs hold many packets
     assert batched["runs"] * wire.BATCH_MAX < batched["packets"] * 4
+
+
+def test_ndpi_lanes_count_every_file(bpf_ok, monkeypatch, tmp_path):
+    """The parallel comparison's ndpiReader side: files shared among lanes, None when any one of them gave no rate
+    (a lane that lost a file would make ndpiReader look faster)."""
+    import shutil
+
+    if not shutil.which("ndpiReader"):
+        from tests.conftest import skip_or_fail
+
+        skip_or_fail("ndpiReader (libndpi-bin) is not installed")
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sys.modules.pop("peer", None)
+    import peer
+
+    gen.generate(6, tmp_path, calls=1, kinds=["modern-p2p", "sip-rtp", "dns"])
+    paths = sorted(Path(tmp_path).glob("*.pcap"))
+    secs = peer.ndpi_lane_seconds(paths, 2)
+    assert secs is not None and secs > 0
+    bad = tmp_path / "garbage.pcap"
+    bad.write_bytes(b"not a capture at all")
+    assert peer.ndpi_lane_seconds([*paths, bad], 2) is None

@@ -102,13 +102,24 @@ def parse_keyspec(words: Sequence[str]) -> dict[str, Any]:
 # Commands that run here
 
 
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("at least 0 (0: one per CPU)")
+    return n or len(os.sched_getaffinity(0))
+
+
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files")
     p.add_argument("--policy", metavar="FILE", help="policy file (default: observe-only)")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/architecture.md, Replay JSON)")
-    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
                    help="replay up to N captures at once, one process each (each loads its own program and maps, "
-                        "about a second once the replay build's image is cached); the output is the same (default 1)")
+                        "about a second once the replay build's image is cached); 0: one per CPU. The output is the "
+                        "same (default 1)")
     p.add_argument("--log-all", action="store_true", help=argparse.SUPPRESS)
 
 

@@ -92,22 +92,27 @@ PROGRESS_EVERY = 65536  # packets the compiled loop runs before it lets the prog
 
 def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, progress: bool = False,
            on_packet: Callable[[int, int], None] | None = None, log_all: bool = False, engine: str = "auto",
-           jobs: int = 1) -> ReplayResult:
+           jobs: int = 1, bar: Callable[[int, str, bool], Progress] = Progress) -> ReplayResult:
     """Run captures through the program. Flows, learned prefixes and slow-path state start fresh for every capture.
 
     `engine`: "c" runs the packet loop in the compiled helper (fastwalk), "python" one test run per packet from
     Python (the reference the helper is tested against), "auto" the helper when it builds here, else Python; a
     per-packet `on_packet` callback needs the Python loop. `jobs` > 1 replays captures in that many processes, each
-    with its own program and maps, and merges the results (only without a caller's `kernel`)."""
+    with its own program and maps, and merges the results (only without a caller's `kernel`; offline/parallel.py).
+    `bar`: what draws a capture's progress (the parallel replay's workers count into their parent's instead)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
     if jobs > 1 and kernel is None and len(paths) > 1 and on_packet is None:
-        return _replay_parallel(paths, policy, jobs=jobs, log_all=log_all, engine=engine)
+        from skyguard.offline.parallel import ReplayPool
+
+        with ReplayPool(min(jobs, len(paths))) as pool:
+            return pool.replay(paths, policy, log_all=log_all, engine=engine, progress=progress)
     from skyguard.policy import default_policy
     from skyguard.slowpath.classify import SlowPath
     from skyguard.slowpath.engine import Engine
 
     policy = policy or default_policy()
+    make_bar = bar
     walk = _walker_factory(engine if on_packet is None else "python")
     own_kernel = kernel is None
     if kernel is None:
@@ -148,7 +153,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             eng.on_decision.append(note)
             before = kernel.stats()
             total = _count(path) if progress else 0
-            bar = Progress(total, Path(path).name, progress and total > 2000)
+            bar = make_bar(total, Path(path).name, progress and total > 2000)
             t0 = time.perf_counter()
             try:
                 if walk is None:
@@ -305,43 +310,6 @@ def _walker_factory(engine: str):
     return fastwalk.Walker
 
 
-_worker_kernel = None  # a parallel replay's worker compiles its program once and replays capture after capture
-
-
-def _worker_init() -> None:
-    global _worker_kernel
-    from skyguard.kernel.loader import Kernel
-
-    _worker_kernel = Kernel(replay=True)
-
-
-def _replay_one(path: str, policy, engine: str, log_all: bool) -> ReplayResult:
-    return replay([path], policy, kernel=_worker_kernel, engine=engine, log_all=log_all)
-
-
-def _replay_parallel(paths: Sequence[str | os.PathLike], policy, *, jobs: int, log_all: bool,
-                     engine: str) -> ReplayResult:
-    """Captures spread over `jobs` worker processes, each with its own program and maps; merged in the order given.
-    Every capture starts from fresh state anyway, so the merge equals a sequential replay."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    from skyguard.policy import default_policy
-
-    policy = policy or default_policy()
-    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=mp.get_context("fork"),
-                             initializer=_worker_init) as ex:
-        parts = list(ex.map(_replay_one, [str(p) for p in paths], [policy] * len(paths), [engine] * len(paths),
-                            [log_all] * len(paths)))
-    totals: Counter = Counter()
-    for r in parts:
-        totals.update(r.stats)
-    rows = [row for r in parts for row in r.flows]
-    rows.sort(key=lambda r: (r["capture"], r["first_ns"], r["a"], r["b"], r["proto"]))
-    return ReplayResult([c for r in parts for c in r.captures], policy.name, rows, dict(totals),
-                        [d for r in parts for d in r.decisions])
-
-
 def _count(path) -> int:
     from skyguard.offline.pcap import count_packets
 
@@ -349,6 +317,11 @@ def _count(path) -> int:
         return count_packets(path)
     except (CaptureError, OSError):
         return 0
+
+
+def count_all(paths: Sequence[str | os.PathLike]) -> int:
+    """Packets in all of `paths` (a progress bar's total; a capture that cannot be read counts none)."""
+    return sum(_count(p) for p in paths)
 
 
 def _quiet_logger():

@@ -1,0 +1,178 @@
+"""Captures replayed in worker processes, each with its own program and maps (`skyguard replay --jobs N`).
+
+A capture starts from fresh state in any replay (offline/replay.py, _fresh_state), so replaying captures in separate
+processes and merging the results in the order given equals replaying them one after the other in one process; the
+tests hold the two to each other.
+
+A ReplayPool loads its workers' programs once: as a context manager it can replay set after set with the programs
+already loaded, as a sequential replay with a caller's `kernel` does (bench/peer.py measures both that way). Captures
+go to the workers largest first, so that one large capture does not start last and run alone at the end.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+
+from skyguard.offline.replay import Progress, ReplayResult, count_all, replay
+
+READY_TIMEOUT_S = 600  # a worker's program is compiled on a cold image cache: tens of seconds, more on a slow machine
+PROGRESS_S = 0.2
+
+# the worker's own state, set by _init in each worker process
+_kernel = None
+_init_error: BaseException | None = None
+_shared_packets = None  # mp.Value: packets run by all the workers in the current replay (for the caller's bar)
+_barrier = None  # mp.Barrier: the pool's start waits for every worker's program
+
+
+def _init(shared, barrier) -> None:
+    """A worker loads its replay build once, for every capture it will replay. An error is kept and raised by the
+    first task (with its own type: the CLI tells a missing privilege from the rest), not lost in a broken pool.
+    The shared count and the barrier come in here, at the fork: multiprocessing's locks cannot go with a task."""
+    global _kernel, _init_error, _shared_packets, _barrier
+    _shared_packets, _barrier = shared, barrier
+    try:
+        from skyguard.kernel.loader import Kernel
+
+        _kernel = Kernel(replay=True)
+    except BaseException as e:  # noqa: BLE001 - handed to the parent by _ready or _one
+        _init_error = e
+
+
+def _ready() -> int:
+    """Held until every worker has loaded its program: each of the pool's first tasks runs in a worker of its own."""
+    assert _barrier is not None
+    if _init_error is not None:
+        _barrier.abort()  # the others stop waiting: the pool cannot start
+        raise _init_error
+    _barrier.wait(READY_TIMEOUT_S)
+    return os.getpid()
+
+
+class _SharedBar(Progress):
+    """A worker's progress, added into the parent's count instead of drawn (two workers cannot share a line)."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        super().__init__(total, label, False)
+        self._seen = 0
+
+    def update(self, n: int, force: bool = False) -> None:
+        # the Python loop updates after every packet: the shared count (a lock) is taken every few thousand
+        if _shared_packets is not None and (n - self._seen >= 4096 or (force and n > self._seen)):
+            with _shared_packets.get_lock():
+                _shared_packets.value += n - self._seen
+            self._seen = n
+
+
+def _one(path: str, policy, engine: str, log_all: bool) -> ReplayResult:
+    if _init_error is not None:
+        raise _init_error
+    return replay([path], policy, kernel=_kernel, engine=engine, log_all=log_all, bar=_SharedBar)
+
+
+class ReplayPool:
+    """`jobs` worker processes, started (each program loaded) when the pool is entered and kept until it is left."""
+
+    def __init__(self, jobs: int) -> None:
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.jobs = jobs
+        self._ex: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        # fork: the workers inherit the loaded modules (and bcc) instead of importing them again
+        self._ctx = mp.get_context("fork")
+        self._packets = self._ctx.Value("Q", 0)
+        self.pids: list[int] = []  # the workers, once started
+
+    def __enter__(self) -> ReplayPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if self._ex is not None:
+            return
+        barrier = self._ctx.Barrier(self.jobs)
+        self._ex = ProcessPoolExecutor(max_workers=self.jobs, mp_context=self._ctx, initializer=_init,
+                                       initargs=(self._packets, barrier))
+        futs = [self._ex.submit(_ready) for _ in range(self.jobs)]
+        try:
+            _first_error(futs)
+        except BaseException:
+            self.close()
+            raise
+        self.pids = sorted(f.result() for f in futs)
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            self._ex = None
+
+    def replay(self, paths: Sequence[str | os.PathLike], policy=None, *, log_all: bool = False,
+               engine: str = "auto", progress: bool = False) -> ReplayResult:
+        """replay(paths, policy) with the captures spread over the workers; the result is merged in the order given.
+        `progress`: one bar on the terminal for all the captures' packets."""
+        from skyguard.policy import default_policy
+
+        self.start()
+        assert self._ex is not None
+        policy = policy or default_policy()
+        paths = [str(p) for p in paths]
+        total = count_all(paths) if progress else 0
+        bar = Progress(total, f"{len(paths)} captures, {self.jobs} jobs", progress and total > 2000)
+        with self._lock:  # one replay at a time: the shared packet count is the current replay's
+            self._packets.value = 0
+            order = sorted(range(len(paths)), key=lambda i: -_size(paths[i]))  # largest first
+            futs: dict[int, Future] = {i: self._ex.submit(_one, paths[i], policy, engine, log_all)
+                                       for i in order}
+            pending = set(futs.values())
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=PROGRESS_S, return_when=FIRST_EXCEPTION)
+                    bar.update(self._packets.value)
+                    for f in done:
+                        f.result()  # a worker's exception (not a capture error: those are in the result) ends it
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+            finally:
+                bar.update(self._packets.value, force=True)
+                bar.done()
+        return merge([futs[i].result() for i in range(len(paths))], policy.name)
+
+
+def merge(parts: list[ReplayResult], policy_name: str) -> ReplayResult:
+    """Results of single captures, in the order of their captures, as one replay of all of them would give."""
+    totals: Counter = Counter()
+    for r in parts:
+        totals.update(r.stats)
+    rows = [row for r in parts for row in r.flows]
+    rows.sort(key=lambda r: (r["capture"], r["first_ns"], r["a"], r["b"], r["proto"]))
+    return ReplayResult([c for r in parts for c in r.captures], policy_name, rows, dict(totals),
+                        [d for r in parts for d in r.decisions])
+
+
+def _first_error(futs: list[Future]) -> None:
+    """Wait for `futs`; raise the first real error (a worker's own, not the barrier that its failure broke)."""
+    from threading import BrokenBarrierError
+
+    wait(futs)
+    errors = [f.exception() for f in futs if f.exception() is not None]
+    real = [e for e in errors if not isinstance(e, BrokenBarrierError)]
+    if real or errors:
+        raise (real or errors)[0]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
