@@ -429,12 +429,14 @@ class E2OTracker:
         som = dirs[0].som + dirs[1].som
         if cid_share <= CID_SHARE and som < SOM_SHARE * n:
             return None
-        det = self.chi2.deterministic()
+        # the chi-square last within each rule: in replays of calls most evaluations are of PC-to-PC media with a
+        # connection ID, whose sizes vary (iSAC), and end at the size test; the chi-square is counted once, if asked
+        det: list[bool] | None = None
         # E2O: constant CID in every direction, random rest, constant bit rate, regular clock, both ways
         if (
             cid_share > CID_SHARE
-            and sum(det[:8]) >= 7 and not any(det[8:])
             and all(d.cid_size.n >= 2 and d.cid_size.sd <= SIZE_SD_MAX for d in dirs)
+            and _e2o_chi2(det := self.chi2.deterministic())
             and all(d.regular() for d in dirs)
         ):
             sd = max(d.cid_size.sd for d in dirs)
@@ -445,14 +447,24 @@ class E2OTracker:
         if (
             (som / n if n else 0.0) >= SOM_SHARE
             and all(s >= SOM_DATA_SHARE for s in som_data_share)
-            and det[5] and not any(det[:4]) and not any(det[6:])
             and cid_share < 0.5
+            and _e2e_chi2(det := det if det is not None else self.chi2.deterministic())
         ):
             sd = max(d.all_size.sd for d in dirs)
             return Verdict(wire.P2P, R_SOM_VOICE,
                            f"som data {min(som_data_share):.0%} both ways, chi2 {sum(det)}/16 det (5-6), "
                            f"size sd {sd:.1f}B, {_periods(dirs) or 'irregular'}")
         return None
+
+
+def _e2o_chi2(det: list[bool]) -> bool:
+    """Bonfiglio's E2O pattern: the CID's groups (1-8, at least 7 of them) deterministic, the rest (9-16) random."""
+    return sum(det[:8]) >= 7 and not any(det[8:])
+
+
+def _e2e_chi2(det: list[bool]) -> bool:
+    """The E2E pattern: the SoM function byte's groups (5-6) deterministic, no other."""
+    return det[5] and not any(det[:4]) and not any(det[6:])
 
 
 def _periods(dirs: tuple[_Dir, _Dir]) -> str:
