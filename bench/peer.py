@@ -31,7 +31,7 @@ from skyguard import wire
 from skyguard.kernel.loader import Kernel  # noqa: E402
 from skyguard.lab import gen
 from skyguard.offline import replay  # noqa: E402
-from skyguard.offline.pcap import read_packets
+from skyguard.offline.pcap import CaptureError, read_packets
 
 CAPTURES = ROOT.parent / "shared" / "captures"
 # each rate is the best of this many runs, for ndpiReader and skyguard alike: a capture of a few hundred packets runs
@@ -69,15 +69,16 @@ def skyguard_run(k: Kernel, path: Path, engine: str = "c", tries: int = TRIES) -
     return best
 
 
-def ndpi_seconds(paths: list[Path]) -> float | None:
+def ndpi_seconds(paths: list[Path], counts: dict[Path, int] | None = None) -> float | None:
     """ndpiReader's own processing seconds over `paths` (packets / its reported throughput, file by file): its
-    process start-up is left out by ndpiReader itself, which wall-clock differences between small runs drown in."""
+    process start-up is left out by ndpiReader itself, which wall-clock differences between small runs drown in.
+    `counts`: the files' packets, when the caller has counted them."""
     total = 0.0
     for p in paths:
         pps = ndpi_pps(p, tries=1)  # the marginal's sets are measured TRIES times whole (marginal)
         if not pps:
             return None
-        total += sum(1 for _ in read_packets(p)) / pps
+        total += (counts[p] if counts else sum(1 for _ in read_packets(p))) / pps
     return total
 
 
@@ -122,15 +123,20 @@ def walk_ceiling(paths: list[Path], batched: bool = True) -> dict | None:
 
 def ndpi_lane_seconds(paths: list[Path], lanes: int) -> float | None:
     """ndpiReader over `paths` in `lanes` processes at a time (it reads a pcap in one thread: -n is ignored for
-    files), each lane taking the next file when its last ends: the busiest lane's own processing seconds, as
-    ndpi_seconds counts them. What an analyst gets from running ndpiReader by hand on every CPU."""
+    files), each lane running the next file as soon as its last ends (the packets are counted before, so that the
+    lanes' processes overlap): the busiest lane's own processing seconds, as ndpi_seconds counts them. What an
+    analyst gets from running ndpiReader by hand on every CPU."""
     from concurrent.futures import ThreadPoolExecutor
 
+    try:
+        counts = {p: sum(1 for _ in read_packets(p)) for p in paths}
+    except (CaptureError, OSError):
+        return None  # a file that cannot be read has no rate
     busy: dict[int, float] = {}
     lock = threading.Lock()
 
     def one(p: Path) -> bool:
-        secs = ndpi_seconds([p])
+        secs = ndpi_seconds([p], counts)
         if secs is None:
             return False
         with lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+from pathlib import Path
 
 import pytest
 
@@ -43,13 +44,15 @@ def test_pool_replays_set_after_set_with_programs_loaded_once(kern, captures3, t
     seq = outcome(replay.replay(captures3, pol, kernel=kern, engine="c"))
     assert seq["decisions"] and any(f["class"] == "skype-out" for f in seq["json"]["flows"])
     with parallel.ReplayPool(2) as pool:
-        assert len(pool.pids) == 2 and os.getpid() not in pool.pids
+        pids = list(pool.pids)
+        assert len(pids) == 2 and os.getpid() not in pids
         first = outcome(pool.replay(captures3, pol, engine="c"))
         again = outcome(pool.replay(list(reversed(captures3)), pol, engine="c"))
+        assert pool.pids == pids
     assert first == seq
     assert again["json"]["captures"] == [os.path.basename(p) for p in reversed(captures3)]
     assert again["json"]["flows"] == seq["json"]["flows"]  # rows are sorted by capture name: the same rows
-    assert sorted(loads.read_text().split()) == sorted(str(p) for p in pool.pids)  # once per worker, not per replay
+    assert sorted(loads.read_text().split()) == sorted(str(p) for p in pids)  # once per worker, not per replay
 
 
 def test_a_worker_that_cannot_load_fails_the_pool_with_its_own_error(bpf_ok, monkeypatch):
@@ -92,11 +95,91 @@ def test_broken_capture_reported_as_in_one_process(kern, captures3, tmp_path):  
 def test_workers_move_one_progress_bar(bpf_ok, captures3, capsys):
     total = replay.count_all(captures3)
     with parallel.ReplayPool(2) as pool:
-        res = pool.replay(captures3, engine="c", progress=True)
-    assert sum(c.packets for c in res.captures) == total > 2000
+        for _ in range(2):  # the second replay's count starts again from 0
+            res = pool.replay(captures3, engine="c", progress=True)
+            assert sum(c.packets for c in res.captures) == total > 2000
+            err = capsys.readouterr().err
+            assert err.endswith(f"{total}/{total} 100%\n")  # every worker's packets counted into the parent's bar
+            assert err.count("\n") == 1  # one bar, not one per worker
+
+
+def _patch_worker_replay(monkeypatch, tmp_path, action):
+    """The workers' replay of one capture, wrapped (the workers are forked after this, so they run the wrapper):
+    every capture started is logged, and `action(path)` runs first."""
+    log = tmp_path / "started"
+    real = parallel.replay
+
+    def wrapped(paths, *a, **k):
+        with open(log, "a") as f:
+            f.write(f"{paths[0]}\n")
+        action(paths[0])
+        return real(paths, *a, **k)
+
+    monkeypatch.setattr(parallel, "replay", wrapped)
+    return log
+
+
+def test_captures_start_largest_first(bpf_ok, captures3, tmp_path, monkeypatch):
+    log = _patch_worker_replay(monkeypatch, tmp_path, lambda p: None)
+    with parallel.ReplayPool(1) as pool:  # one worker: it takes the captures in the order they were handed out
+        pool.replay(captures3, engine="c")
+    assert log.read_text().split() == sorted(captures3, key=os.path.getsize, reverse=True)
+
+
+def test_a_failed_replay_leaves_nothing_running_into_the_next(bpf_ok, captures3, tmp_path, monkeypatch, capsys):
+    import time
+
+    def action(path):
+        if "boom" in path:
+            raise RuntimeError("a bug in one capture's replay")
+        time.sleep(1)  # the other captures are still running when the failure comes
+
+    boom = tmp_path / "boom.pcap"
+    boom.write_bytes(Path(captures3[0]).read_bytes())
+    _patch_worker_replay(monkeypatch, tmp_path, action)
+    total = replay.count_all(captures3)
+    pool = parallel.ReplayPool(2)
+    with pool:
+        first = list(pool.pids)
+        with pytest.raises(RuntimeError, match="a bug"):
+            pool.replay([str(boom), *captures3], engine="c")
+        for pid in first:  # the failed replay's workers are gone, not finishing its captures
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        capsys.readouterr()
+        res = pool.replay(captures3, engine="c", progress=True)  # new workers, the count of this replay alone
+        assert set(pool.pids).isdisjoint(first)
+        assert sum(c.packets for c in res.captures) == total
+        assert capsys.readouterr().err.endswith(f"{total}/{total} 100%\n")
+
+
+def test_a_worker_that_dies_is_one_line_of_error(bpf_ok, captures3, tmp_path, monkeypatch, capsys):
+    def action(path):
+        if path == captures3[1]:
+            os._exit(3)
+
+    _patch_worker_replay(monkeypatch, tmp_path, action)
+    assert replay.main([*captures3, "--jobs", "2"]) == 1
     err = capsys.readouterr().err
-    assert f"{total}/{total} 100%" in err  # every worker's packets counted into the parent's bar
-    assert err.count("\n") == 1  # one bar, not one per worker
+    assert err.startswith("skyguard: a replay worker failed") and "Traceback" not in err
+
+
+def test_a_worker_that_hangs_loading_times_out(bpf_ok, monkeypatch):
+    import multiprocessing as mp
+    import time
+
+    from skyguard.kernel import loader
+
+    def hang(*a, **k):
+        time.sleep(600)
+
+    monkeypatch.setattr(loader, "Kernel", hang)
+    monkeypatch.setattr(parallel, "READY_TIMEOUT_S", 1)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match="not ready"), parallel.ReplayPool(1):
+        pass
+    assert time.monotonic() - t < 60
+    assert not mp.active_children()  # the hung worker was ended, not left behind
 
 
 def test_jobs_argument():

@@ -118,8 +118,8 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/architecture.md, Replay JSON)")
     p.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
                    help="replay up to N captures at once, one process each (each loads its own program and maps, "
-                        "about a second once the replay build's image is cached); 0: one per CPU. The output is the "
-                        "same (default 1)")
+                        "about a second once the replay build's image is cached), at most one per CPU; 0: one per "
+                        "CPU. The output is the same (default 1)")
     p.add_argument("--log-all", action="store_true", help=argparse.SUPPRESS)
 
 

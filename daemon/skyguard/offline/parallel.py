@@ -76,14 +76,16 @@ def _one(path: str, policy, engine: str, log_all: bool) -> ReplayResult:
 
 
 class ReplayPool:
-    """`jobs` worker processes, started (each program loaded) when the pool is entered and kept until it is left."""
+    """`jobs` worker processes, started (each program loaded) when the pool is entered and kept until it is left.
+    A replay that fails (a worker's error, a worker that died, an interrupt) ends the workers, so that none of its
+    captures runs on into the next replay; the next replay starts new ones."""
 
     def __init__(self, jobs: int) -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
         self.jobs = jobs
         self._ex: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one start, replay or close at a time (replay starts the pool itself)
         # fork: the workers inherit the loaded modules (and bcc) instead of importing them again
         self._ctx = mp.get_context("fork")
         self._packets = self._ctx.Value("Q", 0)
@@ -97,23 +99,39 @@ class ReplayPool:
         self.close()
 
     def start(self) -> None:
-        if self._ex is not None:
-            return
-        barrier = self._ctx.Barrier(self.jobs)
-        self._ex = ProcessPoolExecutor(max_workers=self.jobs, mp_context=self._ctx, initializer=_init,
-                                       initargs=(self._packets, barrier))
-        futs = [self._ex.submit(_ready) for _ in range(self.jobs)]
-        try:
-            _first_error(futs)
-        except BaseException:
-            self.close()
-            raise
-        self.pids = sorted(f.result() for f in futs)
+        """Start the workers and wait until every one has loaded its program; a worker's error is raised, and a load
+        that takes longer than READY_TIMEOUT_S (a hung worker) raises TimeoutError. Either way no worker is left."""
+        with self._lock:
+            if self._ex is not None:
+                return
+            barrier = self._ctx.Barrier(self.jobs)
+            self._ex = ProcessPoolExecutor(max_workers=self.jobs, mp_context=self._ctx, initializer=_init,
+                                           initargs=(self._packets, barrier))
+            futs = [self._ex.submit(_ready) for _ in range(self.jobs)]
+            try:
+                _first_error(futs, READY_TIMEOUT_S + 5)  # the barrier's own timeout first, when a worker does run
+            except BaseException:
+                self._abort()
+                raise
+            self.pids = sorted(f.result() for f in futs)
 
     def close(self) -> None:
-        if self._ex is not None:
-            self._ex.shutdown(wait=True, cancel_futures=True)
-            self._ex = None
+        with self._lock:
+            if self._ex is not None:
+                self._ex.shutdown(wait=True, cancel_futures=True)
+                self._ex = None
+                self.pids = []
+
+    def _abort(self) -> None:
+        """End the workers now: what they run is of a replay that failed, or they hang."""
+        ex, self._ex, self.pids = self._ex, None, []
+        if ex is None:
+            return
+        # ProcessPoolExecutor has no public way to stop a running task (3.14 adds terminate_workers): its processes
+        # are killed, after which its shutdown returns at once (the pool is broken)
+        for proc in list(getattr(ex, "_processes", {}).values()):
+            proc.kill()
+        ex.shutdown(wait=True, cancel_futures=True)
 
     def replay(self, paths: Sequence[str | os.PathLike], policy=None, *, log_all: bool = False,
                engine: str = "auto", progress: bool = False) -> ReplayResult:
@@ -121,17 +139,17 @@ class ReplayPool:
         `progress`: one bar on the terminal for all the captures' packets."""
         from skyguard.policy import default_policy
 
-        self.start()
-        assert self._ex is not None
         policy = policy or default_policy()
         paths = [str(p) for p in paths]
-        total = count_all(paths) if progress else 0
-        bar = Progress(total, f"{len(paths)} captures, {self.jobs} jobs", progress and total > 2000)
         with self._lock:  # one replay at a time: the shared packet count is the current replay's
+            self.start()
+            assert self._ex is not None
             self._packets.value = 0
             order = sorted(range(len(paths)), key=lambda i: -_size(paths[i]))  # largest first
             futs: dict[int, Future] = {i: self._ex.submit(_one, paths[i], policy, engine, log_all)
                                        for i in order}
+            total = count_all(paths) if progress else 0  # while the workers already run
+            bar = Progress(total, f"{len(paths)} captures, {self.jobs} jobs", progress and total > 2000)
             pending = set(futs.values())
             try:
                 while pending:
@@ -140,8 +158,7 @@ class ReplayPool:
                     for f in done:
                         f.result()  # a worker's exception (not a capture error: those are in the result) ends it
             except BaseException:
-                for f in pending:
-                    f.cancel()
+                self._abort()
                 raise
             finally:
                 bar.update(self._packets.value, force=True)
@@ -160,11 +177,14 @@ def merge(parts: list[ReplayResult], policy_name: str) -> ReplayResult:
                         [d for r in parts for d in r.decisions])
 
 
-def _first_error(futs: list[Future]) -> None:
-    """Wait for `futs`; raise the first real error (a worker's own, not the barrier that its failure broke)."""
+def _first_error(futs: list[Future], timeout_s: float) -> None:
+    """Wait for `futs`; raise the first real error (a worker's own, not the barrier that its failure broke), or
+    TimeoutError when they have not all ended within `timeout_s`."""
     from threading import BrokenBarrierError
 
-    wait(futs)
+    _done, late = wait(futs, timeout=timeout_s)
+    if late:
+        raise TimeoutError(f"replay workers not ready after {timeout_s:.0f} s (a worker hangs loading its program)")
     errors = [f.exception() for f in futs if f.exception() is not None]
     real = [e for e in errors if not isinstance(e, BrokenBarrierError)]
     if real or errors:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,10 +103,12 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     `bar`: what draws a capture's progress (the parallel replay's workers count into their parent's instead)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
-    if jobs > 1 and kernel is None and len(paths) > 1 and on_packet is None:
+    # more workers than CPUs would only add programs to load and memory to lock (the flow table is tens of MB each)
+    jobs = min(jobs, len(paths), len(os.sched_getaffinity(0)))
+    if jobs > 1 and kernel is None and on_packet is None:
         from skyguard.offline.parallel import ReplayPool
 
-        with ReplayPool(min(jobs, len(paths))) as pool:
+        with ReplayPool(jobs) as pool:
             return pool.replay(paths, policy, log_all=log_all, engine=engine, progress=progress)
     from skyguard.policy import default_policy
     from skyguard.slowpath.classify import SlowPath
@@ -370,6 +373,9 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
                         jobs=max(1, getattr(args, "jobs", 1)))
     except PermissionError as e:
         print(f"skyguard: replay needs root to load the XDP program ({e})", file=sys.stderr)
+        return 1
+    except (BrokenProcessPool, TimeoutError) as e:  # --jobs: a worker died or hung (it is ended)
+        print(f"skyguard: a replay worker failed: {e}", file=sys.stderr)
         return 1
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=None)
