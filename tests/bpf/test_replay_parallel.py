@@ -159,6 +159,7 @@ def test_a_worker_that_dies_is_one_line_of_error(bpf_ok, captures3, tmp_path, mo
             os._exit(3)
 
     _patch_worker_replay(monkeypatch, tmp_path, action)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two workers even on a one-CPU machine
     assert replay.main([*captures3, "--jobs", "2"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("skyguard: a replay worker failed") and "Traceback" not in err
