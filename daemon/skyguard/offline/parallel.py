@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -23,19 +24,41 @@ from skyguard.offline.replay import Progress, ReplayResult, count_all, replay
 READY_TIMEOUT_S = 600  # a worker's program is compiled on a cold image cache: tens of seconds, more on a slow machine
 PROGRESS_S = 0.2
 
-# the worker's own state, set by _init in each worker process
+# the worker's own state, set by _init and _ready in each worker process
 _kernel = None
 _init_error: BaseException | None = None
-_shared_packets = None  # mp.Value: packets run by all the workers in the current replay (for the caller's bar)
+_slots = None  # RawArray: per worker, the packets it ran in the current replay (for the parent's one bar)
+_slot = -1  # this worker's own slot in it: the only writer of that slot, so no lock (which a killed worker could
+# leave taken, hanging the parent's next read)
 _barrier = None  # mp.Barrier: the pool's start waits for every worker's program
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-def _init(shared, barrier) -> None:
+
+class WorkersNotReady(TimeoutError):
+    """The workers did not all load their programs within READY_TIMEOUT_S (one hangs); they were ended."""
+
+
+def _die_with(parent: int) -> None:
+    """A worker ends with the process that started it: a parent killed by a signal that its workers do not get
+    (SIGTERM from `timeout`, SIGKILL) would leave them replaying, their programs loaded and its stderr held open.
+    The kernel sends the signal when the parent's thread that forked the worker ends (prctl(2)): a pool belongs to
+    the thread that starts it, as `replay()` and the bench use it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl took effect
+        os._exit(1)
+
+
+def _init(slots, barrier, parent: int) -> None:
     """A worker loads its replay build once, for every capture it will replay. An error is kept and raised by the
     first task (with its own type: the CLI tells a missing privilege from the rest), not lost in a broken pool.
-    The shared count and the barrier come in here, at the fork: multiprocessing's locks cannot go with a task."""
-    global _kernel, _init_error, _shared_packets, _barrier
-    _shared_packets, _barrier = shared, barrier
+    The count and the barrier come in here, at the fork: multiprocessing's shared objects cannot go with a task."""
+    global _kernel, _init_error, _slots, _barrier
+    _die_with(parent)
+    _slots, _barrier = slots, barrier
     try:
         from skyguard.kernel.loader import Kernel
 
@@ -45,27 +68,29 @@ def _init(shared, barrier) -> None:
 
 
 def _ready() -> int:
-    """Held until every worker has loaded its program: each of the pool's first tasks runs in a worker of its own."""
+    """Held until every worker has loaded its program: each of the pool's first tasks runs in a worker of its own,
+    and the barrier gives each a slot of its own (its wait returns a different index in every worker)."""
+    global _slot
     assert _barrier is not None
     if _init_error is not None:
         _barrier.abort()  # the others stop waiting: the pool cannot start
         raise _init_error
-    _barrier.wait(READY_TIMEOUT_S)
+    _slot = _barrier.wait(READY_TIMEOUT_S)
     return os.getpid()
 
 
 class _SharedBar(Progress):
-    """A worker's progress, added into the parent's count instead of drawn (two workers cannot share a line)."""
+    """A worker's progress, added into its slot of the parent's count instead of drawn (two workers cannot share a
+    line)."""
 
     def __init__(self, total: int, label: str, enabled: bool) -> None:
         super().__init__(total, label, False)
         self._seen = 0
 
     def update(self, n: int, force: bool = False) -> None:
-        # the Python loop updates after every packet: the shared count (a lock) is taken every few thousand
-        if _shared_packets is not None and (n - self._seen >= 4096 or (force and n > self._seen)):
-            with _shared_packets.get_lock():
-                _shared_packets.value += n - self._seen
+        # the Python loop updates after every packet: the shared page is written every few thousand
+        if _slots is not None and _slot >= 0 and (n - self._seen >= 4096 or (force and n > self._seen)):
+            _slots[_slot] += n - self._seen
             self._seen = n
 
 
@@ -78,7 +103,8 @@ def _one(path: str, policy, engine: str, log_all: bool) -> ReplayResult:
 class ReplayPool:
     """`jobs` worker processes, started (each program loaded) when the pool is entered and kept until it is left.
     A replay that fails (a worker's error, a worker that died, an interrupt) ends the workers, so that none of its
-    captures runs on into the next replay; the next replay starts new ones."""
+    captures runs on into the next replay; the next replay starts new ones. The workers end with the thread that
+    started them (_die_with): start the pool from the thread that keeps it."""
 
     def __init__(self, jobs: int) -> None:
         if jobs < 1:
@@ -88,7 +114,7 @@ class ReplayPool:
         self._lock = threading.RLock()  # one start, replay or close at a time (replay starts the pool itself)
         # fork: the workers inherit the loaded modules (and bcc) instead of importing them again
         self._ctx = mp.get_context("fork")
-        self._packets = self._ctx.Value("Q", 0)
+        self._slots = None  # the workers' packet counts, one slot each: made anew with every start
         self.pids: list[int] = []  # the workers, once started
 
     def __enter__(self) -> ReplayPool:
@@ -100,13 +126,14 @@ class ReplayPool:
 
     def start(self) -> None:
         """Start the workers and wait until every one has loaded its program; a worker's error is raised, and a load
-        that takes longer than READY_TIMEOUT_S (a hung worker) raises TimeoutError. Either way no worker is left."""
+        that takes longer than READY_TIMEOUT_S (a hung worker) raises WorkersNotReady. Either way no worker is left."""
         with self._lock:
             if self._ex is not None:
                 return
             barrier = self._ctx.Barrier(self.jobs)
+            self._slots = self._ctx.RawArray("Q", self.jobs)
             self._ex = ProcessPoolExecutor(max_workers=self.jobs, mp_context=self._ctx, initializer=_init,
-                                           initargs=(self._packets, barrier))
+                                           initargs=(self._slots, barrier, os.getpid()))
             futs = [self._ex.submit(_ready) for _ in range(self.jobs)]
             try:
                 _first_error(futs, READY_TIMEOUT_S + 5)  # the barrier's own timeout first, when a worker does run
@@ -121,10 +148,11 @@ class ReplayPool:
                 self._ex.shutdown(wait=True, cancel_futures=True)
                 self._ex = None
                 self.pids = []
+                self._slots = None
 
     def _abort(self) -> None:
         """End the workers now: what they run is of a replay that failed, or they hang."""
-        ex, self._ex, self.pids = self._ex, None, []
+        ex, self._ex, self.pids, self._slots = self._ex, None, [], None
         if ex is None:
             return
         # ProcessPoolExecutor has no public way to stop a running task (3.14 adds terminate_workers): its processes
@@ -143,25 +171,28 @@ class ReplayPool:
         paths = [str(p) for p in paths]
         with self._lock:  # one replay at a time: the shared packet count is the current replay's
             self.start()
-            assert self._ex is not None
-            self._packets.value = 0
+            assert self._ex is not None and self._slots is not None
+            slots = self._slots
+            slots[:] = [0] * self.jobs  # the workers are idle between replays
             order = sorted(range(len(paths)), key=lambda i: -_size(paths[i]))  # largest first
-            futs: dict[int, Future] = {i: self._ex.submit(_one, paths[i], policy, engine, log_all)
-                                       for i in order}
-            total = count_all(paths) if progress else 0  # while the workers already run
-            bar = Progress(total, f"{len(paths)} captures, {self.jobs} jobs", progress and total > 2000)
-            pending = set(futs.values())
+            futs: dict[int, Future] = {}
+            bar = Progress(0, "", False)
             try:
+                for i in order:
+                    futs[i] = self._ex.submit(_one, paths[i], policy, engine, log_all)
+                total = count_all(paths) if progress else 0  # while the workers already run
+                bar = Progress(total, f"{len(paths)} captures, {self.jobs} jobs", progress and total > 2000)
+                pending = set(futs.values())
                 while pending:
                     done, pending = wait(pending, timeout=PROGRESS_S, return_when=FIRST_EXCEPTION)
-                    bar.update(self._packets.value)
+                    bar.update(sum(slots))
                     for f in done:
                         f.result()  # a worker's exception (not a capture error: those are in the result) ends it
             except BaseException:
                 self._abort()
                 raise
             finally:
-                bar.update(self._packets.value, force=True)
+                bar.update(sum(slots), force=True)
                 bar.done()
         return merge([futs[i].result() for i in range(len(paths))], policy.name)
 
@@ -184,7 +215,7 @@ def _first_error(futs: list[Future], timeout_s: float) -> None:
 
     _done, late = wait(futs, timeout=timeout_s)
     if late:
-        raise TimeoutError(f"replay workers not ready after {timeout_s:.0f} s (a worker hangs loading its program)")
+        raise WorkersNotReady(f"replay workers not ready after {timeout_s:.0f} s (a worker hangs loading its program)")
     errors = [f.exception() for f in futs if f.exception() is not None]
     real = [e for e in errors if not isinstance(e, BrokenBarrierError)]
     if real or errors:

@@ -357,6 +357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
+    from skyguard.offline.parallel import WorkersNotReady
     from skyguard.policy import PolicyError, load_policy
 
     try:
@@ -374,7 +375,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     except PermissionError as e:
         print(f"skyguard: replay needs root to load the XDP program ({e})", file=sys.stderr)
         return 1
-    except (BrokenProcessPool, TimeoutError) as e:  # --jobs: a worker died or hung (it is ended)
+    except (BrokenProcessPool, WorkersNotReady) as e:  # --jobs: a worker died or hung (it is ended)
         print(f"skyguard: a replay worker failed: {e}", file=sys.stderr)
         return 1
     if args.json:
