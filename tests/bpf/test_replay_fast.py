@@ -7,6 +7,7 @@ one of batches against single runs."""
 from __future__ import annotations
 
 import glob
+import os
 import struct
 from pathlib import Path
 
@@ -67,9 +68,10 @@ def test_generated_captures_identical(kern, tmp_path, variant):
     assert any(d["new"] == "skype-out" and d["flow_packets"] > 1 for d in out["decisions"])  # slow-path verdicts
 
 
-def test_parallel_merge_equals_sequential(bpf_ok, kern, tmp_path):
+def test_parallel_merge_equals_sequential(bpf_ok, kern, tmp_path, monkeypatch):
     gen.generate(77, tmp_path, kinds=["dns-pstn", "modern-sbc", "legacy-e2o"], calls=3)
     paths = sorted(glob.glob(str(tmp_path / "*.pcap")))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # --jobs is capped at the CPUs: two, always
     seq = outcome(replay.replay(paths, kernel=kern, engine="python"))
     par = outcome(replay.replay(paths, engine="c", jobs=2))
     assert par == seq

@@ -174,13 +174,16 @@ def test_workers_end_with_a_killed_parent(bpf_ok, captures3, tmp_path):
         "pool.start()\n"
         f"open({str(pids)!r}, 'w').write(' '.join(map(str, pool.pids)))\n"
         "time.sleep(120)\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(parallel.__file__).parents[2])}
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(parallel.__file__).parents[2]),
+                                                       os.environ.get("PYTHONPATH")]))}
+    err = tmp_path / "stderr"
+    with open(err, "wb") as ferr:
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=ferr)
     try:
         deadline = time.monotonic() + 120
         while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
-            assert proc.poll() is None, "the pool did not start"
+            assert proc.poll() is None, f"the pool did not start: {err.read_text()[-2000:]}"
             time.sleep(0.1)
         workers = [int(p) for p in pids.read_text().split()]
         assert len(workers) == 2
@@ -204,6 +207,22 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_worker_that_died_while_idle_is_replaced(bpf_ok, captures3):
+    import signal
+    import time
+
+    with parallel.ReplayPool(2) as pool:
+        first = pool.replay(captures3, engine="c")
+        dead = pool.pids[0]
+        os.kill(dead, signal.SIGKILL)  # killed between replays (the OOM killer, an operator)
+        deadline = time.monotonic() + 30
+        while not getattr(pool._ex, "_broken", False) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the executor has noticed the death (its own thread, soon after)
+        again = pool.replay(captures3, engine="c")  # new workers, not a broken pool
+        assert dead not in pool.pids
+    assert outcome(again) == outcome(first)
 
 
 def test_a_worker_that_dies_is_one_line_of_error(bpf_ok, captures3, tmp_path, monkeypatch, capsys):

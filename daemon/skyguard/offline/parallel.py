@@ -47,7 +47,9 @@ def _die_with(parent: int) -> None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"prctl(PR_SET_PDEATHSIG): {os.strerror(e)}")
     if os.getppid() != parent:  # it died before the prctl took effect
         os._exit(1)
 
@@ -57,9 +59,9 @@ def _init(slots, barrier, parent: int) -> None:
     first task (with its own type: the CLI tells a missing privilege from the rest), not lost in a broken pool.
     The count and the barrier come in here, at the fork: multiprocessing's shared objects cannot go with a task."""
     global _kernel, _init_error, _slots, _barrier
-    _die_with(parent)
     _slots, _barrier = slots, barrier
     try:
+        _die_with(parent)
         from skyguard.kernel.loader import Kernel
 
         _kernel = Kernel(replay=True)
@@ -128,6 +130,8 @@ class ReplayPool:
         """Start the workers and wait until every one has loaded its program; a worker's error is raised, and a load
         that takes longer than READY_TIMEOUT_S (a hung worker) raises WorkersNotReady. Either way no worker is left."""
         with self._lock:
+            if self._ex is not None and getattr(self._ex, "_broken", False):
+                self._abort()  # a worker died while the pool was idle (killed, OOM): start new ones
             if self._ex is not None:
                 return
             barrier = self._ctx.Barrier(self.jobs)
