@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 
-from skyguard.offline.replay import Progress, ReplayResult, count_all, replay
+from skyguard.offline.replay import Progress, ReplayResult, count_all, replay, row_order
 
 READY_TIMEOUT_S = 600  # a worker's program is compiled on a cold image cache: tens of seconds, more on a slow machine
 PROGRESS_S = 0.2
@@ -99,7 +99,7 @@ class _SharedBar(Progress):
 def _one(path: str, policy, engine: str, log_all: bool) -> ReplayResult:
     if _init_error is not None:
         raise _init_error
-    return replay([path], policy, kernel=_kernel, engine=engine, log_all=log_all, bar=_SharedBar)
+    return replay([path], policy, kernel=_kernel, engine=engine, log_all=log_all, bar_type=_SharedBar)
 
 
 class ReplayPool:
@@ -207,7 +207,7 @@ def merge(parts: list[ReplayResult], policy_name: str) -> ReplayResult:
     for r in parts:
         totals.update(r.stats)
     rows = [row for r in parts for row in r.flows]
-    rows.sort(key=lambda r: (r["capture"], r["first_ns"], r["a"], r["b"], r["proto"]))
+    rows.sort(key=row_order)
     return ReplayResult([c for r in parts for c in r.captures], policy_name, rows, dict(totals),
                         [d for r in parts for d in r.decisions])
 
@@ -220,7 +220,7 @@ def _first_error(futs: list[Future], timeout_s: float) -> None:
     _done, late = wait(futs, timeout=timeout_s)
     if late:
         raise WorkersNotReady(f"replay workers not ready after {timeout_s:.0f} s (a worker hangs loading its program)")
-    errors = [f.exception() for f in futs if f.exception() is not None]
+    errors = [e for e in (f.exception() for f in futs) if e is not None]
     real = [e for e in errors if not isinstance(e, BrokenBarrierError)]
     if real or errors:
         raise (real or errors)[0]

@@ -93,14 +93,14 @@ PROGRESS_EVERY = 65536  # packets the compiled loop runs before it lets the prog
 
 def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, progress: bool = False,
            on_packet: Callable[[int, int], None] | None = None, log_all: bool = False, engine: str = "auto",
-           jobs: int = 1, bar: Callable[[int, str, bool], Progress] = Progress) -> ReplayResult:
+           jobs: int = 1, bar_type: Callable[[int, str, bool], Progress] = Progress) -> ReplayResult:
     """Run captures through the program. Flows, learned prefixes and slow-path state start fresh for every capture.
 
     `engine`: "c" runs the packet loop in the compiled helper (fastwalk), "python" one test run per packet from
     Python (the reference the helper is tested against), "auto" the helper when it builds here, else Python; a
     per-packet `on_packet` callback needs the Python loop. `jobs` > 1 replays captures in that many processes, each
     with its own program and maps, and merges the results (only without a caller's `kernel`; offline/parallel.py).
-    `bar`: what draws a capture's progress (the parallel replay's workers count into their parent's instead)."""
+    `bar_type`: what draws a capture's progress (the parallel replay's workers count into their parent's instead)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
     # more workers than CPUs would only add programs to load and memory to lock (the flow table is tens of MB each)
@@ -115,7 +115,6 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
     from skyguard.slowpath.engine import Engine
 
     policy = policy or default_policy()
-    make_bar = bar
     walk = _walker_factory(engine if on_packet is None else "python")
     own_kernel = kernel is None
     if kernel is None:
@@ -156,7 +155,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             eng.on_decision.append(note)
             before = kernel.stats()
             total = _count(path) if progress else 0
-            bar = make_bar(total, Path(path).name, progress and total > 2000)
+            bar = bar_type(total, Path(path).name, progress and total > 2000)
             t0 = time.perf_counter()
             try:
                 if walk is None:
@@ -189,8 +188,14 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             ring.close()
         if own_kernel:
             kernel.close()
-    rows.sort(key=lambda r: (r["capture"], r["first_ns"], r["a"], r["b"], r["proto"]))
+    rows.sort(key=row_order)
     return ReplayResult(runs, policy.name, rows, dict(totals), decisions)
+
+
+def row_order(row: dict) -> tuple:
+    """The order of a replay's flow rows: by capture, then first packet, ends and protocol (a parallel replay's
+    merge sorts by it too, so that its output is a sequential replay's)."""
+    return row["capture"], row["first_ns"], row["a"], row["b"], row["proto"]
 
 
 def _fresh_state(kernel, flows: list | None = None, *, prefixes: bool = True, endpoints: bool = True) -> None:

@@ -6,9 +6,10 @@
  * write into the kernel after a run (the slow path must see it, and write its decisions back, before the next packet:
  * the order the per-packet Python loop gives), at the end of the capture, on a capture error, or after about
  * `max_packets` packets (progress). Records that cannot (a flow's early samples, a `classified` record of a decision
- * outside SG_STRONG_REASONS) wait across runs, up to half of `ev`; each carries its packet's place in the capture. It hands the records over
- * itself: it consumes them from the ring buffer as libbpf's ring_buffer__consume would, into `ev` (a length, then the
- * record, each), so that Python reads all of a run's records from one buffer instead of one callback per record.
+ * outside SG_STRONG_REASONS) wait across runs, up to half of `ev`; each carries its packet's place in the capture. It
+ * hands the records over itself: it consumes them from the ring buffer as libbpf's ring_buffer__consume would, into
+ * `ev` (a length, then the record, each), so that Python reads all of a run's records from one buffer instead of one
+ * callback per record.
  *
  * Batches: given the replay build's `batch` map, up to SG_BATCH_MAX packets go into one test run (struct sg_batch in
  * bpf/skyguard.h says how the program walks them). The program ends a batch after a packet that left a record which
@@ -548,14 +549,14 @@ size_t sgw_ring_size(void)
 	return sizeof(struct sgw_ring);
 }
 
-/* Open `path` for program `prog_fd`, its ring buffer `ring` (sgw_ring_open; it must outlive the walk) and batch map
- * `batch_fd` (-1: none, one packet per test run); 0, or -errno with nothing left open. */
 /* Bytes between the ring buffer's consumer and producer: the records waiting, with their headers. */
 static uint64_t ring_held(const struct sgw_ring *r)
 {
 	return __atomic_load_n(r->prod, __ATOMIC_ACQUIRE) - __atomic_load_n(r->cons, __ATOMIC_ACQUIRE);
 }
 
+/* Open `path` for program `prog_fd`, its ring buffer `ring` (sgw_ring_open; it must outlive the walk) and batch map
+ * `batch_fd` (-1: none, one packet per test run); 0, or -errno with nothing left open. */
 int sgw_open(struct sgw *w, const char *path, int prog_fd, struct sgw_ring *ring, int batch_fd)
 {
 	struct stat st;
