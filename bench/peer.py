@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import ROOT, ratio
@@ -121,16 +122,23 @@ def walk_ceiling(paths: list[Path], batched: bool = True) -> dict | None:
         b.cleanup()
 
 
-def ndpi_lane_seconds(paths: list[Path], lanes: int) -> float | None:
+def packet_counts(paths: list[Path]) -> dict[Path, int] | None:
+    """Each file's packets (for ndpiReader's seconds: packets / its reported rate); None if one cannot be read."""
+    try:
+        return {p: sum(1 for _ in read_packets(p)) for p in paths}
+    except (CaptureError, OSError):
+        return None
+
+
+def ndpi_lane_seconds(paths: list[Path], lanes: int, counts: dict[Path, int] | None = None) -> float | None:
     """ndpiReader over `paths` in `lanes` processes at a time (it reads a pcap in one thread: -n is ignored for
     files), each lane running the next file as soon as its last ends (the packets are counted before, so that the
     lanes' processes overlap): the busiest lane's own processing seconds, as ndpi_seconds counts them. What an
-    analyst gets from running ndpiReader by hand on every CPU."""
+    analyst gets from running ndpiReader by hand on every CPU. `counts`: packet_counts(paths), if already taken."""
     from concurrent.futures import ThreadPoolExecutor
 
-    try:
-        counts = {p: sum(1 for _ in read_packets(p)) for p in paths}
-    except (CaptureError, OSError):
+    counts = counts or packet_counts(paths)
+    if counts is None:
         return None  # a file that cannot be read has no rate
     busy: dict[int, float] = {}
     lock = threading.Lock()
@@ -149,63 +157,78 @@ def ndpi_lane_seconds(paths: list[Path], lanes: int) -> float | None:
     return max(busy.values()) if all(ok) and busy else None
 
 
-def marginal_parallel(small: list[Path], large: list[Path], jobs: int) -> dict:
-    """marginal() for `skyguard replay --jobs N`: the captures spread over N worker processes whose programs are
-    loaded (the pool's start-up left out, as the sequential replay's compile is), against ndpiReader in one process
-    (the tool has no parallel mode for captures) and in N processes at a time (ndpi_lane_seconds)."""
-    from skyguard.offline.parallel import ReplayPool
+def _shortest(run: Callable[[], replay.ReplayResult]) -> tuple[replay.ReplayResult, float]:
+    """`run`'s result and its shortest wall time of TRIES."""
+    best = None
+    for _ in range(TRIES):
+        t = time.perf_counter()
+        res = run()
+        secs = time.perf_counter() - t
+        best = secs if best is None else min(best, secs)
+    assert best is not None
+    return res, best
 
-    sizes = []
-    with ReplayPool(jobs) as pool:
-        for paths in (small, large):
-            best = None
-            for _ in range(TRIES):
-                t = time.perf_counter()
-                res = pool.replay(paths, engine="c")
-                secs = time.perf_counter() - t
-                best = secs if best is None else min(best, secs)
-            one = [ndpi_seconds(paths) for _ in range(TRIES)]
-            lanes = [ndpi_lane_seconds(paths, jobs) for _ in range(TRIES)]
-            sizes.append((sum(c.packets for c in res.captures), best, None if None in one else min(one),
-                          None if None in lanes else min(lanes)))
-    (p1, t1, n1, l1), (p2, t2, n2, l2) = sizes
 
-    def rate(a, b):
-        return (p2 - p1) / (b - a) if a is not None and b is not None and b > a else None
+def _shortest_of(measure: Callable[[], float | None]) -> float | None:
+    """The shortest of TRIES measurements, or None if one failed."""
+    vals = [measure() for _ in range(TRIES)]
+    return None if None in vals else min(vals)
 
-    out = {"jobs": jobs, "packets": [p1, p2], "replay_pps": rate(t1, t2), "ndpi_pps": rate(n1, n2),
-           "ndpi_lanes_pps": rate(l1, l2)}
-    out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
-    out["lanes_ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_lanes_pps"] or 0)
-    return out
+
+def _marginal_pps(packets: list[int], secs: list[float | None]) -> float | None:
+    """(P2 - P1) / (T2 - T1); None without both times, or when T2 is not above T1."""
+    (p1, p2), (t1, t2) = packets, secs
+    return (p2 - p1) / (t2 - t1) if t1 is not None and t2 is not None and t2 > t1 else None
 
 
 def marginal(k: Kernel, small: list[Path], large: list[Path]) -> dict:
     """Packets/s between two capture sets of the same traffic mix: (P2 - P1) / (T2 - T1), for the replay (kernel
     already compiled, as for one capture after another; per-capture set-up cancels out) and for ndpiReader, each T
     the shortest of TRIES."""
-    out: dict = {}
-    sizes = []
+    packets: list[int] = []
+    secs: list[float | None] = []
+    ndpi: list[float | None] = []
+    runs = 0
     for paths in (small, large):
-        best = None
-        for _ in range(TRIES):  # the shortest of TRIES, for the replay and ndpiReader alike
-            t = time.perf_counter()
-            res = replay.replay(paths, kernel=k, engine="c")
-            secs = time.perf_counter() - t
-            best = secs if best is None else min(best, secs)
-        nd = [ndpi_seconds(paths) for _ in range(TRIES)]
-        sizes.append((sum(c.packets for c in res.captures), best, None if None in nd else min(nd),
-                      sum(c.runs for c in res.captures)))
-    (p1, t1, n1, _r1), (p2, t2, n2, _r2) = sizes
-    out["packets"] = [p1, p2]
-    out["replay_pps"] = (p2 - p1) / (t2 - t1) if t2 > t1 else None
-    out["ndpi_pps"] = (p2 - p1) / (n2 - n1) if n1 is not None and n2 is not None and n2 > n1 else None
+        res, best = _shortest(lambda paths=paths: replay.replay(paths, kernel=k, engine="c"))
+        counts = packet_counts(paths)  # once a set, not once a try
+        packets.append(sum(c.packets for c in res.captures))
+        secs.append(best)
+        ndpi.append(_shortest_of(lambda paths=paths, counts=counts: ndpi_seconds(paths, counts)) if counts else None)
+        runs = sum(c.runs for c in res.captures)
+    out: dict = {"packets": packets, "replay_pps": _marginal_pps(packets, secs),
+                 "ndpi_pps": _marginal_pps(packets, ndpi)}
     out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
     out["ceiling_pps"] = (walk_ceiling(large) or {}).get("pps")
     out["ceiling_ratio"] = ratio(out["ceiling_pps"] or 0, out["ndpi_pps"] or 0)
     out["single_ceiling_pps"] = (walk_ceiling(large, batched=False) or {}).get("pps")
     out["single_ceiling_ratio"] = ratio(out["single_ceiling_pps"] or 0, out["ndpi_pps"] or 0)
-    out["runs_per_packet"] = sizes[1][3] / p2 if p2 else None
+    out["runs_per_packet"] = runs / packets[1] if packets[1] else None
+    return out
+
+
+def marginal_parallel(small: list[Path], large: list[Path], jobs: int, ndpi_pps: float | None) -> dict:
+    """marginal() for `skyguard replay --jobs N`: the captures spread over N worker processes whose programs are
+    loaded (the pool's start-up left out, as the sequential replay's compile is), against ndpiReader in one process
+    (`ndpi_pps`: marginal()'s, measured once a run; the tool has no parallel mode for captures) and in N processes at a
+    time (ndpi_lane_seconds)."""
+    from skyguard.offline.parallel import ReplayPool
+
+    packets: list[int] = []
+    secs: list[float | None] = []
+    lanes: list[float | None] = []
+    with ReplayPool(jobs) as pool:
+        for paths in (small, large):
+            res, best = _shortest(lambda paths=paths: pool.replay(paths, engine="c"))
+            counts = packet_counts(paths)
+            packets.append(sum(c.packets for c in res.captures))
+            secs.append(best)
+            lanes.append(_shortest_of(lambda paths=paths, counts=counts: ndpi_lane_seconds(paths, jobs, counts))
+                         if counts else None)
+    out = {"jobs": jobs, "packets": packets, "replay_pps": _marginal_pps(packets, secs), "ndpi_pps": ndpi_pps,
+           "ndpi_lanes_pps": _marginal_pps(packets, lanes)}
+    out["ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_pps"] or 0)
+    out["lanes_ratio"] = ratio(out["replay_pps"] or 0, out["ndpi_lanes_pps"] or 0)
     return out
 
 
@@ -243,7 +266,8 @@ def measure(cdir: Path = CAPTURES, small_calls: int = 5, large_calls: int = 40) 
         gen.generate(11, big, calls=large_calls)
         marg = marginal(k, sorted(Path(td).glob("*.pcap")), sorted(big.glob("*.pcap")))
         cpus = len(os.sched_getaffinity(0))
-        par = marginal_parallel(sorted(Path(td).glob("*.pcap")), sorted(big.glob("*.pcap")), cpus) if cpus > 1 else None
+        par = (marginal_parallel(sorted(Path(td).glob("*.pcap")), sorted(big.glob("*.pcap")), cpus, marg["ndpi_pps"])
+               if cpus > 1 else None)
     tot = sum(r["packets"] for r in rows.values())
 
     def wmean(key):
