@@ -33,6 +33,12 @@ def kern(bpf_ok):
         yield k
 
 
+@pytest.fixture
+def two_cpus(monkeypatch):
+    """--jobs is capped at the CPUs: two of them, so that jobs=2 runs the pool even on a one-CPU machine."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+
 def outcome(res: replay.ReplayResult) -> dict:
     """Everything a replay reports, verdicts and the decisions' packet positions included."""
     return {"json": res.to_json(), "stats": res.stats, "decisions": res.decisions,
@@ -68,10 +74,9 @@ def test_generated_captures_identical(kern, tmp_path, variant):
     assert any(d["new"] == "skype-out" and d["flow_packets"] > 1 for d in out["decisions"])  # slow-path verdicts
 
 
-def test_parallel_merge_equals_sequential(bpf_ok, kern, tmp_path, monkeypatch):
+def test_parallel_merge_equals_sequential(bpf_ok, kern, tmp_path, two_cpus):
     gen.generate(77, tmp_path, kinds=["dns-pstn", "modern-sbc", "legacy-e2o"], calls=3)
     paths = sorted(glob.glob(str(tmp_path / "*.pcap")))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # --jobs is capped at the CPUs: two, always
     seq = outcome(replay.replay(paths, kernel=kern, engine="python"))
     par = outcome(replay.replay(paths, engine="c", jobs=2))
     assert par == seq

@@ -14,7 +14,7 @@ from skyguard.lab import gen
 from skyguard.offline import parallel, replay
 from skyguard.offline.pcap import read_packets, write_pcap
 from skyguard.policy import load_policy
-from tests.bpf.test_replay_fast import kern, outcome  # noqa: F401 - the module's fixture
+from tests.bpf.test_replay_fast import kern, outcome, two_cpus  # noqa: F401 - the module's fixtures
 from tests.conftest import ROOT
 
 
@@ -54,31 +54,30 @@ def test_pool_replays_set_after_set_with_programs_loaded_once(kern, captures3, t
     assert sorted(loads.read_text().split()) == sorted(str(p) for p in pids)  # once per worker, not per replay
 
 
-def test_a_worker_that_cannot_load_fails_the_pool_with_its_own_error(bpf_ok, monkeypatch):
+def _refuse_kernel(monkeypatch) -> None:
+    """Every program load fails as it does without root (the forked workers inherit the patch)."""
     from skyguard.kernel import loader
 
     def refused(*a, **k):
         raise PermissionError(1, "Operation not permitted (test)")
 
     monkeypatch.setattr(loader, "Kernel", refused)
+
+
+def test_a_worker_that_cannot_load_fails_the_pool_with_its_own_error(bpf_ok, monkeypatch):
+    _refuse_kernel(monkeypatch)
     monkeypatch.setattr(parallel, "READY_TIMEOUT_S", 60)  # a hang would fail, not wait ten minutes
     with pytest.raises(PermissionError, match="test"), parallel.ReplayPool(2):
         pass
 
 
-def test_cli_error_of_a_worker_that_cannot_load(bpf_ok, captures3, monkeypatch, capsys):
-    from skyguard.kernel import loader
-
-    def refused(*a, **k):
-        raise PermissionError(1, "Operation not permitted (test)")
-
-    monkeypatch.setattr(loader, "Kernel", refused)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two workers even on a one-CPU machine
+def test_cli_error_of_a_worker_that_cannot_load(bpf_ok, captures3, monkeypatch, capsys, two_cpus):  # noqa: F811
+    _refuse_kernel(monkeypatch)
     assert replay.main([*captures3, "--jobs", "2"]) == 1
     assert "replay needs root" in capsys.readouterr().err
 
 
-def test_broken_capture_reported_as_in_one_process(kern, captures3, tmp_path, monkeypatch):  # noqa: F811
+def test_broken_capture_reported_as_in_one_process(kern, captures3, tmp_path, two_cpus):  # noqa: F811
     frames = [(p.ts_ns, p.frame) for p in read_packets(captures3[0])]
     cut = tmp_path / "cut.pcap"
     write_pcap(cut, frames)
@@ -86,7 +85,6 @@ def test_broken_capture_reported_as_in_one_process(kern, captures3, tmp_path, mo
     cut.write_bytes(data[: len(data) - 7])  # the last record's data runs past the file's end
     paths = [str(cut), *captures3[1:]]
     seq = outcome(replay.replay(paths, kernel=kern, engine="c"))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two workers even on a one-CPU machine
     par = outcome(replay.replay(paths, engine="c", jobs=2))
     assert par == seq
     err = seq["captures"][0][3]
@@ -225,13 +223,13 @@ def test_a_worker_that_died_while_idle_is_replaced(bpf_ok, captures3):
     assert outcome(again) == outcome(first)
 
 
-def test_a_worker_that_dies_is_one_line_of_error(bpf_ok, captures3, tmp_path, monkeypatch, capsys):
+def test_a_worker_that_dies_is_one_line_of_error(bpf_ok, captures3, tmp_path, monkeypatch, capsys,
+                                                 two_cpus):  # noqa: F811
     def action(path):
         if path == captures3[1]:
             os._exit(3)
 
     _patch_worker_replay(monkeypatch, tmp_path, action)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two workers even on a one-CPU machine
     assert replay.main([*captures3, "--jobs", "2"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("skyguard: a replay worker failed") and "Traceback" not in err
