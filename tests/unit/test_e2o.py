@@ -385,16 +385,20 @@ def test_chi2_tallied_batches_equal_the_nibble_loop() -> None:
             assert list(c.counts) == counts and list(c.squares) == squares
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["every-sample", "hopeless-skipped"])
 @pytest.mark.parametrize("model", [e2o_flow, e2e_flow, wireguard_flow, game_flow, random_flow],
                          ids=["e2o", "e2e", "wireguard", "game", "random"])
-def test_packed_early_samples_equal_eager_statistics(model, monkeypatch) -> None:
+def test_packed_early_samples_equal_eager_statistics(model, skip: bool, monkeypatch) -> None:
     """A flow's first LAZY_SAMPLES samples are only packed, and its statistics built from them at MIN_SAMPLES: the
     same verdicts and details, and from MIN_SAMPLES on the same per-direction state and chi-square counts, as when
-    every sample is counted on arrival (LAZY_SAMPLES 0). Short payloads (0 to 8 bytes) included."""
+    every sample is counted on arrival (LAZY_SAMPLES 0). With hopeless flows skipped, both find a flow hopeless at
+    the same sample (the packed one from its samples' contents alone, before any statistics), and the statistics are
+    compared until then. Short payloads (0 to 8 bytes) included."""
     from skyguard.slowpath import e2o
 
     assert LAZY_SAMPLES == MIN_SAMPLES - 1
-    compared = 0
+    monkeypatch.setattr(e2o, "SKIP_HOPELESS", skip)
+    compared = hopeless = 0
     for seed in range(20):
         rng = random.Random(seed)
         samples = [(ts, d, plen, data[: rng.randrange(9)] if rng.random() < 0.2 else data)
@@ -408,9 +412,110 @@ def test_packed_early_samples_equal_eager_statistics(model, monkeypatch) -> None
             assert got == want
             if i == MIN_SAMPLES - 1:
                 assert lazy._dirs is None and lazy._early is not None  # nothing computed yet
-            if i >= MIN_SAMPLES and not lazy.done:
+            assert lazy._hopeless == eager._hopeless
+            if i >= MIN_SAMPLES and not lazy.done and not lazy._hopeless:  # a hopeless flow's statistics stop
                 assert lazy._dirs == eager._dirs and lazy.chi2.n == eager.chi2.n
                 assert lazy.chi2._counted() == eager.chi2._counted()
                 compared += 1
-    assert compared
+        hopeless += lazy._hopeless
+    assert compared or (skip and hopeless)
+    assert hopeless or not skip or model in (e2o_flow, e2e_flow)
 
+
+
+def _vbr_cid_flow(seed: int, n_per_dir: int = 110) -> list[Sample]:
+    """PC-to-PC media with a connection ID and iSAC-like sizes: the flows that become hopeless at MIN_SAMPLES."""
+    rng = random.Random(seed)
+    out = []
+    for d in (0, 1):
+        cid = rng.randbytes(4)
+        for k in range(n_per_dir):
+            body = cid + rng.randbytes(max(10, int(rng.gauss(67, 7.5))) - 4)
+            out.append((k * 20 * MS + d * MS, d, len(body), body[:64]))
+    return _interleave([out])
+
+
+def _spliced(seed: int) -> list[Sample]:
+    """The first part of one model's flow, then another's: a flow that looks hopeless, or not, and then changes."""
+    rng = random.Random(seed)
+    models = [e2o_flow, e2e_flow, wireguard_flow, game_flow, random_flow, _vbr_cid_flow]
+    head = rng.choice(models)(seed)[: rng.randrange(60, 160)]
+    tail = rng.choice(models)(seed + 1000)
+    t0 = head[-1][0] + 20 * MS - tail[0][0]
+    return head + [(ts + t0, d, plen, data) for ts, d, plen, data in tail]
+
+
+def _per_sample(samples: list[Sample]) -> tuple[list[Verdict | None], list[bool]]:
+    tr = E2OTracker()
+    got, done = [], []
+    for ts, d, plen, data in samples:
+        got.append(tr.add(ts, d, plen, data))
+        done.append(tr.done)
+    return got, done
+
+
+@pytest.mark.parametrize("model", [e2o_flow, e2e_flow, wireguard_flow, game_flow, random_flow, _vbr_cid_flow, _spliced],
+                         ids=["e2o", "e2e", "wireguard", "game", "random", "vbr-cid", "spliced"])
+def test_hopeless_trackers_answer_as_trackers_that_evaluate_every_sample(model, monkeypatch) -> None:
+    """A tracker that stops its statistics once no verdict can come (E2OTracker.hopeless) gives, sample by sample,
+    the verdicts and the `done` of one that evaluates every sample up to MAX_SAMPLES; and it does stop for some."""
+    from skyguard.slowpath import e2o
+
+    stopped = verdicts = 0
+    for seed in range(60):
+        samples = model(seed)
+        monkeypatch.setattr(e2o, "SKIP_HOPELESS", False)
+        want = _per_sample(samples)
+        monkeypatch.setattr(e2o, "SKIP_HOPELESS", True)
+        assert _per_sample(samples) == want, f"seed {seed}"
+        tr = E2OTracker()
+        for ts, d, plen, data in samples:
+            tr.add(ts, d, plen, data)
+        stopped += tr._hopeless
+        verdicts += any(v is not None for v in want[0])
+    if model in (_vbr_cid_flow, random_flow, game_flow, _spliced):
+        assert stopped, "no tracker stopped early: the comparison did not cover the shortcut"
+    if model in (e2o_flow, e2e_flow, _spliced):
+        assert verdicts
+
+
+def test_vbr_cid_flow_stops_its_statistics_at_min_samples() -> None:
+    """The common case in replays of calls: hopeless from the first evaluation on, the statistics frozen there, and
+    the flow still given up at MAX_SAMPLES, as before."""
+    tr = E2OTracker()
+    samples = _vbr_cid_flow(1)
+    for i, (ts, d, plen, data) in enumerate(samples[:MAX_SAMPLES], 1):
+        assert tr.add(ts, d, plen, data) is None
+        if i == MIN_SAMPLES:
+            assert tr._hopeless
+            frozen = (tr.dirs[0].pkts, tr.dirs[1].pkts)
+        assert tr.done == (i == MAX_SAMPLES)
+    assert (tr.dirs[0].pkts, tr.dirs[1].pkts) == frozen and sum(frozen) == MIN_SAMPLES
+
+
+@pytest.mark.parametrize(("cid_rep", "hopeless"), [(80, True), (81, False)])
+def test_hopeless_share_bound_is_exact(cid_rep: int, hopeless: bool) -> None:
+    """At 100 samples, 80 CID packets can reach at most 180 of 200, exactly CID_SHARE, which E2O needs to exceed; 81
+    can reach 181. SoM-less samples leave E2E no chance, and constant sizes leave the size test open."""
+    tr = E2OTracker()
+    for i in range(MIN_SAMPLES - 1):
+        tr.add(i * 20 * MS, i & 1, 60, bytes(8))
+    tr.add(99 * 20 * MS, 1, 60, bytes(8))
+    d0, d1 = tr.dirs
+    d0.cid_rep, d1.cid_rep = cid_rep // 2, cid_rep - cid_rep // 2
+    d0.som = d1.som = 0
+    assert tr.hopeless() is hopeless
+
+
+@pytest.mark.parametrize(("m2", "reachable"), [(9.0 * 149, True), (9.0 * 149 * (1 + 1e-6), False)])
+def test_size_bound_is_tight(m2: float, reachable: bool) -> None:
+    """50 CID packets with m2 = 9 x 149 reach sd 3.0 exactly (SIZE_SD_MAX) after 100 more at their mean: the bound
+    says they may; a hair more spread cannot, and does not."""
+    from skyguard.slowpath.e2o import _sd_can_reach
+
+    assert SIZE_SD_MAX == 3.0
+    r = _Running(n=50, mean=60.0, m2=m2)
+    assert _sd_can_reach(r, 100) is reachable
+    for _ in range(100):
+        r.add(60.0)
+    assert (r.sd <= SIZE_SD_MAX) is reachable

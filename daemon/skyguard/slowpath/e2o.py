@@ -22,6 +22,7 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from skyguard import wire
 
@@ -156,8 +157,13 @@ class _Dir:
     bins: dict[int, int] = field(default_factory=dict)  # packets per RATE_BIN_MS bin since the first packet
 
     def add(self, ts_ns: int, payload_len: int, data: bytes) -> None:
-        # the slow path's hottest function (every sample of every watched flow): attributes are read once into
-        # locals and the Welford updates are _Running.add written out, with the same operations in the same order
+        self.add_clock(ts_ns, self.add_shape(payload_len, data))
+
+    def add_shape(self, payload_len: int, data: bytes) -> bool:
+        """A sample's contents: packets, CID, sizes, SoM. Returns whether it repeated the CID. Apart from the clock
+        (add_clock), so that E2OTracker.hopeless can be asked of a flow's first samples before its clock is counted.
+        The slow path's hottest code (every sample of every watched flow): attributes are read once into locals and
+        the Welford updates are _Running.add written out, with the same operations in the same order."""
         self.pkts += 1
         head = data[:5]
         prev = self.prev_head
@@ -184,6 +190,10 @@ class _Dir:
                 self.som += 1
                 if func == SOM_DATA and payload_len > 4:
                     self.som_data += 1
+        return cid
+
+    def add_clock(self, ts_ns: int, cid: bool) -> None:
+        """A sample's time: rate bins from the first CID packet on (`cid`: add_shape's answer), inter-arrivals."""
         first = self.first_ts
         if first is None and cid:
             first = self.first_ts = ts_ns  # the rate is the media's: count from the first connection-ID packet on
@@ -332,7 +342,7 @@ class Chi2:
 class E2OTracker:
     """Feed one flow's samples with add(); a Verdict comes back once, or never (leave the kernel's class)."""
 
-    __slots__ = ("_dirs", "_chi2", "_early", "n", "done")
+    __slots__ = ("_dirs", "_chi2", "_early", "n", "done", "_hopeless")
 
     def __init__(self) -> None:
         # Most candidate flows are one- or two-packet probes, and most others end or are settled by the kernel before
@@ -344,14 +354,35 @@ class E2OTracker:
         self._early: bytearray | None = bytearray()
         self.n = 0
         self.done = False  # a verdict was given or the sample budget is spent
+        # no sample up to MAX_SAMPLES can pass either rule (hopeless()): later samples are only counted, and the
+        # statistics stay as they were when that became certain
+        self._hopeless = False
+
+    def _packed(self) -> list[tuple[int, int, int, bytes]]:
+        """The packed early samples: (ts_ns, payload length, direction, first payload bytes) each."""
+        return [(ts_ns, payload_len, direction, head[:n])
+                for ts_ns, payload_len, direction, n, head in _EARLY.iter_unpack(self._early or b"")]
 
     def _build(self) -> None:
         self._dirs, self._chi2 = (_Dir(), _Dir()), Chi2()
-        early, self._early = self._early or b"", None
-        for ts_ns, payload_len, direction, n, head in _EARLY.iter_unpack(early):
-            data = head[:n]
-            self._dirs[direction & 1].add(ts_ns, payload_len, data)
+        early, self._early = self._packed(), None
+        for ts_ns, payload_len, direction, data in early:
+            self._dirs[direction].add(ts_ns, payload_len, data)
             self._chi2.add(data)
+
+    def _hopeless_from_start(self, direction: int, payload_len: int, data: bytes) -> bool:
+        """At the first evaluation, with this sample the latest: whether the flow is hopeless from its contents alone
+        (hopeless() reads no clock and no chi-square). If so, its statistics stay these partial ones, and neither its
+        clock nor its chi-square is ever counted: that was most of a hopeless flow's cost."""
+        shape = (_Dir(), _Dir())
+        for _ts, plen, d, head in self._packed():
+            shape[d].add_shape(plen, head)
+        shape[direction & 1].add_shape(payload_len, data)
+        if not _cannot_pass(self.n, *shape):
+            return False
+        self._dirs, self._chi2, self._early = shape, Chi2(), None
+        self._hopeless = True
+        return True
 
     @property
     def dirs(self) -> tuple[_Dir, _Dir]:
@@ -369,12 +400,19 @@ class E2OTracker:
         if self.done:
             return None
         self.n += 1
+        if self._hopeless:
+            # the budget still ends where it would: done (and the flow given up) at the same sample as before
+            self.done = self.n >= MAX_SAMPLES
+            return None
         if self._early is not None and len(self._early) < LAZY_SAMPLES * _EARLY.size:
             head = bytes(data[:8])
             self._early += _EARLY.pack(ts_ns, min(payload_len, 0xFFFFFFFF), direction & 1, len(head), head)
             return None
         dirs, chi2 = self._dirs, self._chi2
         if dirs is None or chi2 is None:  # the flow reached MIN_SAMPLES: its full state now, from the packed ones
+            if SKIP_HOPELESS and self.n >= MIN_SAMPLES and self._hopeless_from_start(direction, payload_len, data):
+                self.done = self.n >= MAX_SAMPLES
+                return None  # hopeless: this sample's evaluation could not give a verdict either
             self._build()
             dirs, chi2 = self.dirs, self.chi2
         dirs[direction & 1].add(ts_ns, payload_len, data)
@@ -384,7 +422,16 @@ class E2OTracker:
         v = self.evaluate()
         if v is not None or self.n >= MAX_SAMPLES:
             self.done = True
+        elif SKIP_HOPELESS:
+            self._hopeless = self.hopeless()
         return v
+
+    def hopeless(self) -> bool:
+        """Whether no verdict can come from this sample or any later one up to MAX_SAMPLES, whatever they are
+        (_cannot_pass). In replays of calls most flows that reach MIN_SAMPLES are PC-to-PC media with a connection ID
+        and variable sizes, certain from then on never to pass; their remaining samples then cost a count each instead
+        of the statistics and an evaluation."""
+        return _cannot_pass(self.n, *self.dirs)
 
     # -- features -------------------------------------------------------------------------------------------------
 
@@ -455,6 +502,42 @@ class E2OTracker:
                            f"som data {min(som_data_share):.0%} both ways, chi2 {sum(det)}/16 det (5-6), "
                            f"size sd {sd:.1f}B, {_periods(dirs) or 'irregular'}")
         return None
+
+
+# E2OTracker.hopeless: the thresholds as the decimal fractions they are written as (exact comparisons of integers)
+_CID_SHARE = Fraction(repr(CID_SHARE))
+_SOM_SHARE = Fraction(repr(SOM_SHARE))
+SKIP_HOPELESS = True  # False: every sample is counted and evaluated to MAX_SAMPLES (the tests' reference)
+
+
+def _sd_can_reach(r: _Running, left: int) -> bool:
+    """Whether a direction's CID size statistics may still pass the E2O size test (at least 2 packets, sd at most
+    SIZE_SD_MAX) after up to `left` more CID packets (E2OTracker.hopeless)."""
+    n_max = r.n + left
+    return n_max >= 2 and r.m2 <= SIZE_SD_MAX * SIZE_SD_MAX * (n_max - 1) * (1 + 1e-9)
+
+
+def _cannot_pass(n: int, d0: _Dir, d1: _Dir) -> bool:
+    """Whether a flow of `n` samples, with directions d0 and d1, can give no verdict at n or at any later sample up to
+    MAX_SAMPLES, whatever those samples are: each rule needs something that the samples left cannot bring. It reads
+    only what _Dir.add_shape counts.
+
+    Each bound holds for the real numbers and keeps a margin that the evaluation's floating point cannot cross:
+    - a share (CID, SoM) grows by at most one sample per sample, so from c of n it reaches at most
+      (c + left) / (n + left), and never falls below c / (n + left); with denominators of at most MAX_SAMPLES, a share
+      on the wrong side of a threshold (a decimal fraction) is at least 1 / (10 * MAX_SAMPLES) from it;
+    - a direction's Welford sum of squares (m2) never decreases and its CID packets grow by at most `left`, so its
+      size sd never falls below sqrt(m2 / (n + left - 1)); 1e-9 is far above its rounding."""
+    left = MAX_SAMPLES - n
+    if left < 0:
+        return True
+    n_max = n + left
+    cid = d0.cid_rep + d1.cid_rep
+    if cid + left > _CID_SHARE * n_max and _sd_can_reach(d0.cid_size, left) and _sd_can_reach(d1.cid_size, left):
+        return False  # E2O: the CID share may still exceed CID_SHARE, and both directions' size sd fall to SIZE_SD_MAX
+    som = d0.som + d1.som
+    # E2E: the SoM share may still reach SOM_SHARE while the CID share is below half
+    return not (som + left >= _SOM_SHARE * n_max and 2 * cid < n_max)
 
 
 def _e2o_chi2(det: list[bool]) -> bool:
