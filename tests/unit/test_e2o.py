@@ -422,7 +422,6 @@ def test_packed_early_samples_equal_eager_statistics(model, skip: bool, monkeypa
     assert hopeless or not skip or model in (e2o_flow, e2e_flow)
 
 
-
 def _vbr_cid_flow(seed: int, n_per_dir: int = 110) -> list[Sample]:
     """PC-to-PC media with a connection ID and iSAC-like sizes: the flows that become hopeless at MIN_SAMPLES."""
     rng = random.Random(seed)
@@ -493,18 +492,79 @@ def test_vbr_cid_flow_stops_its_statistics_at_min_samples() -> None:
     assert (tr.dirs[0].pkts, tr.dirs[1].pkts) == frozen and sum(frozen) == MIN_SAMPLES
 
 
-@pytest.mark.parametrize(("cid_rep", "hopeless"), [(80, True), (81, False)])
-def test_hopeless_share_bound_is_exact(cid_rep: int, hopeless: bool) -> None:
-    """At 100 samples, 80 CID packets can reach at most 180 of 200, exactly CID_SHARE, which E2O needs to exceed; 81
-    can reach 181. SoM-less samples leave E2E no chance, and constant sizes leave the size test open."""
-    tr = E2OTracker()
-    for i in range(MIN_SAMPLES - 1):
-        tr.add(i * 20 * MS, i & 1, 60, bytes(8))
-    tr.add(99 * 20 * MS, 1, 60, bytes(8))
-    d0, d1 = tr.dirs
-    d0.cid_rep, d1.cid_rep = cid_rep // 2, cid_rep - cid_rep // 2
-    d0.som = d1.som = 0
-    assert tr.hopeless() is hopeless
+def _cbr_cid(extra_non_cid: int, seed: int = 0) -> list[Sample]:
+    """E2O: constant CID and size per direction, 10 ms apart; the first packet of each direction and `extra_non_cid`
+    later ones (byte 4 repeated, all among the first MIN_SAMPLES) are not CID packets."""
+    rng = random.Random(seed)
+    cid = [rng.randbytes(4), rng.randbytes(4)]
+    bad = set(rng.sample(range(2, MIN_SAMPLES), extra_non_cid))
+    prev4 = [0, 0]
+    out = []
+    for i in range(MAX_SAMPLES):
+        d = i & 1
+        b4 = prev4[d] if i in bad else (prev4[d] + 1 + rng.randrange(254)) % 256
+        prev4[d] = b4
+        out.append((i * 10 * MS, d, 32, cid[d] + bytes([b4]) + rng.randbytes(3)))
+    return out
+
+
+def _som_voice(non_som: int, seed: int = 0) -> list[Sample]:
+    """E2E: SoM data frames both ways, random IDs; `non_som` of the first MIN_SAMPLES have no valid SoM function."""
+    rng = random.Random(seed)
+    bad = set(rng.sample(range(MIN_SAMPLES), non_som))
+    out = []
+    for i in range(MAX_SAMPLES):
+        func = 0x01 if i in bad else 0x0D
+        body = rng.randbytes(2) + bytes([(rng.getrandbits(3) << 4) | func]) + rng.randbytes(5)
+        out.append((i * 10 * MS, i & 1, 60, body))
+    return out
+
+
+def _som_voice_half_cid(last_cid: int, seed: int = 0) -> list[Sample]:
+    """E2E whose CID share stays at or above one half until `last_cid`: SoM data frames in pairs per direction, a
+    random head and then its repetition (a CID packet), after a first triple; no CID packet after `last_cid`."""
+    rng = random.Random(seed)
+    out: list[Sample] = []
+    prev: list[bytes] = [b"", b""]
+    for m in range(1, MAX_SAMPLES + 1):
+        d = 0 if m <= 3 else (m // 2) & 1
+        cid = m in (2, 3) or (m > 3 and m % 2 == 1)
+        if cid and m <= last_cid:
+            body = prev[d][:4] + bytes([(prev[d][4] + 1) % 256]) + rng.randbytes(3)
+        else:
+            body = rng.randbytes(2) + bytes([(rng.getrandbits(3) << 4) | 0x0D]) + rng.randbytes(5)
+        prev[d] = body
+        out.append((m * 10 * MS, d, 60, body))
+    return out
+
+
+@pytest.mark.parametrize(("stream", "verdict"), [
+    (_cbr_cid(17), (191, wire.OUT)),  # 19 non-CID packets: 172 of 191 is above 90% (and 181 of 200 would be)
+    (_cbr_cid(18), None),  # 20: at most 180 of 200, never above 90%; hopeless at MIN_SAMPLES
+    (_som_voice(20), (200, wire.P2P)),  # 180 of 200 SoM: exactly 90% at 200
+    (_som_voice(21), None),
+    (_som_voice_half_cid(197), (199, wire.P2P)),  # a CID share below one half only at 199 (99 of 199)
+    (_som_voice_half_cid(199), None),
+], ids=["e2o-181", "e2o-180", "e2e-180", "e2e-179", "e2e-cid-99", "e2e-cid-100"])
+def test_shortcut_at_the_edges_of_its_bounds(stream: list[Sample], verdict, monkeypatch) -> None:
+    """Streams one sample inside and one outside each bound of E2OTracker.hopeless: the reference (every sample
+    evaluated) gives its verdict at the last sample that allows it, or none, and the shortcut answers sample by sample
+    as the reference does; the streams outside a bound go hopeless, early enough to matter."""
+    from skyguard.slowpath import e2o
+
+    monkeypatch.setattr(e2o, "SKIP_HOPELESS", False)
+    want = _per_sample(stream)
+    got_verdict = next(((i, v.cls) for i, v in enumerate(want[0], 1) if v is not None), None)
+    assert got_verdict == verdict
+    monkeypatch.setattr(e2o, "SKIP_HOPELESS", True)
+    assert _per_sample(stream) == want
+    tr, hopeless_at = E2OTracker(), None
+    for i, (ts, d, plen, data) in enumerate(stream, 1):
+        tr.add(ts, d, plen, data)
+        if tr._hopeless and hopeless_at is None:
+            hopeless_at = i
+    assert (hopeless_at is not None) == (verdict is None)
+    assert hopeless_at is None or hopeless_at < MAX_SAMPLES
 
 
 @pytest.mark.parametrize(("m2", "reachable"), [(9.0 * 149, True), (9.0 * 149 * (1 + 1e-6), False)])

@@ -54,6 +54,7 @@ SOM_FUNCS = frozenset({0x02, 0x03, 0x07, 0x0D, 0x0F})  # payload[2] & 0x8f (Bonf
 SOM_DATA = 0x0D
 SOM_SHARE = 0.90  # E2E: packets with a valid SoM function
 SOM_DATA_SHARE = 0.70  # E2E: data frames (func 0x0d), per direction
+E2E_CID_SHARE_MAX = 0.5  # E2E: connection-ID repetitions below this share (not CBR-with-CID)
 
 
 @dataclass(frozen=True)
@@ -363,26 +364,27 @@ class E2OTracker:
         return [(ts_ns, payload_len, direction, head[:n])
                 for ts_ns, payload_len, direction, n, head in _EARLY.iter_unpack(self._early or b"")]
 
-    def _build(self) -> None:
-        self._dirs, self._chi2 = (_Dir(), _Dir()), Chi2()
-        early, self._early = self._packed(), None
-        for ts_ns, payload_len, direction, data in early:
-            self._dirs[direction].add(ts_ns, payload_len, data)
-            self._chi2.add(data)
-
-    def _hopeless_from_start(self, direction: int, payload_len: int, data: bytes) -> bool:
-        """At the first evaluation, with this sample the latest: whether the flow is hopeless from its contents alone
-        (hopeless() reads no clock and no chi-square). If so, its statistics stay these partial ones, and neither its
-        clock nor its chi-square is ever counted: that was most of a hopeless flow's cost."""
-        shape = (_Dir(), _Dir())
-        for _ts, plen, d, head in self._packed():
-            shape[d].add_shape(plen, head)
-        shape[direction & 1].add_shape(payload_len, data)
-        if not _cannot_pass(self.n, *shape):
-            return False
-        self._dirs, self._chi2, self._early = shape, Chi2(), None
-        self._hopeless = True
-        return True
+    def _build(self, current: tuple[int, int, int, bytes] | None = None) -> bool:
+        """The statistics from the packed samples and `current` (ts_ns, direction, payload length, data: the sample
+        being added, if any). The samples' contents are counted first: at the first evaluation (`current` the
+        MIN_SAMPLES-th sample) a flow that is hopeless from them alone (hopeless() reads no clock and no chi-square)
+        keeps only those, and its clock and chi-square, most of such a flow's cost, are never counted. Returns
+        whether it was."""
+        samples = self._packed()
+        if current is not None:
+            ts_ns, direction, payload_len, data = current
+            samples.append((ts_ns, payload_len, direction & 1, data))
+        dirs = self._dirs = (_Dir(), _Dir())
+        chi2 = self._chi2 = Chi2()
+        self._early = None
+        cids = [dirs[d].add_shape(plen, data) for _ts, plen, d, data in samples]
+        if current is not None and SKIP_HOPELESS and self.n >= MIN_SAMPLES and self.hopeless():
+            self._hopeless = True
+            return True
+        for (ts_ns, _plen, d, data), cid in zip(samples, cids, strict=True):
+            dirs[d].add_clock(ts_ns, cid)
+            chi2.add(data)
+        return False
 
     @property
     def dirs(self) -> tuple[_Dir, _Dir]:
@@ -409,20 +411,21 @@ class E2OTracker:
             self._early += _EARLY.pack(ts_ns, min(payload_len, 0xFFFFFFFF), direction & 1, len(head), head)
             return None
         dirs, chi2 = self._dirs, self._chi2
-        if dirs is None or chi2 is None:  # the flow reached MIN_SAMPLES: its full state now, from the packed ones
-            if SKIP_HOPELESS and self.n >= MIN_SAMPLES and self._hopeless_from_start(direction, payload_len, data):
+        if dirs is None or chi2 is None:  # the flow reached MIN_SAMPLES: its state now, from the packed samples
+            if self._build((ts_ns, direction, payload_len, data)):
                 self.done = self.n >= MAX_SAMPLES
                 return None  # hopeless: this sample's evaluation could not give a verdict either
-            self._build()
-            dirs, chi2 = self.dirs, self.chi2
-        dirs[direction & 1].add(ts_ns, payload_len, data)
-        chi2.add(data)
+            built = True
+        else:
+            dirs[direction & 1].add(ts_ns, payload_len, data)
+            chi2.add(data)
+            built = False
         if self.n < MIN_SAMPLES:
             return None
         v = self.evaluate()
         if v is not None or self.n >= MAX_SAMPLES:
             self.done = True
-        elif SKIP_HOPELESS:
+        elif SKIP_HOPELESS and not built:  # (a build has just asked, with the same counts)
             self._hopeless = self.hopeless()
         return v
 
@@ -467,7 +470,8 @@ class E2OTracker:
         """The E2O and E2E rules over features(), each feature computed only when its rule gets that far: a flow is
         evaluated after each of its samples from MIN_SAMPLES on, and in replays of calls most evaluations end at the
         size test, before the (costlier) clock tests. The features are pure functions of the state: the order in
-        which they are computed changes no verdict."""
+        which they are computed changes no verdict. A change to these rules must keep _cannot_pass a relaxation of
+        them: each of its bounds is a condition that a verdict needs."""
         # cheap gates first: the chi-square and the rest only for flows that could pass one of the two rules
         if not self.balanced():
             return None
@@ -494,7 +498,7 @@ class E2OTracker:
         if (
             (som / n if n else 0.0) >= SOM_SHARE
             and all(s >= SOM_DATA_SHARE for s in som_data_share)
-            and cid_share < 0.5
+            and cid_share < E2E_CID_SHARE_MAX
             and _e2e_chi2(det := det if det is not None else self.chi2.deterministic())
         ):
             sd = max(d.all_size.sd for d in dirs)
@@ -507,37 +511,37 @@ class E2OTracker:
 # E2OTracker.hopeless: the thresholds as the decimal fractions they are written as (exact comparisons of integers)
 _CID_SHARE = Fraction(repr(CID_SHARE))
 _SOM_SHARE = Fraction(repr(SOM_SHARE))
+_E2E_CID_SHARE_MAX = Fraction(repr(E2E_CID_SHARE_MAX))
 SKIP_HOPELESS = True  # False: every sample is counted and evaluated to MAX_SAMPLES (the tests' reference)
 
 
 def _sd_can_reach(r: _Running, left: int) -> bool:
     """Whether a direction's CID size statistics may still pass the E2O size test (at least 2 packets, sd at most
-    SIZE_SD_MAX) after up to `left` more CID packets (E2OTracker.hopeless)."""
-    n_max = r.n + left
-    return n_max >= 2 and r.m2 <= SIZE_SD_MAX * SIZE_SD_MAX * (n_max - 1) * (1 + 1e-9)
+    SIZE_SD_MAX) after up to `left` more CID packets (_cannot_pass)."""
+    most = r.n + left
+    return most >= 2 and r.m2 <= SIZE_SD_MAX * SIZE_SD_MAX * (most - 1) * (1 + 1e-9)
 
 
 def _cannot_pass(n: int, d0: _Dir, d1: _Dir) -> bool:
     """Whether a flow of `n` samples, with directions d0 and d1, can give no verdict at n or at any later sample up to
     MAX_SAMPLES, whatever those samples are: each rule needs something that the samples left cannot bring. It reads
-    only what _Dir.add_shape counts.
-
-    Each bound holds for the real numbers and keeps a margin that the evaluation's floating point cannot cross:
-    - a share (CID, SoM) grows by at most one sample per sample, so from c of n it reaches at most
-      (c + left) / (n + left), and never falls below c / (n + left); with denominators of at most MAX_SAMPLES, a share
-      on the wrong side of a threshold (a decimal fraction) is at least 1 / (10 * MAX_SAMPLES) from it;
-    - a direction's Welford sum of squares (m2) never decreases and its CID packets grow by at most `left`, so its
-      size sd never falls below sqrt(m2 / (n + left - 1)); 1e-9 is far above its rounding."""
+    only what _Dir.add_shape counts, and asks only conditions that E2OTracker.evaluate asks:
+    - E2O: a CID share above CID_SHARE, and in both directions at least 2 CID packets with a size sd <= SIZE_SD_MAX;
+    - E2E: a SoM share of at least SOM_SHARE, and a CID share below E2E_CID_SHARE_MAX.
+    A share grows by at most one sample per sample, so from c of n it reaches at most (c + left) / MAX_SAMPLES, and
+    never falls below c / MAX_SAMPLES. These are compared exactly with the thresholds as the decimal fractions they are
+    written as: a share with a denominator of at most MAX_SAMPLES that misses one misses it by at least
+    1 / (10 * MAX_SAMPLES), which no rounding bridges, and one that equals it (180 / 200) is divided correctly rounded
+    into the very float of the threshold, so `>` and `>=` answer as they do here. A direction's size sd: its Welford
+    sum of squares never decreases (sizes are integers, so the mean after a sample never passes the sample, and each
+    increment is a product of two numbers of one sign), and its CID packets grow by at most `left`, so the sd never
+    falls below sqrt(m2 / (CID packets + left - 1)); the margin covers that division's and sqrt's rounding."""
     left = MAX_SAMPLES - n
-    if left < 0:
-        return True
-    n_max = n + left
     cid = d0.cid_rep + d1.cid_rep
-    if cid + left > _CID_SHARE * n_max and _sd_can_reach(d0.cid_size, left) and _sd_can_reach(d1.cid_size, left):
-        return False  # E2O: the CID share may still exceed CID_SHARE, and both directions' size sd fall to SIZE_SD_MAX
+    if cid + left > _CID_SHARE * MAX_SAMPLES and _sd_can_reach(d0.cid_size, left) and _sd_can_reach(d1.cid_size, left):
+        return False
     som = d0.som + d1.som
-    # E2E: the SoM share may still reach SOM_SHARE while the CID share is below half
-    return not (som + left >= _SOM_SHARE * n_max and 2 * cid < n_max)
+    return not (som + left >= _SOM_SHARE * MAX_SAMPLES and cid < _E2E_CID_SHARE_MAX * MAX_SAMPLES)
 
 
 def _e2o_chi2(det: list[bool]) -> bool:
