@@ -6,6 +6,7 @@ A name in these lists is a *suffix*: it matches itself and every name below it, 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -79,11 +80,20 @@ def match_suffix(name: object, suffixes: Iterable[str]) -> str | None:
     name = normalize(name)
     if not name:
         return None
-    best: str | None = None
-    for suffix in suffixes:
-        s = normalize(suffix)
-        if not s:
-            continue
-        if (name == s or name.endswith("." + s)) and (best is None or len(s) > len(best)):
-            best = s
-    return best
+    known = _suffix_set(suffixes if isinstance(suffixes, tuple) else tuple(suffixes))
+    # the candidates longest first: the name, then what follows each of its dots (every TLS name and DNS answer is
+    # matched: a few set lookups, where normalising every suffix of a list each time cost more than the parse)
+    i = -1
+    while True:
+        candidate = name[i + 1:]
+        if candidate in known:
+            return candidate
+        i = name.find(".", i + 1)
+        if i < 0:
+            return None
+
+
+@functools.lru_cache(maxsize=64)
+def _suffix_set(suffixes: tuple[str, ...]) -> frozenset[str]:
+    """A list of suffixes, normalised, empty ones left out (a policy's list, the built-in ones: a handful of lists)."""
+    return frozenset(s for s in map(normalize, suffixes) if s)

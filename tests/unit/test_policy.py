@@ -354,6 +354,37 @@ def test_match_suffix_odd_inputs() -> None:
     assert names.match_suffix("a.example.org", ["", "org"]) == "org"
 
 
+def _match_suffix_by_definition(name: object, suffixes: tuple[str, ...]) -> str | None:
+    """match_suffix as its docstring defines it: every suffix normalised and tried, the longest that matches wins."""
+    if not isinstance(name, str) or not names.normalize(name):
+        return None
+    name = names.normalize(name)
+    hits = [s for s in map(names.normalize, suffixes) if s and (name == s or name.endswith("." + s))]
+    return max(hits, key=len, default=None)
+
+
+def test_match_suffix_equals_its_definition() -> None:
+    """match_suffix looks the name's own suffixes up in a set: on random names and lists, with case, blanks, trailing
+    and doubled dots, lists and generators, the answer of trying every suffix of the list."""
+    import random
+
+    rng = random.Random(3)
+    labels = ["a", "b", "skype", "com", "microsoft", "teams", "", "x-y", "COM", "Skype"]
+
+    def name() -> str:
+        return ".".join(rng.choice(labels) for _ in range(rng.randint(1, 5))) + rng.choice(["", ".", " ", ". "])
+
+    matched = 0
+    for _ in range(20000):
+        suffixes = tuple(name() for _ in range(rng.randint(0, 6)))
+        n = name()
+        want = _match_suffix_by_definition(n, suffixes)
+        assert names.match_suffix(n, suffixes) == want, (n, suffixes)
+        assert names.match_suffix(n, iter(suffixes)) == want
+        matched += want is not None
+    assert matched > 1000  # the lists did match, often
+
+
 @pytest.mark.parametrize(
     ("name", "ok"),
     [
