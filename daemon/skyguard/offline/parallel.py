@@ -209,7 +209,7 @@ def merge(parts: list[ReplayResult], policy_name: str) -> ReplayResult:
     rows = [row for r in parts for row in r.flows]
     rows.sort(key=row_order)
     return ReplayResult([c for r in parts for c in r.captures], policy_name, rows, dict(totals),
-                        [d for r in parts for d in r.decisions])
+                        [n for r in parts for n in r.noted])
 
 
 def _first_error(futs: list[Future], timeout_s: float) -> None:

@@ -8,6 +8,7 @@ is deterministic and shows what the live daemon would do with zero decision late
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -35,13 +36,32 @@ class CaptureRun:
     runs: int = 0  # test runs made (the compiled loop batches packets; the Python loop makes one per packet)
 
 
+# A class change as noted during a replay: capture name, flow key, old class, new class, the packet's index in its
+# capture, the flow's packets then, ts_ns, and ms since the flow's first packet (None: the flow was gone at the end)
+Noted = tuple[str, wire.FlowKey, int, int, int, int, int, float | None]
+
+
 @dataclass
 class ReplayResult:
     captures: list[CaptureRun]
     policy: str
     flows: list[dict]
     stats: dict[str, int]
-    decisions: list[dict]  # every class change with its packet index: for time-to-verdict measurements
+    noted: list[Noted] = field(default_factory=list, repr=False)  # every class change, as `decisions` lists them
+
+    @functools.cached_property
+    def decisions(self) -> list[dict]:
+        """Every class change with its packet index: for time-to-verdict measurements. Written out on first use:
+        naming the flow of each of thousands of decisions cost a replay a tenth of its slow path's time, and the
+        replay's own output (to_json, the table) has no use for them."""
+        out = []
+        for capture, key, old, new, packet, pkts, ts_ns, ms in self.noted:
+            d = {"capture": capture, "flow": str(key), "old": wire.class_name(old), "new": wire.class_name(new),
+                 "packet": packet, "flow_packets": pkts, "ts_ns": ts_ns}
+            if ms is not None:
+                d["ms"] = ms
+            out.append(d)
+        return out
 
     @property
     def ok(self) -> bool:
@@ -125,7 +145,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
         raise ValueError("replay needs a Kernel(replay=True): the live program ignores capture timestamps")
     runs: list[CaptureRun] = []
     rows: list[dict] = []
-    decisions: list[dict] = []
+    noted: list[Noted] = []
     totals: Counter = Counter()
     left: list | None = None  # the flows the previous capture left, as listed at its end (None: not known)
     prev = None  # the previous capture's Engine: what it learned is what there is to forget
@@ -146,11 +166,10 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
                              endpoints=prev.counters.endpoints_learned > 0)
             eng = prev = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all, logger=_quiet_logger())
             pkt_index = {"n": 0, "first": {}}
-            mine: list[dict] = []  # this capture's decisions (their times to verdict are set once it ends)
+            mine: list[tuple] = []  # this capture's decisions (their times to verdict are set once it ends)
 
-            def note(key, old, new, ts_ns, pkts, _name=name, _idx=pkt_index, _mine=mine):
-                _mine.append({"capture": _name, "flow": str(key), "old": wire.class_name(old),
-                              "new": wire.class_name(new), "packet": _idx["n"], "flow_packets": pkts, "ts_ns": ts_ns})
+            def note(key, old, new, ts_ns, pkts, _idx=pkt_index, _mine=mine):
+                _mine.append((key, old, new, _idx["n"], pkts, ts_ns))
 
             eng.on_decision.append(note)
             before = kernel.stats()
@@ -177,19 +196,19 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
             left = []
             for key, flow in kernel.flows():
                 rows.append({"capture": name, **eng.flow_row(key, flow)})
-                first[str(key)] = flow.first_ns
+                first[key] = flow.first_ns
                 left.append(key)
-            for d in mine:
-                if d["flow"] in first:
-                    d["ms"] = round((d["ts_ns"] - first[d["flow"]]) / 1e6, 3)
-            decisions += mine
+            for key, old, new, packet, pkts, ts_ns in mine:
+                f0 = first.get(key)
+                noted.append((name, key, old, new, packet, pkts, ts_ns,
+                              None if f0 is None else round((ts_ns - f0) / 1e6, 3)))
     finally:
         if ring is not None:
             ring.close()
         if own_kernel:
             kernel.close()
     rows.sort(key=row_order)
-    return ReplayResult(runs, policy.name, rows, dict(totals), decisions)
+    return ReplayResult(runs, policy.name, rows, dict(totals), noted)
 
 
 def row_order(row: dict) -> tuple:
