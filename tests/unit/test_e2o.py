@@ -490,6 +490,8 @@ def test_vbr_cid_flow_stops_its_statistics_at_min_samples() -> None:
             frozen = (tr.dirs[0].pkts, tr.dirs[1].pkts)
         assert tr.done == (i == MAX_SAMPLES)
     assert (tr.dirs[0].pkts, tr.dirs[1].pkts) == frozen and sum(frozen) == MIN_SAMPLES
+    f = tr.features()  # a reader of the features is told that they stop short of n
+    assert f["hopeless"] and f["n"] == MAX_SAMPLES
 
 
 def _cbr_cid(extra_non_cid: int, seed: int = 0) -> list[Sample]:

@@ -165,7 +165,7 @@ def replay(paths: Sequence[str | os.PathLike], policy=None, *, kernel=None, prog
                 _fresh_state(kernel, left, prefixes=prev.counters.prefix_changes > 0,
                              endpoints=prev.counters.endpoints_learned > 0)
             eng = prev = Engine(kernel, policy, slowpath=SlowPath(policy), log_all=log_all, logger=_quiet_logger())
-            pkt_index = {"n": 0, "first": {}}
+            pkt_index = {"n": 0}
             mine: list[tuple] = []  # this capture's decisions (their times to verdict are set once it ends)
 
             def note(key, old, new, ts_ns, pkts, _idx=pkt_index, _mine=mine):

@@ -451,10 +451,12 @@ class E2OTracker:
         return lo > 0 and lo / hi >= DIR_BALANCE
 
     def features(self) -> dict:
-        """Everything the decision looks at (for logs, tests and `detail`)."""
+        """Everything the decision looks at (for logs, tests and `detail`). `hopeless`: the statistics stopped where the
+        flow could no longer pass (hopeless()), so the clocks and the chi-square hold fewer than `n` samples or none."""
         det = self.chi2.deterministic()
         return {
             "n": self.n,
+            "hopeless": self._hopeless,
             "cid_share": self.cid_share(),
             "det": det,
             "size_sd_cid": [d.cid_size.sd for d in self.dirs],
