@@ -45,6 +45,26 @@ def test_a_sample_read_between_the_two_clocks_updates_does_not_skew_the_tick(bpf
     assert abs(m.off_ns - off) <= 2000
 
 
+def test_the_kernels_tick_outweighs_samples_that_lag_by_a_tick(bpf_ok):
+    """From mid-run on, every sample's jiffies one tick behind its coarse time: the slopes alone make the tick 14/13 of
+    CONFIG_HZ=250's (what a loaded VM once gave the probe); the kernel's own tick keeps the model exact."""
+    from skyguard.kernel.clock import clock_model_from
+
+    tick, off, j0 = 4_000_000, 7_000_321, 2_000_000
+    samples = [(j0 + i - (i >= 13), (j0 + i) * tick + off) for i in range(27)]
+    assert clock_model_from(samples).tick_ns != tick  # the estimate, fooled
+    m = clock_model_from(samples, tick_ns=tick)
+    assert m.tick_ns == tick and m.off_ns == off + tick  # 14 of the 27 samples lag: the median offset is a tick late
+
+
+def test_the_probe_takes_the_tick_the_kernel_states(bpf_ok):
+    from skyguard.kernel.clock import clock_model, kernel_tick_ns
+
+    tick = kernel_tick_ns()
+    assert tick in {(1_000_000_000 + hz // 2) // hz for hz in (100, 250, 300, 1000)}
+    assert clock_model().tick_ns == tick
+
+
 def test_model_keeps_a_tick_that_is_no_config_hz(bpf_ok):
     tick = 976_562  # HZ=1024 (some architectures)
     m = _model_from([(10, 10 * tick), (14, 14 * tick + 2)])

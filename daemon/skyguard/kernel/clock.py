@@ -1,5 +1,5 @@
 """The flow clock: the XDP program reads jiffies (inlined by the verifier, cheaper than a clock helper) and scales them
-to CLOCK_MONOTONIC ns with a tick and offset that bpf/clock.bpf.c measures once per process."""
+to CLOCK_MONOTONIC ns with the kernel's tick and an offset that bpf/clock.bpf.c measures once per process."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ from skyguard.kernel.memory import release_compiler_memory
 
 # -- the flow clock --------------------------------------------------------------------------------------------------
 HZ_CHOICES = (100, 250, 300, 1000)  # the kernel's CONFIG_HZ choices
+CLOCK_MONOTONIC_COARSE = 6  # Linux's clock id (uapi linux/time.h); Python's time module does not name it
+
+
+def kernel_tick_ns() -> int | None:
+    """The kernel's tick, TICK_NSEC, as it states it: the resolution of the coarse clocks (include/vdso/ktime.h,
+    LOW_RES_NSEC). None when the kernel gives none that a tick could be (then the probe's samples estimate it)."""
+    try:
+        res = time.clock_getres(CLOCK_MONOTONIC_COARSE)
+    except OSError:
+        return None
+    ns = round(res * 1e9)
+    return ns if 100_000 <= ns <= 100_000_000 else None  # HZ 10..10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +42,17 @@ class ClockModel:
         return [f"-DSG_TICK_NS={self.tick_ns}ULL", f"-DSG_CLOCK_OFF=({self.off_ns}LL)"]
 
 
-def clock_model_from(samples: Sequence[tuple[int, int]]) -> ClockModel:
-    """The model from (jiffies, coarse monotonic ns) samples taken in order. The tick is the median of the slopes
-    between samples half the run apart (Theil-Sen): a sample read while one of the two clocks had taken the tick and
-    the other not yet (a virtual CPU descheduled between their updates) is one tick off, and would be the whole
-    error of a slope between the first and last sample only. It is snapped to the nominal TICK_NSEC of the nearest
-    CONFIG_HZ choice when within 0.5% of it; the offset is the median over samples."""
+def clock_model_from(samples: Sequence[tuple[int, int]], tick_ns: int | None = None) -> ClockModel:
+    """The model from (jiffies, coarse monotonic ns) samples taken in order. With the kernel's tick (`tick_ns`, from
+    kernel_tick_ns) the samples give the offset alone: the median of their offsets. Estimated from samples, the tick
+    can come out a whole tick long over the span of a few ticks: on a loaded VM the probe once measured 4,307,692 ns
+    (14 coarse ticks over 13 jiffies) at CONFIG_HZ=250.
+    Without it, the tick is the median of the slopes between samples half the run apart (Theil-Sen), so that a single
+    sample read between the two clocks' updates cannot skew it, snapped to the nominal TICK_NSEC of the nearest
+    CONFIG_HZ choice when within 0.5% of it."""
+    if tick_ns is not None:
+        offs = sorted(c - j * tick_ns for j, c in samples)
+        return ClockModel(tick_ns, offs[len(offs) // 2])
     (j1, _c1), (j2, _c2) = samples[0], samples[-1]
     if j2 <= j1:
         raise ValueError(f"jiffies did not advance over {len(samples)} clock samples")
@@ -72,4 +89,4 @@ def clock_model(ticks: int = 24, timeout_s: float = 1.0) -> ClockModel:
     finally:
         b.cleanup()
         release_compiler_memory()
-    return clock_model_from(samples)
+    return clock_model_from(samples, kernel_tick_ns())
