@@ -31,4 +31,5 @@ debian/changelog $(SG_DEB_VERSION): add a changelog entry (dch -v $(SG_VERSION))
 SG_DEB_PY := env -u VIRTUAL_ENV PYTHONPATH=$(CURDIR)/daemon /usr/bin/python3 -s
 test-debian: setup
 	$(SG_DEB_PY) tools/check_debian_env.py
-	$(SG_DEB_PY) -m pytest -p no:cacheprovider tests/unit tests/bpf --ignore=tests/unit/test_install.py $(PYTEST_ARGS)
+	$(SG_DEB_PY) -m pytest -p no:cacheprovider $(PYTEST_PAR) tests/unit tests/bpf --ignore=tests/unit/test_install.py \
+		$(PYTEST_ARGS)

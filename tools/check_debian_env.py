@@ -21,6 +21,7 @@ MODULES = {
     "numpy": "python3-numpy",
     "prometheus_client": "python3-prometheus-client",
     "pytest": "python3-pytest",
+    "xdist": "python3-pytest-xdist",
     "hypothesis": "python3-hypothesis",
     "scapy": "python3-scapy",
 }

@@ -17,7 +17,7 @@ APT_PKGS=(python3-bpfcc libbpfcc "linux-headers-$KFLAVOUR" iproute2 ethtool pyth
 # make deb (tests/pkg) and make test-debian: the build tools, and the libraries the suite runs on under /usr/bin/python3
 DEB_PKGS=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel dpkg-dev lintian
           man-db python3-structlog python3-msgpack python3-pyroute2 python3-numpy python3-scapy python3-pytest
-          python3-hypothesis)
+          python3-hypothesis python3-pytest-xdist)
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: must run as root (it installs Debian packages and links kernel headers)" >&2
     exit 1
