@@ -4,6 +4,7 @@ XDP programs, jumbo frames, fwmark). Names are unique per test; everything goes 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -158,9 +159,23 @@ def until(cond, what: str, timeout: float = 20.0, tick=None):
 FILTERED_PORT = 7777  # the UDP port xdp-filter drops in filtered_pair()
 
 
+# xdp-filter keeps one state for the whole machine, whatever the namespace: a lock file that makes a second command
+# fail at once rather than wait (/run/xdp-filter.lck), and one pinned port map whose hit counters the tests read
+_XDP_FILTER_TURN = Path(tempfile.gettempdir()) / "skyguard-tests-xdp-filter.lock"
+
+
+def _take_xdp_filter(request) -> None:
+    """Wait for this test's turn with xdp-filter, held until every later finalizer (the pair's removal) has run:
+    pytest's workers run test files side by side, and two files use xdp-filter."""
+    fd = os.open(_XDP_FILTER_TURN, os.O_RDWR | os.O_CREAT, 0o600)
+    request.addfinalizer(lambda: os.close(fd))  # closing the file gives the turn back
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def filtered_pair(request) -> Pair:
     """A Pair up, with Debian's xdp-filter loaded natively on b's end dropping UDP port FILTERED_PORT; taken down when
     the test ends (a finalizer of `request`, so finalizers the caller added before run after it)."""
+    _take_xdp_filter(request)
     p = Pair()
     request.addfinalizer(p.down)
     p.up()
