@@ -11,6 +11,7 @@ from skyguard import wire
 from .packets import udp4
 
 pytestmark = pytest.mark.bpf
+CONFIG_HZ_TICKS = {(1_000_000_000 + hz // 2) // hz for hz in (100, 250, 300, 1000)}  # TICK_NSEC of each choice
 
 
 def _model_from(samples):
@@ -61,7 +62,7 @@ def test_the_probe_takes_the_tick_the_kernel_states(bpf_ok):
     from skyguard.kernel.clock import clock_model, kernel_tick_ns
 
     tick = kernel_tick_ns()
-    assert tick in {(1_000_000_000 + hz // 2) // hz for hz in (100, 250, 300, 1000)}
+    assert tick in CONFIG_HZ_TICKS
     assert clock_model().tick_ns == tick
 
 
@@ -81,7 +82,7 @@ def test_measured_model_tracks_the_monotonic_clock(bpf_ok):
 
     m = clock_model()
     assert 1_000_000 <= m.tick_ns <= 10_000_000  # CONFIG_HZ 100..1000
-    assert m.tick_ns in {(1_000_000_000 + hz // 2) // hz for hz in (100, 250, 300, 1000)}
+    assert m.tick_ns in CONFIG_HZ_TICKS
 
 
 @pytest.fixture(scope="module")

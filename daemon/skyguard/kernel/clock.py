@@ -43,16 +43,20 @@ class ClockModel:
 
 
 def clock_model_from(samples: Sequence[tuple[int, int]], tick_ns: int | None = None) -> ClockModel:
-    """The model from (jiffies, coarse monotonic ns) samples taken in order. With the kernel's tick (`tick_ns`, from
-    kernel_tick_ns) the samples give the offset alone: the median of their offsets. Estimated from samples, the tick
-    can come out a whole tick long over the span of a few ticks: on a loaded VM the probe once measured 4,307,692 ns
-    (14 coarse ticks over 13 jiffies) at CONFIG_HZ=250.
-    Without it, the tick is the median of the slopes between samples half the run apart (Theil-Sen), so that a single
-    sample read between the two clocks' updates cannot skew it, snapped to the nominal TICK_NSEC of the nearest
-    CONFIG_HZ choice when within 0.5% of it."""
-    if tick_ns is not None:
-        offs = sorted(c - j * tick_ns for j, c in samples)
-        return ClockModel(tick_ns, offs[len(offs) // 2])
+    """The model from (jiffies, coarse monotonic ns) samples taken in order: the kernel's tick (`tick_ns`, from
+    kernel_tick_ns) or, when it states none, one estimated from the samples; the offset is the median over samples.
+    An estimated tick can come out a whole tick long over the span of a few ticks: on a loaded VM the probe once
+    measured 4,307,692 ns (14 coarse ticks over 13 jiffies) at CONFIG_HZ=250."""
+    if tick_ns is None:
+        tick_ns = _estimated_tick(samples)
+    offs = sorted(c - j * tick_ns for j, c in samples)
+    return ClockModel(tick_ns, offs[len(offs) // 2])
+
+
+def _estimated_tick(samples: Sequence[tuple[int, int]]) -> int:
+    """The median of the slopes between samples half the run apart (Theil-Sen), so that a single sample read between
+    the two clocks' updates cannot skew it, snapped to the nominal TICK_NSEC of the nearest CONFIG_HZ choice when
+    within 0.5% of it."""
     (j1, _c1), (j2, _c2) = samples[0], samples[-1]
     if j2 <= j1:
         raise ValueError(f"jiffies did not advance over {len(samples)} clock samples")
@@ -64,9 +68,7 @@ def clock_model_from(samples: Sequence[tuple[int, int]], tick_ns: int | None = N
     tick = slopes[len(slopes) // 2]
     hz = min(HZ_CHOICES, key=lambda h: abs(1e9 / h - tick))
     nominal = (1_000_000_000 + hz // 2) // hz
-    tick_ns = nominal if abs(nominal - tick) <= 0.005 * nominal else round(tick)
-    offs = sorted(c - j * tick_ns for j, c in samples)
-    return ClockModel(tick_ns, offs[len(offs) // 2])
+    return nominal if abs(nominal - tick) <= 0.005 * nominal else round(tick)
 
 
 @functools.lru_cache(maxsize=1)
