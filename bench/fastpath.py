@@ -44,6 +44,8 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
     noop = load_baseline("noop")
     floor = load_baseline("floor", flows_max)
     floor4 = load_baseline("floor4")  # issue 17's minimal IPv4 floor (13-byte key), for established_v4 only
+    # skyguard's parse with IPv4 flows under a 16-byte key in their own table: how much of the gap to floor4 is the key
+    floor16 = load_baseline("floor16", flows_max)
     noop_fd, floor_fd = noop.fd, floor.fd
     cases: dict[str, dict[str, float]] = {}
     attrs: dict[str, str] = {}
@@ -54,8 +56,10 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
             common.test_run_ns(floor_fd, frame, 1)  # the floor's flow exists before it is timed, as skyguard's does
             runs = {"ns": (fd, frame), "floor": (floor_fd, frame), "noop": (noop_fd, frame)}
             if name == "established_v4":
-                common.test_run_ns(floor4.fd, frame, 1)
+                for extra in (floor4, floor16):
+                    common.test_run_ns(extra.fd, frame, 1)
                 runs["floor4"] = (floor4.fd, frame)
+                runs["floor16"] = (floor16.fd, frame)
             cases[name] = interleaved(runs, n, rounds)
             attrs[name] = attr
 
@@ -97,6 +101,7 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
         noop.close()
         floor.close()
         floor4.close()
+        floor16.close()
     out = {"noop_ns": min(c["noop"] for c in cases.values()),
            "floor_ns": {attrs[n]: c["floor"] for n, c in cases.items()}, "repeat": repeat, "rounds": rounds,
            "dscp_rewrite_delta_ns": marked - passed, "cases": {}}
@@ -107,6 +112,10 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
     if "floor4" in v4:
         out["floor4_ns"] = v4["floor4"]
         out["cases"]["established_v4"]["x_floor4"] = ratio(v4["ns"], v4["floor4"])
+    if "floor16" in v4:
+        out["floor16_ns"] = v4["floor16"]
+        out["floor16_x_floor4"] = ratio(v4["floor16"], v4["floor4"])
+        out["floor40_x_floor4"] = ratio(v4["floor"], v4["floor4"])
     return out
 
 
@@ -125,6 +134,10 @@ def format_table(res: dict) -> str:
         lines.append(f"established_v4 against the minimal IPv4 floor (13-byte key, one LRU lookup, "
                      f"{res['floor4_ns']:.1f} ns): {c['x_floor4']:.2f}x (target <= 1.2x); against floor.bpf.c "
                      f"(40-byte key): {c['x_floor']:.2f}x")
+    if "floor16_ns" in res:
+        lines.append(f"the gap's parts, against that floor: skyguard's parse and 40-byte key (floor.bpf.c) "
+                     f"{res['floor40_x_floor4']:.2f}x; the same parse with IPv4 flows under a 16-byte key in a table "
+                     f"of their own (floor16.bpf.c, {res['floor16_ns']:.1f} ns) {res['floor16_x_floor4']:.2f}x")
     lines.append(f"DSCP rewrite on a fresh frame adds {res['dscp_rewrite_delta_ns']:.0f} ns (median of single runs)")
     return "\n".join(lines)
 
