@@ -19,8 +19,10 @@
 #define SG_MAP(_type, _k, _v, _name, _max, _flags) BPF_F_TABLE(_type, _k, _v, _name, _max, _flags)
 #endif
 
-/* flows: bidirectional 5-tuple + VLAN -> per-flow counters, class and inspection state */
+/* flows: bidirectional 5-tuple + VLAN -> per-flow counters, class and inspection state (settled IPv4 flows: flows4) */
 SG_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX, 0);
+/* flows4: flows between two IPv4 addresses once settled (fast path only), under the compact key (sg_flow_key4) */
+SG_MAP("lru_hash", struct sg_flow_key4, struct sg_flow, flows4, SG_FLOWS_MAX, 0);
 /* policy: gen * SG_POL_SLOTS + class-or-slot -> action, dscp, log, opts (two generations for atomic reloads) */
 SG_MAP("array", u32, struct sg_policy, policy, 2 * SG_POL_SLOTS, 0);
 /* config: one entry; gen selects the active policy/LPM generation */
@@ -123,7 +125,8 @@ struct sg_run {
 	void *data;
 	void *data_end;
 	struct sg_stats *st;
-	struct sg_flow_key *key;
+	struct sg_flow_key *key;   /* the flow's key; NULL for a flow served from flows4 */
+	struct sg_flow_key4 *key4; /* its compact key, for a flow served from flows4 (NULL otherwise) */
 	__u64 now;
 	__u32 l3_off; /* IP header offset from data (masked: see SG_OFF_MASK) */
 	__u32 pl_off; /* L4 payload offset from data */
@@ -818,10 +821,17 @@ static __always_inline int sg_qos_dscp(struct sg_run *r, __u32 gen)
 	struct sg_qos *q = qos.lookup(&k);
 	__u16 a, b;
 
-	if (!q || !r->key)
+	if (!q)
 		return -1;
-	a = r->key->lo_port;
-	b = r->key->hi_port;
+	if (r->key) {
+		a = r->key->lo_port;
+		b = r->key->hi_port;
+	} else if (r->key4) {
+		a = r->key4->lo_port;
+		b = r->key4->hi_port;
+	} else {
+		return -1;
+	}
 #pragma unroll
 	for (int i = 0; i < SG_QOS_KINDS; i++) {
 		if ((a >= q->lo[i] && a <= q->hi[i]) || (b >= q->lo[i] && b <= q->hi[i]))
@@ -914,10 +924,19 @@ static __always_inline int sg_still_blocked(struct sg_run *r, __u32 gen)
 	}
 	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
 
-	__builtin_memcpy(k4.addr, &r->key->lo_addr[12], 4); /* IPv4-mapped: the address is the last 4 bytes */
+	/* the 40-byte key holds the addresses IPv4-mapped (their last 4 bytes); a flow from flows4 has only its compact key */
+	if (r->key)
+		__builtin_memcpy(k4.addr, &r->key->lo_addr[12], 4);
+	else if (r->key4)
+		__builtin_memcpy(k4.addr, r->key4->lo_addr, 4);
+	else
+		return 0;
 	if (block_v4.lookup(&k4))
 		return 1;
-	__builtin_memcpy(k4.addr, &r->key->hi_addr[12], 4);
+	if (r->key)
+		__builtin_memcpy(k4.addr, &r->key->hi_addr[12], 4);
+	else
+		__builtin_memcpy(k4.addr, r->key4->hi_addr, 4);
 	return block_v4.lookup(&k4) != 0;
 }
 
@@ -956,18 +975,56 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 	return -1;
 }
 
+/* A settled flow's packet (nothing left to inspect): its counters, then the verdict of its flow or its class. */
+static __always_inline int sg_settled(struct sg_run *r, struct sg_flow *f)
+{
+	__u32 gen = SG_GEN_UNREAD;
+	__u8 cls;
+	int rc = sg_account(r, f, &gen);
+
+	if (rc >= 0)
+		return rc;
+	if (gen == SG_GEN_UNREAD)
+		gen = sg_gen();
+	cls = f->cls;
+	if (cls >= SG_NCLASSES)
+		cls = SG_CLASS_UNKNOWN;
+	r->st->c[SG_ST_CLASS_BASE + cls]++;
+	return sg_enforce(r, gen, cls, &f->dropped, 1);
+}
+
+#define SG_EEXIST 17 /* errno: the key is in the map already */
+
+/* A settled flow between two IPv4 addresses moves from `flows` to flows4, whole, after its packet was accounted in
+ * full: nothing may write through `f` afterwards, since a deleted element is free for the next insert. If another CPU
+ * moved it first, that copy stays. A daemon decision written into the old entry while it moves is caught by the
+ * daemon's read-back of its decisions (Engine.recheck). */
+static __always_inline void sg_move4(struct sg_run *r, struct sg_flow *f)
+{
+	struct sg_flow copy;
+	int err;
+
+	if (!r->key || !r->key4)
+		return;
+	__builtin_memcpy(&copy, f, sizeof(copy));
+	err = flows4.insert(r->key4, &copy);
+	if (err == 0 || err == -SG_EEXIST)
+		flows.delete(r->key);
+}
+
 static __always_inline int sg_packet(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct sg_pkt pk = {};
 	struct sg_flow_key key = {};
+	struct sg_flow_key4 key4 = {};
 	struct sg_run r = {};
 	struct sg_frame fr = {};
 	struct sg_stats *st;
 	struct sg_flow *f;
 	__u32 zero = 0, idx, gen;
-	__u8 dir, cls;
+	__u8 cls;
 	int rc;
 
 	st = stats.lookup(&zero);
@@ -1000,25 +1057,45 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 		return sg_enforce(&r, sg_gen(), SG_POL_MALFORMED, 0, 0);
 	}
 
-	dir = sg_flow_key(&pk, &key);
 	r.data = data;
 	r.data_end = data_end;
-	r.key = &key;
-	r.dir = dir;
 	r.v6 = pk.v6;
 	r.l3_off = (__u32)(pk.l3 - data);
 	asm volatile("" : "+r"(r.l3_off)); /* forget the per-path constant (see SG_OFF_MASK) */
 
+	/* a settled flow between two IPv4 addresses is in flows4: its packets need the compact key alone */
+	if (!pk.v6) {
+		r.dir = sg_flow_key4(&pk, &key4);
+		r.key4 = &key4;
+		f = flows4.lookup(&key4);
+		if (f)
+			return sg_settled(&r, f);
+	}
+	/* any other: a new flow, one in its inspection, an IPv6 flow, or an IPv4 one that has not moved yet */
+	r.dir = sg_flow_key(&pk, &key);
+	r.key = &key;
+	if (pk.v6 && sg_key4_of(&key, &key4)) { /* IPv6 between IPv4-mapped addresses: the same flow key, so the same table */
+		r.key4 = &key4;
+		f = flows4.lookup(&key4);
+		if (f)
+			return sg_settled(&r, f);
+	}
+	/* from here on every packet has the same state, whatever table it missed: the verifier then walks the long path
+	 * below once, not once per kind of key (whether the flow moves is asked again once it has settled) */
+	r.key4 = 0;
+
 	f = flows.lookup(&key);
 	if (f && (f->flags & (SG_F_DONE | SG_F_DAEMON)) && !(f->flags & SG_F_DNS)) {
-		/* the fast path: nothing left to inspect, so nothing of the parse but the key and the IP header's place
-		 * stays live across the lookup (the slow path parses again rather than keep the parse's fields) */
-		gen = SG_GEN_UNREAD;
-		rc = sg_account(&r, f, &gen);
-		if (rc >= 0)
-			return rc;
-		if (gen == SG_GEN_UNREAD)
-			gen = sg_gen();
+		/* nothing left to inspect, so nothing of the parse but the keys and the IP header's place stays live across
+		 * the lookup (the slow path parses again rather than keep the parse's fields). A flow between two IPv4
+		 * addresses moves to flows4 here, with its first packet after it settled: the long path below is left as
+		 * it is, for the verifier, whose budget it nearly fills in the replay build */
+		rc = sg_settled(&r, f);
+		if (sg_key4_of(&key, &key4)) {
+			r.key4 = &key4;
+			sg_move4(&r, f);
+		}
+		return rc;
 	} else {
 		/* the slow path parses the packet again (identically: same bytes) rather than keep the first parse */
 		struct sg_pkt sp = {};
@@ -1045,13 +1122,12 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 			sg_emit_big(&r, &sp, SG_EV_DNS);
 		if (!(f->flags & (SG_F_DONE | SG_F_DAEMON)) && f->inspected < SG_WINDOW)
 			sg_inspect(&r, f, &sp);
+		cls = f->cls;
+		if (cls >= SG_NCLASSES)
+			cls = SG_CLASS_UNKNOWN;
+		st->c[SG_ST_CLASS_BASE + cls]++;
+		return sg_enforce(&r, gen, cls, &f->dropped, 1);
 	}
-
-	cls = f->cls;
-	if (cls >= SG_NCLASSES)
-		cls = SG_CLASS_UNKNOWN;
-	st->c[SG_ST_CLASS_BASE + cls]++;
-	return sg_enforce(&r, gen, cls, &f->dropped, 1);
 }
 
 #ifdef SG_META_CLOCK
@@ -1158,12 +1234,16 @@ int xdp_verdict(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct sg_verdict *v = data;
 	struct sg_flow_key key;
-	struct sg_flow *f;
+	struct sg_flow_key4 key4;
+	struct sg_flow *f = 0;
 
 	if ((void *)(v + 1) > data_end || v->magic != SG_V_MAGIC)
 		return XDP_ABORTED;
 	__builtin_memcpy(&key, &v->key, sizeof(key));
-	f = flows.lookup(&key);
+	if (sg_key4_of(&key, &key4))
+		f = flows4.lookup(&key4);
+	if (!f) /* any other flow, or an IPv4 one that a version before flows4 made and no packet has moved yet */
+		f = flows.lookup(&key);
 	if (!f)
 		return XDP_DROP;
 	if (v->set_flags)

@@ -252,6 +252,41 @@ class FlowKey(NamedTuple):
 
 
 _check_fields(FlowKey, "sg_flow_key", FlowKey._fields)
+
+# struct sg_flow_key4: a flow between two IPv4 addresses, as the kernel keeps it in `flows4` (what follows the two
+# addresses is sg_flow_key's, byte for byte)
+KEY4_SIZE = STRUCTS["sg_flow_key4"].size
+_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped
+_KEY = FlowKey.FMT.size
+assert KEY4_SIZE == 16 and _KEY == 40, "flow key layouts"
+
+
+FLOW_FLAGS_OFF = STRUCTS["sg_flow"].offset("flags")
+FLOW_TABLES = 2  # `flows` and `flows4`, flows_max entries each: the kernel holds up to this many times flows_max flows
+
+
+def key4_of(key: bytes) -> bytes | None:
+    """The flows4 key of a packed sg_flow_key whose two addresses are IPv4-mapped, else None."""
+    if key[:12] != _MAPPED or key[16:28] != _MAPPED:
+        return None
+    return key[12:16] + key[28:32] + key[32:40]
+
+
+def keys_of_key4s(raw: bytes | bytearray | memoryview, n: int) -> bytes:
+    """n packed sg_flow_key4 -> the n sg_flow_keys they stand for (IPv4-mapped), in one pass per byte column: a
+    million flows' keys are read this way for every snapshot of the table."""
+    src = memoryview(raw)[: n * KEY4_SIZE]
+    out = bytearray(n * _KEY)
+    for j in (10, 11, 26, 27):
+        out[j::_KEY] = b"\xff" * n
+    for j in range(4):
+        out[12 + j::_KEY] = src[j::KEY4_SIZE]
+        out[28 + j::_KEY] = src[4 + j::KEY4_SIZE]
+    for j in range(8):
+        out[32 + j::_KEY] = src[8 + j::KEY4_SIZE]
+    return bytes(out)
+
+
 _group_flow = _grouper("sg_flow")
 
 

@@ -106,10 +106,11 @@ def test_lru_eviction_reblocks_pstn_call_and_accounts_every_packet(small):
 def test_lru_eviction_forgets_a_daemon_decision(small):
     """Documented limitation: a class only the daemon could decide (E2O statistics on a port other than 12340, SNI)
     lives in the flow entry; once evicted, the next packet starts a fresh, undecided flow that passes until the slow
-    path decides again."""
+    path decides again. New flows share the `flows` table with IPv6 flows (and with IPv4 flows until they settle), so
+    a flood of new IPv4 flows evicts a decided IPv6 flow."""
     k = small
     k.load_policy(block_policy())
-    a, b = ("192.168.9.10", 41000), ("198.51.100.77", 23456)
+    a, b = ("2001:db8:9::10", 41000), ("2001:db8:77::77", 23456)
     frame = P.udp(*a, *b, b"\x11\x22\x44\x44\x05" + bytes(30))  # func 0x04: not a SoM header
     key = wire.FlowKey.make(*a, *b, 17)
     k.test_run(frame, ts_ns=1)
@@ -119,6 +120,24 @@ def test_lru_eviction_forgets_a_daemon_decision(small):
     assert k.flow(key) is None
     assert k.test_run(frame, ts_ns=3).verdict == PASS
     assert k.flow(key).cls == wire.UNKNOWN and not k.flow(key).flags & wire.C["SG_F_DAEMON"]
+
+
+def test_a_flood_of_new_flows_leaves_settled_ipv4_flows_alone(small):
+    """A settled IPv4 flow moves to flows4 with its next packet, where only settled flows compete for room: the same
+    flood of one-packet flows that evicts a decided IPv6 flow leaves a decided IPv4 flow, and its drop, in place."""
+    k = small
+    k.load_policy(block_policy())
+    a, b = ("192.168.9.10", 41000), ("198.51.100.77", 23456)
+    frame = P.udp(*a, *b, b"\x11\x22\x44\x44\x05" + bytes(30))
+    key = wire.FlowKey.make(*a, *b, 17)
+    k.test_run(frame, ts_ns=1)
+    assert k.set_class(key, wire.OUT, wire.C["SG_R_E2O_STATS"])
+    assert k.test_run(frame, ts_ns=2).verdict == DROP  # settled (the daemon's class): this packet moves it
+    flood(k, 5 * 4096, start=200_000)
+    f = k.flow(key)
+    assert f is not None and f.cls == wire.OUT and f.flags & wire.C["SG_F_DAEMON"] and f.dropped == 1
+    assert k.test_run(frame, ts_ns=3).verdict == DROP
+    assert k.flow(key).dropped == 2 and k.flow(key).packets == 3
 
 
 def test_full_ring_buffer_counts_losses_and_never_stalls(bpf_ok):

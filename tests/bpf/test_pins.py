@@ -55,9 +55,10 @@ def previous_version_pins(path: str) -> int:
 
 def test_definitions_are_the_programs_maps_with_the_builds_sizes():
     defs = pins.definitions(["-DSG_FLOWS_MAX=4096", "-DSG_LPM_MAX=1024"])
-    assert {"flows", "policy", "config", "stats", "qos", "endpoints", "fwmarks", "chained", "chain",
+    assert {"flows", "flows4", "policy", "config", "stats", "qos", "endpoints", "fwmarks", "chained", "chain",
             *(f"{k}_v{v}" for k in ("pstn", "msmedia", "exempt", "block", "drmedia") for v in (4, 6))} == set(defs)
     assert defs["flows"] == (pins.Layout(pins.MAP_TYPES["lru_hash"], 40, 96, 4096), "flows_max")
+    assert defs["flows4"] == (pins.Layout(pins.MAP_TYPES["lru_hash"], 16, 96, 4096), "flows_max")
     assert defs["stats"][0] == pins.Layout(pins.MAP_TYPES["percpu_array"], 4, wire.STRUCTS["sg_stats"].size, 1)
     assert defs["policy"][0].max_entries == 2 * wire.POL_SLOTS and defs["pstn_v6"][0].max_entries == 1024
     assert defs["pstn_v6"][0].key_size == wire.LPM6_FMT.size and defs["chain"][0].type == pins.MAP_TYPES["prog"]

@@ -213,6 +213,9 @@ def test_status_reads_the_facade_and_the_engine(commands: Commands) -> None:
     s = commands("status", {})
     assert s["flows"]["count"] == 3 and s["interfaces"][0]["name"] == "eth0" and s["prog_id"] == 17
     assert s["counters"]["packets"] == 132 and s["policy"]["name"] == "running" and s["uptime_s"] >= 5
+    # the kernel's two flow tables (flows, flows4) hold flows_max each
+    cap = 2 * commands.state.cfg.flows_max
+    assert s["flows"]["max"] == cap and s["flows"]["fill"] == round(3 / cap, 6)
 
 
 def test_unknown_command(commands: Commands) -> None:

@@ -73,11 +73,12 @@ class Commands:
     def status(self, args: dict[str, Any]) -> dict[str, Any]:
         s, eng = self.state, self.engine
         pol, st, n = eng.policy, eng.kernel_stats(), eng.flow_count()
+        cap = wire.FLOW_TABLES * s.cfg.flows_max  # both flow tables
         return {
             "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - s.started, 3),
             "interfaces": s.interfaces(), "xdp_mode": s.cfg.xdp_mode, "prog_id": s.prog_id(),
             "policy": {"name": pol.name, "path": pol.path, "loaded_at": s.policy_loaded_at, "digest": pol.digest},
-            "flows": {"count": n, "max": s.cfg.flows_max, "fill": round(n / max(s.cfg.flows_max, 1), 6),
+            "flows": {"count": n, "max": cap, "fill": round(n / max(cap, 1), 6),
                       "adopted": s.adopted_flows},
             "counters": {k: st.get(k, 0) for k in ("packets", "bytes", "act_pass", "act_drop", "act_mark",
                                                     "classified", "events_lost", "out_no_flow")},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from skyguard import __version__
+from skyguard import __version__, wire
 from skyguard.export.prometheus import Metrics, MetricsServer, parse_listen
 
 
@@ -17,7 +17,9 @@ class DaemonMetrics:
     def __init__(self, daemon: Any) -> None:
         self.d = daemon
         cfg = daemon.cfg
-        self.metrics = Metrics(version=__version__, capacity=cfg.flows_max, xdp_requested=cfg.xdp_mode)
+        # both flow tables (`flows`, `flows4`), flows_max each
+        self.metrics = Metrics(version=__version__, capacity=wire.FLOW_TABLES * cfg.flows_max,
+                               xdp_requested=cfg.xdp_mode)
         self.server: MetricsServer | None = None
         self.listening: str | None = None
 

@@ -188,8 +188,9 @@ def families(s: Sample) -> Iterator[Metric]:
         for c, v in s.flows_active.items():
             fa.add_metric([c], v)
         yield fa
-    yield GaugeMetricFamily("skyguard_flow_table_capacity", "Size of the kernel's flow table (flows_max); the "
-                            "table is an LRU: when full, the least recently seen flow is evicted.", value=s.capacity)
+    yield GaugeMetricFamily("skyguard_flow_table_capacity", "Flows the kernel's two flow tables hold (flows_max "
+                            "each); each is an LRU: when full, its least recently seen flow is evicted.",
+                            value=s.capacity)
     yield CounterMetricFamily("skyguard_events_lost_total", "Ring-buffer events the kernel dropped because the "
                               "buffer was full (the slow path missed them).", value=s.events_lost)
     rl = CounterMetricFamily("skyguard_policy_reloads_total", "Policy reloads (SIGHUP, socket) by result; a refused "

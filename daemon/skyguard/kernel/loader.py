@@ -30,8 +30,10 @@ _EV_SAMPLE = wire.EV_SAMPLE
 PREFIX_KINDS = ("pstn", "msmedia", "exempt", "block", "drmedia")
 _LPM_MAPS = {k: (f"{k}_v4", f"{k}_v6") for k in PREFIX_KINDS}
 _STATS_SIZE = wire.STRUCTS["sg_stats"].size
+_SETTLED = wire.C["SG_F_DONE"] | wire.C["SG_F_DAEMON"]  # a flow the kernel serves from flows4 when it is IPv4's
+_F_DNS = wire.C["SG_F_DNS"]
 # every map userspace opens by name (a cached replay image must carry them, whether the program loads them or not)
-_MAP_NAMES = ("flows", "policy", "config", "fwmarks", "chained", "rcu_sync", "rcu_inner", "stats", "qos",
+_MAP_NAMES = ("flows", "flows4", "policy", "config", "fwmarks", "chained", "rcu_sync", "rcu_inner", "stats", "qos",
               "endpoints", "events", *(n for pair in _LPM_MAPS.values() for n in pair))
 _REPLAY_MAPS = ("batch", "replay_next")  # the replay build's own: its batches (offline/walk.c) and their tail call
 _INNER = {"rcu_sync": "rcu_inner"}  # map of maps -> its template (bpf/skyguard.bpf.c)
@@ -150,6 +152,7 @@ class Kernel:
         """The maps by name, then the programs loaded (and, after a compile, the replay build's image written)."""
         kf = wire.FlowKey.FMT.size
         self._flows = self._raw("flows", kf, wire.Flow.FMT.size)
+        self._flows4 = self._raw("flows4", wire.KEY4_SIZE, wire.Flow.FMT.size)  # IPv4's, under the compact key
         self._policy = self._raw("policy", 4, wire.PolicySlot.FMT.size)
         self._config = self._raw("config", 4, wire.CONFIG_FMT.size)
         self._fwmarks = self._raw("fwmarks", 4, wire.FWMARK_FMT.size)
@@ -345,23 +348,48 @@ class Kernel:
         return out
 
     # -- flows -------------------------------------------------------------------------------------------------------
+    # Two kernel tables hold the flows: `flows4` the settled ones between two IPv4 addresses (struct sg_flow_key4),
+    # `flows` the rest. A flow moves from `flows` to `flows4` with its first packet after it settled (sg_move4 in
+    # bpf/skyguard.bpf.c), so an IPv4 key may be in either: everything here speaks struct sg_flow_key (IPv4-mapped
+    # addresses), and tries flows4 first for an IPv4 key, then `flows`.
+
     def flows(self) -> Iterator[tuple[wire.FlowKey, wire.Flow]]:
         """Every flow, decoded; read in batches (one syscall per BATCH flows) and snapshotted before yielding."""
         ks, vs = wire.FlowKey.FMT.size, wire.Flow.FMT.size
-        for keys, vals, n in list(self._flows.iter_batches()):
+        for keys, vals, n in list(self.flows_raw()):
             for i in range(n):
                 yield wire.FlowKey.unpack(keys[i * ks:(i + 1) * ks]), wire.Flow.unpack(vals[i * vs:(i + 1) * vs])
 
     def flows_raw(self) -> Iterator[tuple[bytes, bytes, int]]:
-        """The flow map as raw (keys, values, n) chunks, for callers that select before decoding (top-N)."""
-        return self._flows.iter_batches()
+        """Both flow tables as raw (keys, values, n) chunks, every key a packed sg_flow_key, for callers that select
+        before decoding (top-N)."""
+        yield from self._flows.iter_batches()
+        for keys, vals, n in self._flows4.iter_batches():
+            yield wire.keys_of_key4s(keys, n), vals, n
 
     def write_flows_raw(self, keys: bytes, values: bytes) -> int:
-        """Batch-insert packed flow keys and values (benchmarks fill the table this way); returns the count."""
-        return self._flows.update_batch(keys, values)
+        """Batch-insert packed flow keys (sg_flow_key) and values, each where the kernel would keep it: a settled IPv4
+        flow in flows4 (benchmarks fill the tables this way); returns the count."""
+        ks, vs, fo = wire.FlowKey.FMT.size, wire.Flow.FMT.size, wire.FLOW_FLAGS_OFF
+        k4, v4, k6, v6 = bytearray(), bytearray(), bytearray(), bytearray()
+        for i in range(len(keys) // ks):
+            key, val = keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]
+            compact = wire.key4_of(key) if val[fo] & _SETTLED and not val[fo] & _F_DNS else None
+            if compact is None:
+                k6 += key
+                v6 += val
+            else:
+                k4 += compact
+                v4 += val
+        return (self._flows4.update_batch(bytes(k4), bytes(v4)) if k4 else 0) + (
+            self._flows.update_batch(bytes(k6), bytes(v6)) if k6 else 0)
 
     def flow(self, key: wire.FlowKey) -> wire.Flow | None:
-        val = self._flows.lookup(key.pack())
+        raw = key.pack()
+        compact = wire.key4_of(raw)
+        val = self._flows4.lookup(compact) if compact is not None else None
+        if val is None:
+            val = self._flows.lookup(raw)
         return None if val is None else wire.Flow.unpack(val)
 
     def _verdict(self, key: wire.FlowKey, op: int, cls: int = 0, reason: int = 0, set_flags: int = 0,
@@ -393,15 +421,24 @@ class Kernel:
         return self._verdict(key, wire.C["SG_V_FLAGS"], set_flags=set_flags, clear_flags=clear_flags) is not None
 
     def delete_flow(self, key: wire.FlowKey) -> None:
-        self._flows.delete(key.pack())
+        self.delete_flows([key])
 
     def delete_flows(self, keys: Iterable[wire.FlowKey]) -> int:
-        """Delete these flows (BPF_MAP_DELETE_BATCH: one syscall for thousands); those not in the table are passed
+        """Delete these flows (BPF_MAP_DELETE_BATCH: one syscall for thousands); those not in the tables are passed
         over. Returns how many were deleted."""
-        return self._flows.delete_batch(b"".join(k.pack() for k in keys))
+        packed = [k.pack() for k in keys]
+        compact = [c for c in map(wire.key4_of, packed) if c is not None]
+        n = self._flows4.delete_batch(b"".join(compact)) if compact else 0
+        # an IPv4 key in `flows` too: a flow of a version before flows4 that no packet has moved yet
+        return n + (self._flows.delete_batch(b"".join(packed)) if packed else 0)
 
     def flow_count(self) -> int:
-        return sum(n for _k, _v, n in self._flows.iter_batches())
+        return sum(self.table_counts().values())
+
+    def table_counts(self) -> dict[str, int]:
+        """Flows in each kernel table: `flows` (new, inspecting and IPv6 flows) and `flows4` (settled IPv4 flows)."""
+        return {name: sum(n for _k, _v, n in m.iter_batches())
+                for name, m in (("flows", self._flows), ("flows4", self._flows4))}
 
     # -- stats -------------------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
