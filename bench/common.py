@@ -63,14 +63,22 @@ def best_of(fd: int, frame: bytes, repeat: int, rounds: int = 3) -> float:
     return min(test_run_ns(fd, frame, repeat) for _ in range(rounds))
 
 
-def interleaved(runs: dict[str, tuple[int, bytes]], repeat: int, rounds: int = 5) -> dict[str, float]:
-    """best_of for several (program, frame) pairs, taken in turn within every round, so that a ratio between two of
-    them is not skewed by load that came and went between two separate measurements."""
-    best = {name: float("inf") for name in runs}
-    for _ in range(rounds):
-        for name, (fd, frame) in runs.items():
-            best[name] = min(best[name], test_run_ns(fd, frame, repeat))
-    return best
+def paired(runs: dict[str, tuple[int, bytes]], repeat: int, rounds: int) -> tuple[dict[str, float], list[dict]]:
+    """Several (program, frame) pairs timed in turn within every round, so that load that comes and goes is shared by
+    all of them: the lowest figure of each, and every round's figures for ratios taken within a round (paired_ratio)."""
+    rows = [{name: test_run_ns(fd, frame, repeat) for name, (fd, frame) in runs.items()} for _ in range(rounds)]
+    return {name: min(r[name] for r in rows) for name in runs}, rows
+
+
+def paired_ratio(rows: list[dict], a: str, b: str) -> float | None:
+    """The median over rounds of a / b, each taken within one round. On a shared VM, bursts of steal time land on
+    single rounds: a ratio of two minima can take each from another round, the median of paired ratios passes them
+    over."""
+    vals = sorted(r[a] / r[b] for r in rows if r.get(b))
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return round(vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2, 3)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Cases (issue 6): established IPv4 / IPv6 / VLAN flow, STUN inside the inspection window, DSCP rewrite, drop and a
 parse error. Each is divided by the floor program on the same frame and by the no-op program, timed in turn with
-them within every round (min of `rounds`), so that load that comes and goes does not land on one side of a ratio.
+them within every round: the ns columns are the lowest of `rounds`, the ratios the median of the ratios taken within
+each round, so that load that comes and goes does not land on one side of a ratio.
 `dscp_mark` is the steady state (the frame keeps its mark between runs: compare and keep); `dscp_rewrite_delta_ns` is
 what a real rewrite adds, from single runs on fresh frames (marked minus passed).
 
@@ -17,7 +18,7 @@ import statistics
 import sys
 
 import common
-from common import Frames, interleaved, load_baseline, ratio
+from common import Frames, load_baseline, paired, paired_ratio
 
 from skyguard import wire
 from skyguard.kernel import loader as kernel  # noqa: E402
@@ -37,8 +38,9 @@ def _single_median(k: kernel.Kernel, frame: bytes, n: int) -> float:
     return statistics.median(k.test_run(frame).duration_ns for _ in range(n))
 
 
-def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
-    """Every case is timed in turn with the floor and the no-op on the same frame, `rounds` times (min of each)."""
+def measure(repeat: int = 100_000, rounds: int = 40) -> dict:
+    """Every case is timed in turn with the floor and the no-op on the same frame, `rounds` times (min of each, and
+    the median of each round's ratios)."""
     fr = Frames()
     flows_max = 65536
     noop = load_baseline("noop")
@@ -48,6 +50,7 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
     floor16 = load_baseline("floor16", flows_max)
     noop_fd, floor_fd = noop.fd, floor.fd
     cases: dict[str, dict[str, float]] = {}
+    rows: dict[str, list[dict]] = {}
     attrs: dict[str, str] = {}
     try:
 
@@ -60,7 +63,7 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
                     common.test_run_ns(extra.fd, frame, 1)
                 runs["floor4"] = (floor4.fd, frame)
                 runs["floor16"] = (floor16.fd, frame)
-            cases[name] = interleaved(runs, n, rounds)
+            cases[name], rows[name] = paired(runs, n, rounds)
             attrs[name] = attr
 
         with kernel.Kernel(flows_max=flows_max) as k:
@@ -107,15 +110,16 @@ def measure(repeat: int = 1_000_000, rounds: int = 5) -> dict:
            "dscp_rewrite_delta_ns": marked - passed, "cases": {}}
     for name, c in cases.items():
         out["cases"][name] = {"ns": c["ns"], "floor_ns": c["floor"], "noop_ns": c["noop"],
-                              "x_floor": ratio(c["ns"], c["floor"]), "x_noop": ratio(c["ns"], c["noop"])}
-    v4 = cases.get("established_v4", {})
+                              "x_floor": paired_ratio(rows[name], "ns", "floor"),
+                              "x_noop": paired_ratio(rows[name], "ns", "noop")}
+    v4, v4_rows = cases.get("established_v4", {}), rows.get("established_v4", [])
     if "floor4" in v4:
         out["floor4_ns"] = v4["floor4"]
-        out["cases"]["established_v4"]["x_floor4"] = ratio(v4["ns"], v4["floor4"])
+        out["cases"]["established_v4"]["x_floor4"] = paired_ratio(v4_rows, "ns", "floor4")
     if "floor16" in v4:
         out["floor16_ns"] = v4["floor16"]
-        out["floor16_x_floor4"] = ratio(v4["floor16"], v4["floor4"])
-        out["floor40_x_floor4"] = ratio(v4["floor"], v4["floor4"])
+        out["floor16_x_floor4"] = paired_ratio(v4_rows, "floor16", "floor4")
+        out["floor40_x_floor4"] = paired_ratio(v4_rows, "floor", "floor4")
     return out
 
 
@@ -144,8 +148,8 @@ def format_table(res: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=1_000_000)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = measure(args.repeat, args.rounds)

@@ -31,7 +31,7 @@ def main() -> int:
     q = args.quick
     res: dict = {"machine": common.machine(), "quick": q, "started": time.time()}
     steps = [
-        ("fastpath", lambda: fastpath.measure(200_000 if q else 1_000_000, 2 if q else 5), fastpath.format_table),
+        ("fastpath", lambda: fastpath.measure(100_000, 8 if q else 40), fastpath.format_table),
         ("growth", lambda: growth.measure(q), growth.format_table),
         ("scale", lambda: scale.measure(100_000 if q else 1_000_000, 3 if q else 4), scale.format_table),
         ("peer", peer.measure, peer.format_table),

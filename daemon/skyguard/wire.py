@@ -275,7 +275,7 @@ def key4_of(key: bytes) -> bytes | None:
 def keys_of_key4s(raw: bytes | bytearray | memoryview, n: int) -> bytes:
     """n packed sg_flow_key4 -> the n sg_flow_keys they stand for (IPv4-mapped), in one pass per byte column: a
     million flows' keys are read this way for every snapshot of the table."""
-    src = memoryview(raw)[: n * KEY4_SIZE]
+    src = bytes(raw[: n * KEY4_SIZE])  # bytes' extended slices are plain C loops; a strided memoryview's are not
     out = bytearray(n * _KEY)
     for j in (10, 11, 26, 27):
         out[j::_KEY] = b"\xff" * n

@@ -371,18 +371,21 @@ class Kernel:
         """Batch-insert packed flow keys (sg_flow_key) and values, each where the kernel would keep it: a settled IPv4
         flow in flows4 (benchmarks fill the tables this way); returns the count."""
         ks, vs, fo = wire.FlowKey.FMT.size, wire.Flow.FMT.size, wire.FLOW_FLAGS_OFF
-        k4, v4, k6, v6 = bytearray(), bytearray(), bytearray(), bytearray()
-        for i in range(len(keys) // ks):
-            key, val = keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]
-            compact = wire.key4_of(key) if val[fo] & _SETTLED and not val[fo] & _F_DNS else None
-            if compact is None:
-                k6 += key
-                v6 += val
-            else:
-                k4 += compact
-                v4 += val
-        return (self._flows4.update_batch(bytes(k4), bytes(v4)) if k4 else 0) + (
-            self._flows.update_batch(bytes(k6), bytes(v6)) if k6 else 0)
+        done, total, chunk = 0, len(keys) // ks, 65536  # a chunk at a time: a million flows' copies never pile up
+        for start in range(0, total, chunk):
+            k4, v4, k6, v6 = bytearray(), bytearray(), bytearray(), bytearray()
+            for i in range(start, min(start + chunk, total)):
+                key, val = keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]
+                compact = wire.key4_of(key) if val[fo] & _SETTLED and not val[fo] & _F_DNS else None
+                if compact is None:
+                    k6 += key
+                    v6 += val
+                else:
+                    k4 += compact
+                    v4 += val
+            done += self._flows4.update_batch(bytes(k4), bytes(v4)) if k4 else 0
+            done += self._flows.update_batch(bytes(k6), bytes(v6)) if k6 else 0
+        return done
 
     def flow(self, key: wire.FlowKey) -> wire.Flow | None:
         raw = key.pack()
