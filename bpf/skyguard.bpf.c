@@ -1085,6 +1085,16 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	r.key4 = 0;
 
 	f = flows.lookup(&key);
+	if (!f && sg_key4_of(&key, &key4)) {
+		/* another CPU moved it between the two lookups (a move inserts into flows4 before it deletes here): without
+		 * this look, the packet would make a second flow of the same key in `flows` */
+		struct sg_flow *moved = flows4.lookup(&key4);
+
+		if (moved) {
+			r.key4 = &key4;
+			return sg_settled(&r, moved);
+		}
+	}
 	if (f && (f->flags & (SG_F_DONE | SG_F_DAEMON)) && !(f->flags & SG_F_DNS)) {
 		/* nothing left to inspect, so nothing of the parse but the keys and the IP header's place stays live across
 		 * the lookup (the slow path parses again rather than keep the parse's fields). A flow between two IPv4

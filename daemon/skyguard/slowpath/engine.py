@@ -113,8 +113,10 @@ class Engine:
     # ---- flow-table scans --------------------------------------------------------------------------------------------
 
     def _flows_touching(self, nets: list[Network]) -> Iterator[tuple[wire.FlowKey, wire.Flow]]:
-        """Flows with an endpoint in any of `nets`: from the daemon's snapshot when it has one (vectorised, then one
-        fresh lookup per candidate), else by decoding the whole table (replay, small tables)."""
+        """Flows with an endpoint in any of `nets`: from a snapshot of the table taken now (vectorised, then one fresh
+        lookup per candidate), else by decoding the whole table (replay, small tables). Taken now, not the loop's
+        last one: the kernel checks a new prefix only at flow creation, so a flow made after the last snapshot and
+        before the prefix would be missed (a block would never reach it). One full read: 0.6-0.9 s at 1M flows."""
         if not nets:
             return
         if self.table is None:
@@ -124,7 +126,7 @@ class Engine:
             return
         from skyguard.kernel.flowtable import addr_mask
 
-        s = self.table.current()  # flows created since are checked by the kernel against the new prefix
+        s = self.table.refresh()  # flows created from here on are checked by the kernel against the new prefix
         mask = None
         for n in nets:
             m = addr_mask(s.keys["lo_addr"], n) | addr_mask(s.keys["hi_addr"], n)
