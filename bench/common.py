@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import struct
 import sys
 from dataclasses import dataclass
@@ -74,11 +75,8 @@ def paired_ratio(rows: list[dict], a: str, b: str) -> float | None:
     """The median over rounds of a / b, each taken within one round. On a shared VM, bursts of steal time land on
     single rounds: a ratio of two minima can take each from another round, the median of paired ratios passes them
     over."""
-    vals = sorted(r[a] / r[b] for r in rows if r.get(b))
-    if not vals:
-        return None
-    mid = len(vals) // 2
-    return round(vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2, 3)
+    vals = [r[a] / r[b] for r in rows if r.get(b)]
+    return round(statistics.median(vals), 3) if vals else None
 
 
 @dataclass

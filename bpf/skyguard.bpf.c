@@ -924,19 +924,22 @@ static __always_inline int sg_still_blocked(struct sg_run *r, __u32 gen)
 	}
 	struct sg_lpm4 k4 = { .prefixlen = SG_LPM4_BITS, .gen = gen };
 
+	const __u8 *lo, *hi;
+
 	/* the 40-byte key holds the addresses IPv4-mapped (their last 4 bytes); a flow from flows4 has only its compact key */
-	if (r->key)
-		__builtin_memcpy(k4.addr, &r->key->lo_addr[12], 4);
-	else if (r->key4)
-		__builtin_memcpy(k4.addr, r->key4->lo_addr, 4);
-	else
+	if (r->key) {
+		lo = &r->key->lo_addr[12];
+		hi = &r->key->hi_addr[12];
+	} else if (r->key4) {
+		lo = r->key4->lo_addr;
+		hi = r->key4->hi_addr;
+	} else {
 		return 0;
+	}
+	__builtin_memcpy(k4.addr, lo, 4);
 	if (block_v4.lookup(&k4))
 		return 1;
-	if (r->key)
-		__builtin_memcpy(k4.addr, &r->key->hi_addr[12], 4);
-	else
-		__builtin_memcpy(k4.addr, r->key4->hi_addr, 4);
+	__builtin_memcpy(k4.addr, hi, 4);
 	return block_v4.lookup(&k4) != 0;
 }
 
@@ -1024,7 +1027,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	struct sg_stats *st;
 	struct sg_flow *f;
 	__u32 zero = 0, idx, gen;
-	__u8 cls;
+	__u8 cls, in4;
 	int rc;
 
 	st = stats.lookup(&zero);
@@ -1063,8 +1066,10 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	r.l3_off = (__u32)(pk.l3 - data);
 	asm volatile("" : "+r"(r.l3_off)); /* forget the per-path constant (see SG_OFF_MASK) */
 
+	/* both addresses IPv4 (an IPv4 packet, or IPv6 between IPv4-mapped ones): key4 then holds the compact key */
+	in4 = !pk.v6;
 	/* a settled flow between two IPv4 addresses is in flows4: its packets need the compact key alone */
-	if (!pk.v6) {
+	if (in4) {
 		r.dir = sg_flow_key4(&pk, &key4);
 		r.key4 = &key4;
 		f = flows4.lookup(&key4);
@@ -1075,6 +1080,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	r.dir = sg_flow_key(&pk, &key);
 	r.key = &key;
 	if (pk.v6 && sg_key4_of(&key, &key4)) { /* IPv6 between IPv4-mapped addresses: the same flow key, so the same table */
+		in4 = 1;
 		r.key4 = &key4;
 		f = flows4.lookup(&key4);
 		if (f)
@@ -1085,7 +1091,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	r.key4 = 0;
 
 	f = flows.lookup(&key);
-	if (!f && sg_key4_of(&key, &key4)) {
+	if (!f && in4) {
 		/* another CPU moved it between the two lookups (a move inserts into flows4 before it deletes here): without
 		 * this look, the packet would make a second flow of the same key in `flows` */
 		struct sg_flow *moved = flows4.lookup(&key4);
@@ -1101,7 +1107,7 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 		 * addresses moves to flows4 here, with its first packet after it settled: the long path below is left as
 		 * it is, for the verifier, whose budget it nearly fills in the replay build */
 		rc = sg_settled(&r, f);
-		if (sg_key4_of(&key, &key4)) {
+		if (in4) {
 			r.key4 = &key4;
 			sg_move4(&r, f);
 		}
