@@ -12,6 +12,8 @@ import pytest
 from skyguard.kernel.bpfsys import prog_test_run
 from tests.conftest import ROOT
 
+from .packets import udp4, udp6
+
 FLOWS_MAX = 1024
 
 
@@ -34,18 +36,11 @@ def _pkts(value: bytes) -> tuple[int, int]:
 
 
 def test_floor16_keeps_ipv4_flows_apart_under_the_compact_key(bench):
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.inet6 import IPv6
-    from scapy.layers.l2 import Ether
-    from scapy.packet import Raw
-
-    def frame(l3):
-        return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / Raw(b"\x55" * 40))
-
-    there = frame(IP(src="198.51.100.7", dst="192.0.2.1") / UDP(sport=50000, dport=3478))
-    back = frame(IP(src="192.0.2.1", dst="198.51.100.7") / UDP(sport=3478, dport=50000))
-    other = frame(IP(src="192.0.2.1", dst="198.51.100.7") / UDP(sport=3479, dport=50000))
-    v6 = frame(IPv6(src="2001:db8::1", dst="2001:db8:1::1") / UDP(sport=50000, dport=50001))
+    pl = b"\x55" * 40
+    there = udp4("198.51.100.7", 50000, "192.0.2.1", 3478, pl)
+    back = udp4("192.0.2.1", 3478, "198.51.100.7", 50000, pl)
+    other = udp4("192.0.2.1", 3479, "198.51.100.7", 50000, pl)
+    v6 = udp6("2001:db8::1", 50000, "2001:db8:1::1", 50001, pl)
     fl = bench.load_baseline("floor16", FLOWS_MAX)
     try:
         for f in (there, back, back, other, v6, v6):
