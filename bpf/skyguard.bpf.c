@@ -3,8 +3,9 @@
  *
  * bcc dialect (BPF(src_file=...)); UAPI headers only. Per packet: parse (Eth, 2 VLAN tags, IPv4/IPv6 + extension
  * headers, UDP/TCP) -> bidirectional flow lookup (LRU) -> signatures while the flow is in its inspection window ->
- * action of the flow's class from the `policy` map. Every packet lands in exactly one outcome counter, one action
- * counter and one (verdict slot, action) pair of the per-CPU `stats` entry.
+ * action of the flow's class from the `policy` map. Every packet moves exactly one (verdict slot, action) pair of the
+ * per-CPU `stats` entry, and lands in one outcome counter: the totals, the action, class and flow-table counters are
+ * sums of pairs that userspace derives (bpf/skyguard.h).
  */
 #include "skyguard.h"
 #include "parsing.h"
@@ -888,19 +889,16 @@ static __always_inline int sg_enforce(struct sg_run *r, __u32 gen, __u32 slot, _
 	}
 
 	if (action == SG_ACT_DROP) {
-		st->c[SG_ST_ACT_DROP]++;
 		sg_count_verdict(st, slot, SG_ACT_DROP, r->len);
 		if (dropped)
 			(*dropped)++;
 		return XDP_DROP;
 	}
 	if (action == SG_ACT_MARK) {
-		st->c[SG_ST_ACT_MARK]++;
 		sg_count_verdict(st, slot, SG_ACT_MARK, r->len);
 		if (!can_mark || !sg_mark(r, dscp))
 			st->c[SG_ST_MARK_SKIPPED]++;
 	} else {
-		st->c[SG_ST_ACT_PASS]++;
 		sg_count_verdict(st, slot, SG_ACT_PASS, r->len);
 	}
 	if (pol && (pol->opts & SG_OPT_FWMARK))
@@ -959,7 +957,6 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 	if (f->flags & (SG_F_EXEMPT | SG_F_BLOCKED)) {
 		if (f->flags & SG_F_EXEMPT) {
 			st->c[SG_ST_OUT_EXEMPT]++;
-			st->c[SG_ST_ACT_PASS]++;
 			sg_count_verdict(st, SG_VS_EXEMPT, SG_ACT_PASS, r->len);
 			return XDP_PASS;
 		}
@@ -967,14 +964,12 @@ static __always_inline int sg_account(struct sg_run *r, struct sg_flow *f, __u32
 			*gen = sg_gen();
 		if (sg_still_blocked(r, *gen)) {
 			st->c[SG_ST_OUT_BLOCKED]++;
-			st->c[SG_ST_ACT_DROP]++;
 			sg_count_verdict(st, SG_POL_BLOCKED, SG_ACT_DROP, r->len);
 			f->dropped++;
 			return XDP_DROP;
 		}
 		sg_flags_clear(f, SG_F_BLOCKED); /* unblocked since: its class decides from now on */
 	}
-	st->c[SG_ST_OUT_FLOW]++;
 	return -1;
 }
 
@@ -992,7 +987,6 @@ static __always_inline int sg_settled(struct sg_run *r, struct sg_flow *f)
 	cls = f->cls;
 	if (cls >= SG_NCLASSES)
 		cls = SG_CLASS_UNKNOWN;
-	r->st->c[SG_ST_CLASS_BASE + cls]++;
 	return sg_enforce(r, gen, cls, &f->dropped, 1);
 }
 
@@ -1049,8 +1043,6 @@ static __always_inline int sg_fast4(struct xdp_md *ctx)
 		return -1;
 	r.now = sg_clock(ctx, data, &r.meta_clock, &r.place);
 	r.len = data_end - data; /* the datagram ends inside the first buffer: sg_parse4 checked it there */
-	st->c[SG_ST_PACKETS]++;
-	st->c[SG_ST_BYTES] += r.len;
 	r.ctx = ctx;
 	r.st = st;
 	r.data = data;
@@ -1083,18 +1075,15 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 	r.now = sg_clock(ctx, data, &r.meta_clock, &r.place);
 	if (r.meta_clock)
 		st->c[SG_ST_META_TS]++;
-	st->c[SG_ST_PACKETS]++;
 
 	r.len = data_end - data; /* a jumbo frame in several buffers: the parse sets its whole length */
 	fr.ctx = ctx;
 	fr.len = &r.len;
 	fr.count = &st->c[SG_ST_MULTIBUF];
 	rc = sg_parse_frame(&fr, data, data_end, &pk);
-	st->c[SG_ST_BYTES] += r.len;
 	if (rc > 0) { /* non-IP, other L4, non-first fragment: passed without a flow */
 		if (rc < SG_ST_MAX)
 			st->c[rc]++;
-		st->c[SG_ST_ACT_PASS]++;
 		sg_count_verdict(st, SG_VS_NONE, SG_ACT_PASS, r.len);
 		return XDP_PASS;
 	}
@@ -1178,7 +1167,6 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 			f = sg_flow_create(&r, &sp, gen);
 			if (!f) {
 				st->c[SG_ST_OUT_NO_FLOW]++;
-				st->c[SG_ST_ACT_PASS]++;
 				sg_count_verdict(st, SG_VS_NONE, SG_ACT_PASS, r.len);
 				return XDP_PASS;
 			}
@@ -1193,7 +1181,6 @@ static __always_inline int sg_packet(struct xdp_md *ctx)
 		cls = f->cls;
 		if (cls >= SG_NCLASSES)
 			cls = SG_CLASS_UNKNOWN;
-		st->c[SG_ST_CLASS_BASE + cls]++;
 		return sg_enforce(&r, gen, cls, &f->dropped, 1);
 	}
 }

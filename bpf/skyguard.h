@@ -104,10 +104,13 @@
 #define SG_F_EXEMPT   0x20 /* an endpoint is in exempt_v4/6 (set at flow creation; re-synced on reload) */
 #define SG_F_DNS      0x40 /* UDP port 53 on either end (set at creation): its responses go to the daemon as events */
 
-/* ---- per-CPU counters (stats map index). Outcomes: every packet lands in exactly one SG_ST_OUT_* ---- */
-#define SG_ST_PACKETS          0
-#define SG_ST_BYTES            1
-#define SG_ST_OUT_FLOW         2  /* went through the flow table */
+/* ---- per-CPU counters (stats map index). Outcomes: every packet lands in exactly one SG_ST_OUT_* ----
+ * SG_ST_PACKETS, SG_ST_BYTES, SG_ST_OUT_FLOW, SG_ST_ACT_* and the per-class counters are never written by the kernel:
+ * each is a sum of (verdict slot, action) pairs, which the packet moves anyway, and userspace adds them up when it
+ * reads the map (wire.derive_stats). A settled flow's packet then writes one pair, not seven counters. */
+#define SG_ST_PACKETS          0  /* derived: every pair */
+#define SG_ST_BYTES            1  /* derived: every pair's bytes */
+#define SG_ST_OUT_FLOW         2  /* derived: the class slots' pairs (went through the flow table to its class) */
 #define SG_ST_OUT_NON_IP       3  /* ARP, LLDP, ...: passed */
 #define SG_ST_OUT_OTHER_L4     4  /* ICMP, SCTP, ...: passed */
 #define SG_ST_OUT_FRAGMENT     5  /* IPv4/IPv6 non-first fragment: passed */
@@ -126,22 +129,22 @@
 #define SG_ST_ERR_UDP          18 /* truncated UDP header or bad length */
 #define SG_ST_ERR_TCP          19 /* truncated TCP header or data offset < 5 */
 #define SG_ST_ERR_VERSION      20 /* IP version field disagrees with ethertype */
-#define SG_ST_ACT_PASS         21
-#define SG_ST_ACT_DROP         22
-#define SG_ST_ACT_MARK         23
+#define SG_ST_ACT_PASS         21 /* derived: every slot's pass pair */
+#define SG_ST_ACT_DROP         22 /* derived: every slot's drop pair */
+#define SG_ST_ACT_MARK         23 /* derived: every slot's mark pair */
 #define SG_ST_FLOW_NEW         24 /* flows created */
 #define SG_ST_CLASSIFIED       25 /* class changes made by the kernel */
 #define SG_ST_EVENTS_LOST      26 /* ring buffer full: event dropped (never blocks) */
 #define SG_ST_INSPECTED        27 /* packets that ran the signatures */
 #define SG_ST_META_TS          28 /* packets whose clock came from XDP metadata (replay) */
-#define SG_ST_CLASS_BASE       29 /* 29..34: packets per class */
+#define SG_ST_CLASS_BASE       29 /* 29..34: packets per class (derived: the class slot's pairs) */
 #define SG_ST_MARK_SKIPPED     35 /* mark action on a packet whose DSCP could not be rewritten */
 #define SG_ST_FWMARK           36 /* packets that carried their class's firewall mark to TC in XDP metadata */
 #define SG_ST_FWMARK_SKIPPED   37 /* a firewall mark the driver had no metadata room for (the packet still passed) */
 #define SG_ST_MULTIBUF         38 /* IP datagrams longer than the first buffer (jumbo frames, XDP multi-buffer) */
 /* 40..99: every packet moves exactly one (verdict slot, action) pair where its verdict is decided: the pair's packet
  * counter at SG_ST_VERDICT_BASE + 2 * (slot * SG_NACTIONS + action) and its byte counter right after it (same cache
- * line: one index, two increments). They sum to SG_ST_PACKETS and SG_ST_BYTES. 39 is spare. */
+ * line: one index, two increments). They are SG_ST_PACKETS and SG_ST_BYTES. 39 is spare. */
 #define SG_ST_VERDICT_BASE     40
 #define SG_ST_MAX              100
 

@@ -124,6 +124,22 @@ def verdict_index(slot: int, action: int) -> int:
     return C["SG_ST_VERDICT_BASE"] + 2 * (slot * C["SG_NACTIONS"] + action)
 
 
+def derive_stats(c: list[int]) -> list[int]:
+    """Fill in, from the (verdict slot, action) pairs, the counters the kernel leaves to userspace (bpf/skyguard.h):
+    `packets` and `bytes` (every pair), each action's counter (its pairs over every slot), each class's counter (its
+    slot's pairs) and `out_flow` (the class slots'). `c` is the map's counters summed over CPUs; returned filled."""
+    na = C["SG_NACTIONS"]
+    pairs = [[c[verdict_index(s, a)] for a in range(na)] for s in range(len(VERDICT_SLOTS))]
+    c[C["SG_ST_PACKETS"]] = sum(map(sum, pairs))
+    c[C["SG_ST_BYTES"]] = sum(c[verdict_index(s, a) + 1] for s in range(len(VERDICT_SLOTS)) for a in range(na))
+    for a, name in enumerate(ACTION_NAMES):
+        c[C[f"SG_ST_ACT_{name.upper()}"]] = sum(row[a] for row in pairs)
+    for cls in range(C["SG_NCLASSES"]):
+        c[C["SG_ST_CLASS_BASE"] + cls] = sum(pairs[cls])
+    c[C["SG_ST_OUT_FLOW"]] = sum(sum(pairs[cls]) for cls in range(C["SG_NCLASSES"]))
+    return c
+
+
 def stat_names() -> dict[int, str]:
     """stats map index -> counter name (lower-case, without the SG_ST_ prefix); the (verdict slot, action) pairs
     are `packets_<slot>_<action>` and `bytes_<slot>_<action>` (packets_skype-out_drop, bytes_none_pass)."""

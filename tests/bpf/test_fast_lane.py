@@ -127,3 +127,26 @@ def test_the_fast_lane_agrees_with_the_full_path_on_every_packet(builds, variant
     # the flows settled and moved (those of blocked endpoints too: a block is a verdict, not a class)
     assert live.table_counts()["flows4"] >= 20
     assert served >= 4 * 40, served  # the fast lane's share of the stream
+
+
+def test_the_kernel_leaves_the_derived_counters_to_userspace(builds):
+    """The totals, action, class and out_flow counters are sums of pairs (wire.derive_stats): both builds leave them
+    at 0 in the map, on the fast lane, the full path and the no-flow path alike, and the loader's sums still count."""
+    derived = [wire.C[n] for n in ("SG_ST_PACKETS", "SG_ST_BYTES", "SG_ST_OUT_FLOW", "SG_ST_ACT_PASS", "SG_ST_ACT_DROP",
+                                   "SG_ST_ACT_MARK")]
+    derived += [wire.C["SG_ST_CLASS_BASE"] + c for c in range(wire.C["SG_NCLASSES"])]
+    frame = P.udp("192.0.2.1", 4000, "198.51.100.2", 5000, PLAIN)
+    for k in builds:
+        k.load_policy(VARIANTS["all-pass"].policy())
+        raw = k._stats.lookup(b"\0\0\0\0")
+        k._stats.update(b"\0\0\0\0", bytes(len(raw)))  # a clean slate (a pinned older map may hold these)
+        for _ in range(PROBE + 5):  # inspected, settled, moved, then the fast lane's (live)
+            k.test_run(frame)
+        k.test_run(b"\xff" * 12 + b"\x08\x06" + bytes(28))  # ARP: no flow
+        raw = k._stats.lookup(b"\0\0\0\0")
+        per_cpu = [raw[cpu * k._stats.slot : cpu * k._stats.slot + 8 * wire.C["SG_ST_MAX"]]
+                   for cpu in range(k._stats.ncpus)]
+        assert all(int.from_bytes(c[8 * i : 8 * i + 8], "little") == 0 for c in per_cpu for i in derived)
+        st = k.stats()
+        assert (st["packets"], st["out_flow"], st["out_non_ip"], st["act_pass"]) == (PROBE + 6, PROBE + 5, 1, PROBE + 6)
+        assert st["class_other"] + st["class_unknown"] == PROBE + 5 and st["bytes"] == (PROBE + 5) * len(frame) + 42

@@ -157,6 +157,23 @@ def test_verdict_pairs_fill_the_stats_struct_after_the_other_counters():
     assert names[wire.verdict_index(wire.C["SG_VS_NONE"], wire.PASS)] == "packets_none_pass"
 
 
+def test_derived_counters_are_sums_of_the_pairs():
+    """The counters the kernel leaves to userspace (bpf/skyguard.h): totals, per action, per class, out_flow."""
+    c = [0] * wire.C["SG_ST_MAX"]
+    names = {n: i for i, n in wire.stat_names().items()}
+    moved = {("skype-out", "drop"): (3, 300), ("other", "pass"): (5, 500), ("other", "mark"): (2, 140),
+             ("exempt", "pass"): (7, 70), ("none", "pass"): (11, 1100), ("malformed", "drop"): (1, 64),
+             ("blocked", "drop"): (4, 256)}
+    for (slot, act), (pkts, nbytes) in moved.items():
+        c[names[f"packets_{slot}_{act}"]], c[names[f"bytes_{slot}_{act}"]] = pkts, nbytes
+    c[names["packets"]] = c[names["act_pass"]] = 999  # whatever a pinned map of an older version held is replaced
+    d = {n: wire.derive_stats(c)[i] for n, i in names.items()}
+    assert (d["packets"], d["bytes"]) == (33, 2430)
+    assert (d["act_pass"], d["act_drop"], d["act_mark"]) == (23, 8, 2)
+    assert (d["class_skype-out"], d["class_other"], d["class_unknown"]) == (3, 7, 0)
+    assert d["out_flow"] == 10  # classes only: not exempt (its own outcome), blocked, malformed or none
+
+
 def test_reason_names_are_unique_bits():
     assert len(set(wire.REASONS.values())) == len(wire.REASONS)
     for bit in wire.REASONS:

@@ -452,6 +452,7 @@ class Kernel:
             base = cpu * self._stats.slot
             for i in range(n):
                 totals[i] += int.from_bytes(raw[base + 8 * i : base + 8 * i + 8], "little")
+        wire.derive_stats(totals)  # the totals and per-action, per-class counters: sums of pairs, never written
         return {name: totals[i] for i, name in wire.stat_names().items() if i < n}
 
     # -- policy and prefixes -----------------------------------------------------------------------------------------
