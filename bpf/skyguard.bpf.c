@@ -1014,12 +1014,14 @@ static __always_inline void sg_move4(struct sg_run *r, struct sg_flow *f)
  * It parses IPv4 alone, looks in flows4 alone, and reads the counters and the clock only once it has the flow: none
  * of the full path's state (its 40-byte key, its IPv6 parse, what it keeps across its lookups) is built or carried
  * for these packets. Any other packet falls through having changed nothing, and sg_packet parses and counts it from
- * the start: a new flow or one in inspection pays one IPv4 parse and one flows4 lookup more, an IPv6 or non-IP
- * packet one Ethernet parse more. Returns -1 to fall through.
+ * the start: a new flow or one in inspection pays one IPv4 parse and compact key more (the full path skips its own
+ * first flows4 lookup, which the fast lane has just made), an IPv6 or non-IP packet one Ethernet parse more. Returns
+ * -1 to fall through.
  *
  * The verifier walks the full path once per distinct state it falls through in: the fall-throughs after a failed
- * parse share one, the one after a missed lookup (its key and lookup result on the stack) is a second, so the live
- * build verifies the full path twice. The replay build, whose full path alone nearly fills the verifier's budget,
+ * parse share one, the one after a missed lookup (its key and lookup result on the stack) is a second (the
+ * fall-through of a failed stats lookup, which cannot happen, adds no third walk: the count is twice, not thrice), so the live build verifies the full path
+ * twice: about 850,000 instructions against 470,000 without the lane. The replay build, whose full path alone nearly fills the verifier's budget,
  * has no fast lane: its packets all take the full path, which serves a flows4 flow the same way. */
 static __always_inline int sg_fast4(struct xdp_md *ctx)
 {
