@@ -1019,10 +1019,11 @@ static __always_inline void sg_move4(struct sg_run *r, struct sg_flow *f)
  * -1 to fall through.
  *
  * The verifier walks the full path once per distinct state it falls through in: the fall-throughs after a failed
- * parse share one, the one after a missed lookup (its key and lookup result on the stack) is a second (the
- * fall-through of a failed stats lookup, which cannot happen, adds no third walk: the count is twice, not thrice), so the live build verifies the full path
- * twice: about 850,000 instructions against 470,000 without the lane. The replay build, whose full path alone nearly fills the verifier's budget,
- * has no fast lane: its packets all take the full path, which serves a flows4 flow the same way. */
+ * parse share one, the one after a missed lookup (its key and lookup result on the stack) is a second, and the one
+ * of a failed stats lookup (which cannot happen) adds no third walk. So the live build verifies the full path twice:
+ * about 850,000 instructions against 470,000 without the lane. The replay build, whose full path alone nearly fills
+ * the verifier's budget, has no fast lane: its packets all take the full path, which serves a flows4 flow the same
+ * way. */
 static __always_inline int sg_fast4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
