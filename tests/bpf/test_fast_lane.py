@@ -16,7 +16,7 @@ from skyguard import wire
 from skyguard.lab import packet as P
 
 from .refparse import predict
-from .test_fuzz import BLOCK, VARIANTS, RngChooser, build_frame, corpus, ip4_fragment, mutate
+from .test_fuzz import BLOCK, VARIANTS, RngChooser, build_frame, corpus, ip4_fragment, measure_linear, mutate
 
 pytestmark = pytest.mark.bpf
 
@@ -30,13 +30,6 @@ def builds(bpf_ok):
     with Kernel(flows_max=8192, lpm_max=256, ringbuf_bytes=1 << 20) as live, \
             Kernel(flows_max=8192, lpm_max=256, ringbuf_bytes=1 << 20, replay=True) as full:
         yield live, full
-
-
-def linear_bytes(k) -> int:
-    """How much of a frame BPF_PROG_TEST_RUN puts in the first buffer: the bytes a non-IP jumbo frame counts."""
-    before = k.stats()["bytes"]
-    k.test_run(b"\xff" * 12 + b"\x88\xb5" + bytes(16000))
-    return k.stats()["bytes"] - before
 
 
 def in_flows4(k, frame: bytes) -> bool:
@@ -106,8 +99,8 @@ def test_the_fast_lane_agrees_with_the_full_path_on_every_packet(builds, variant
             k.add_prefix("block", net, wire.SRC_MANUAL)
         k.delete_flows([key for key, _ in k.flows()])
         k.poll_events()
-    linear = linear_bytes(live)
-    assert linear == linear_bytes(full) and 1500 <= linear < 16000
+    linear = measure_linear(live)
+    assert linear == measure_linear(full) and 1500 <= linear < 16000
     frames = stream(random.Random(list(VARIANTS).index(variant)), linear)
     served = 0  # packets whose flow was in live's flows4 when they came: the fast lane's, or the ones it left
     for i, frame in enumerate(frames):
@@ -143,10 +136,7 @@ def test_the_kernel_leaves_the_derived_counters_to_userspace(builds):
         for _ in range(PROBE + 5):  # inspected, settled, moved, then the fast lane's (live)
             k.test_run(frame)
         k.test_run(b"\xff" * 12 + b"\x08\x06" + bytes(28))  # ARP: no flow
-        raw = k._stats.lookup(b"\0\0\0\0")
-        per_cpu = [raw[cpu * k._stats.slot : cpu * k._stats.slot + 8 * wire.C["SG_ST_MAX"]]
-                   for cpu in range(k._stats.ncpus)]
-        assert all(int.from_bytes(c[8 * i : 8 * i + 8], "little") == 0 for c in per_cpu for i in derived)
+        assert all(cpu[i] == 0 for cpu in k.stats_per_cpu() for i in derived)
         st = k.stats()
         assert (st["packets"], st["out_flow"], st["out_non_ip"], st["act_pass"]) == (PROBE + 6, PROBE + 5, 1, PROBE + 6)
         assert st["class_other"] + st["class_unknown"] == PROBE + 5 and st["bytes"] == (PROBE + 5) * len(frame) + 42

@@ -444,14 +444,16 @@ class Kernel:
                 for name, m in (("flows", self._flows), ("flows4", self._flows4))}
 
     # -- stats -------------------------------------------------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
+    def stats_per_cpu(self) -> list[list[int]]:
+        """The `stats` map as the kernel holds it: each CPU's SG_ST_MAX counters, the derived ones as they are (0)."""
         raw = self._stats.lookup(b"\0\0\0\0") or b""
         n = wire.C["SG_ST_MAX"]
-        totals = [0] * n
-        for cpu in range(self._stats.ncpus):
-            base = cpu * self._stats.slot
-            for i in range(n):
-                totals[i] += int.from_bytes(raw[base + 8 * i : base + 8 * i + 8], "little")
+        return [[int.from_bytes(raw[base + 8 * i : base + 8 * i + 8], "little") for i in range(n)]
+                for base in (cpu * self._stats.slot for cpu in range(self._stats.ncpus))]
+
+    def stats(self) -> dict[str, int]:
+        n = wire.C["SG_ST_MAX"]
+        totals = [sum(col) for col in zip(*self.stats_per_cpu(), strict=True)] or [0] * n
         wire.derive_stats(totals)  # the totals and per-action, per-class counters: sums of pairs, never written
         return {name: totals[i] for i, name in wire.stat_names().items() if i < n}
 
