@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 PHASE_A = [7, 8, 9, 2]  # short scenarios (<= 6.4 s): they end by idle expiry
 PHASE_B = [0, 1, 3, 4, 5, 6]  # the long calls: active-timeout records, then forced ends at the stop
-IDLE_S = 13  # longer than phase B lasts (10.8 s): none of its flows expires before it is listed
+IDLE_S = 18  # longer than phase B lasts (10.8 s) with room: none of its flows expires before it is listed
 ACTIVE_S = 3
 
 

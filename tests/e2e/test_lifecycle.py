@@ -33,7 +33,7 @@ def _pins(rig) -> list[str]:
 
 
 def test_idle_flows_expire_by_class_timeout_active_flow_stays(rig):
-    other_s, udp_s = 2.0, 4.0
+    other_s, udp_s = 3.0, 6.0  # the active flow's keep-alive waits on a flows reply: room for a slow one
     rig.configure(extra=f"[idle_timeout]\nudp = {udp_s:g}\nother = {other_s:g}\ntcp = 3600\n")
     rig.start()
     rng = random.Random(1)

@@ -449,7 +449,7 @@ def test_stalled_half_frame_client_is_dropped(make_server) -> None:
 
 
 def test_idle_clients_are_dropped_but_not_subscribers(make_server) -> None:
-    h = make_server(request_timeout=5, idle_timeout=0.3)
+    h = make_server(request_timeout=5, idle_timeout=1.0)  # the subscriber has that long to subscribe
     idle = Raw(h.path)
     idle.read()
     sub = Raw(h.path)
@@ -457,7 +457,7 @@ def test_idle_clients_are_dropped_but_not_subscribers(make_server) -> None:
     sub.request({"v": 1, "id": 1, "cmd": "events", "args": {}})
     assert sub.read()["ok"] is True
     assert idle.closed()
-    time.sleep(0.4)
+    time.sleep(1.2)
     h.do(lambda: h.server.publish({"type": "late"}))
     assert sub.read() == {"event": {"type": "late"}}
 
